@@ -1,0 +1,277 @@
+"""The `eagle-recipes` command line: validate | plan | run | submit | catalog | schema | inspect | eval."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from eagle_recipes import __version__
+
+EXAMPLES = """examples:
+  eagle-recipes validate recipes/quickstart.toml
+  eagle-recipes plan recipes/quickstart.toml
+  eagle-recipes run recipes/quickstart.toml
+  eagle-recipes run my.toml --from train --force train
+  eagle-recipes submit my.toml --address http://head:8265 --follow
+  eagle-recipes catalog list
+  eagle-recipes catalog copy llama3/Llama-3.1-8B-Instruct my.toml
+  eagle-recipes inspect runs/quickstart/export/draft
+  eagle-recipes eval --base BASE_DIR --draft DRAFT_DIR --prompts mt-bench -k 5
+"""
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def _print_problems(problems) -> None:
+    for problem in problems:
+        errors.print(str(problem), markup=False, highlight=False)
+
+
+def _load(path: str, check_model: bool = True):
+    from eagle_recipes.recipe import validate_file
+
+    recipe, problems = validate_file(path, check_model)
+    if problems:
+        _print_problems(problems)
+        errors.print(f"{len(problems)} problem(s) in {path}", markup=False)
+        raise SystemExit(1)
+    return recipe
+
+
+def cmd_validate(args) -> int:
+    from eagle_recipes.recipe import validate_file
+
+    failed = 0
+    for path in args.recipes:
+        _, problems = validate_file(path)
+        if problems:
+            failed += 1
+            _print_problems(problems)
+        else:
+            console.print(f"{path}: valid", markup=False, highlight=False)
+    return 1 if failed else 0
+
+
+def cmd_schema(args) -> int:
+    from eagle_recipes.recipe.schema import load_schema
+
+    print(json.dumps(load_schema(), indent=2))
+    return 0
+
+
+def _with_output_dir(recipe, output_dir: str | None):
+    if not output_dir:
+        return recipe
+    from dataclasses import replace
+
+    return replace(recipe, data={**recipe.data, "output_dir": str(Path(output_dir).resolve())})
+
+
+def _plan(args):
+    from eagle_recipes.graph.plan import compile_plan
+
+    recipe = _with_output_dir(_load(args.recipe), getattr(args, "output_dir", None))
+    try:
+        plan = compile_plan(recipe, force=set(getattr(args, "force", None) or []),
+                            only=getattr(args, "only", None), start_from=getattr(args, "start_from", None))
+    except ValueError as error:
+        errors.print(f"error: {error}", markup=False)
+        raise SystemExit(2)
+    return recipe, plan
+
+
+def cmd_plan(args) -> int:
+    recipe, plan = _plan(args)
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+        return 0
+    table = Table(title=f"{recipe.name}: {recipe.output_dir}")
+    for column in ("stage", "status", "why", "reads", "writes", "resources"):
+        table.add_column(column, overflow="fold")
+    for stage in plan.stages:
+        reads = ", ".join(stage.depends_on + [Path(f).name for f in stage.inputs]) or "-"
+        resources = ", ".join(f"{k}: {v}" for k, v in stage.resources.items())
+        color = "green" if stage.status == "up to date" else "yellow"
+        table.add_row(stage.name, f"[{color}]{stage.status}[/{color}]", stage.reason, reads,
+                      ", ".join(stage.outputs), resources)
+    console.print(table)
+    for name, why in plan.left_out.items():
+        console.print(f"left out: {name} ({why})", markup=False)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from eagle_recipes.graph.runner import run_plan
+
+    recipe, plan = _plan(args)
+    try:
+        summary = run_plan(recipe, plan, address=args.address)
+    except KeyboardInterrupt:
+        errors.print("interrupted: finished work is kept; run the same command again to resume", markup=False)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the runner already showed which stage failed
+        errors.print(f"run failed: {type(error).__name__}: {str(error)[-3000:]}", markup=False)
+        return 1
+    _print_outcome(recipe, summary)
+    return 0
+
+
+def _print_outcome(recipe, summary: dict) -> None:
+    evaluate = summary["stages"].get("evaluate", {})
+    report = evaluate.get("metrics", {})
+    console.print(f"run finished in {summary['wall_s']:.1f}s; artifacts under {recipe.output_dir}", markup=False)
+    if "acceptance_length" in report:
+        console.print(f"acceptance length tau = {report['acceptance_length']:.3f} at k = "
+                      f"{report.get('num_speculative_tokens')} draft tokens "
+                      f"(per position: {', '.join(f'{p:.2f}' for p in report.get('per_position', []))})",
+                      markup=False)
+    export = summary["stages"].get("export", {})
+    if export:
+        console.print(f"draft: {Path(recipe.output_dir) / 'export' / 'draft'}", markup=False)
+
+
+def cmd_submit(args) -> int:
+    from eagle_recipes.graph.submit import submit
+
+    recipe = _load(args.recipe)
+    return submit(recipe, args.address, follow=args.follow, output_dir=args.output_dir, console=console)
+
+
+def cmd_catalog(args) -> int:
+    from eagle_recipes import catalog
+
+    try:
+        if args.catalog_command == "list":
+            table = Table(title="catalog")
+            for column in ("name", "family", "model", "algorithm", "tested", "tau", "date"):
+                table.add_column(column)
+            for entry in catalog.entries():
+                tau = f"{entry.acceptance_length:.2f}" if entry.acceptance_length else "-"
+                table.add_row(entry.name, entry.family, entry.model, entry.algorithm, entry.tested, tau, entry.date)
+            console.print(table)
+        elif args.catalog_command == "show":
+            print(catalog.find(args.name).path.read_text(encoding="utf-8"), end="")
+        elif args.catalog_command == "copy":
+            written = catalog.copy(args.name, Path(args.dest) if args.dest else None, force=args.force)
+            console.print(f"wrote {written}", markup=False)
+    except catalog.CatalogError as error:
+        errors.print(f"error: {error}", markup=False)
+        return 1
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from eagle_recipes.stages.export import inspect_draft
+
+    report = inspect_draft(Path(args.draft))
+    for line in report.lines():
+        console.print(line, markup=False, highlight=False)
+    return 0 if report.ok else 1
+
+
+def cmd_eval(args) -> int:
+    from eagle_recipes.stages.evaluate import evaluate_cli
+
+    return evaluate_cli(args, console)
+
+
+def cmd_draft_fields(args) -> int:
+    from eagle_recipes.draft.config import DEFAULTS
+
+    for algorithm, fields in DEFAULTS.items():
+        console.print(f"[{algorithm}]", markup=False)
+        for name, value in fields.items():
+            console.print(f"  {name} = {value!r}" + ("  (from the base model)" if value is None else ""),
+                          markup=False)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="eagle-recipes", description=__doc__, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"eagle-recipes {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, help_: str, example: str):
+        return sub.add_parser(name, help=help_, description=help_, epilog=f"example:\n  {example}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = command("validate", "check recipes (syntax, schema, cross-field rules); exit 1 if any is invalid",
+                "eagle-recipes validate recipes/*.toml")
+    p.add_argument("recipes", nargs="+")
+    p.set_defaults(func=cmd_validate)
+    p = command("schema", "print the recipe JSON Schema", "eagle-recipes schema > recipe.schema.json")
+    p.set_defaults(func=cmd_schema)
+    stage_names = ["synthesize", "calibrate", "train", "export", "evaluate"]
+    for name, help_ in (("plan", "show the task graph: stages, inputs, outputs, resources, what must run and why"),
+                        ("run", "run the graph (embedded Ray, or a cluster with --address)")):
+        p = command(name, help_, f"eagle-recipes {name} recipes/quickstart.toml")
+        p.add_argument("recipe")
+        p.add_argument("--from", dest="start_from", choices=stage_names, help="run this stage and all after it")
+        p.add_argument("--only", choices=stage_names, help="run just this stage")
+        p.add_argument("--force", action="append", choices=stage_names, help="run this stage even if up to date")
+        p.add_argument("--output-dir", help="override the recipe's output_dir")
+        if name == "plan":
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+            p.set_defaults(func=cmd_plan)
+        else:
+            p.add_argument("--address", help="Ray cluster address (default: the recipe's, else embedded Ray)")
+            p.set_defaults(func=cmd_run)
+    p = command("submit", "submit a run to a Ray cluster as a Ray Job",
+                "eagle-recipes submit my.toml --address http://127.0.0.1:8265 --follow")
+    p.add_argument("recipe")
+    p.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
+    p.add_argument("--follow", action="store_true", help="stream the job's logs; exit with its status")
+    p.add_argument("--output-dir", help="absolute path on storage every node sees (default: the recipe's, made "
+                                        "absolute on this machine)")
+    p.set_defaults(func=cmd_submit)
+    p = command("catalog", "tested recipes per model family", "eagle-recipes catalog copy smollm2/SmolLM2-360M-Instruct")
+    catalog_sub = p.add_subparsers(dest="catalog_command", required=True)
+    catalog_sub.add_parser("list", help="table of entries")
+    show = catalog_sub.add_parser("show", help="print one entry")
+    show.add_argument("name")
+    copy = catalog_sub.add_parser("copy", help="write an editable copy (like `tune cp`)")
+    copy.add_argument("name")
+    copy.add_argument("dest", nargs="?")
+    copy.add_argument("--force", action="store_true", help="overwrite an existing file")
+    p.set_defaults(func=cmd_catalog)
+    p = command("inspect", "check a draft folder against the layout serving engines load",
+                "eagle-recipes inspect runs/quickstart/export/draft")
+    p.add_argument("draft")
+    p.set_defaults(func=cmd_inspect)
+    p = command("eval", "measure acceptance length of any draft folder",
+                "eagle-recipes eval --base BASE --draft DRAFT --prompts mt-bench -k 5")
+    p.add_argument("--base", required=True)
+    p.add_argument("--draft", required=True)
+    p.add_argument("--prompts", default="mt-bench", help="mt-bench or a JSONL file")
+    p.add_argument("-k", "--num-speculative-tokens", type=int, default=5)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--max-prompts", type=int, default=0)
+    p.add_argument("--engine", choices=["vllm", "reference"], default="vllm")
+    p.add_argument("--out", help="folder for report.json and the chart")
+    p.set_defaults(func=cmd_eval)
+    p = command("draft-fields", "list the draft architecture fields and defaults [draft.overrides] accepts",
+                "eagle-recipes draft-fields")
+    p.set_defaults(func=cmd_draft_fields)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    except KeyboardInterrupt:
+        errors.print("interrupted", markup=False)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Render conversations with the base model's own chat template, and find the assistant tokens.
+
+Training and calibration both use `render_batch`, so calibration counts exactly the tokens training sees.
+The assistant span of turn i is what the template adds after the generation prompt of turns[:i]: the reply and
+its end-of-turn token (the draft must learn to stop too). This needs only that the template renders a prefix of
+a conversation as a prefix of its text, which holds for the chat templates of the families in the catalog.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Rendered:
+    input_ids: list[int]
+    loss_mask: list[int]  # 1 on assistant tokens
+
+
+def load_tokenizer(model_path: str, chat_template_file: str = "", trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    if chat_template_file:
+        with open(chat_template_file, encoding="utf-8") as handle:
+            tokenizer.chat_template = handle.read()
+    if not tokenizer.is_fast:
+        raise ValueError(f"{model_path}: a fast tokenizer is needed (offsets for the assistant loss mask)")
+    return tokenizer
+
+
+def _template(tokenizer, messages: list[dict], generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def render_text(tokenizer, messages: list[dict], with_spans: bool = True) -> tuple[str, list[tuple[int, int]]]:
+    """The conversation as text, and the character spans of its assistant replies (with end-of-turn)."""
+    text = _template(tokenizer, messages, False)
+    if not with_spans:
+        return text, []
+    spans = []
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        start = len(_template(tokenizer, messages[:index], True))
+        end = len(_template(tokenizer, messages[: index + 1], False))
+        spans.append((start, end))
+    return text, spans
+
+
+def render_batch(tokenizer, conversations: list[list[dict]], max_len: int | None = None,
+                 with_mask: bool = True) -> list[Rendered]:
+    """Render and tokenize many conversations in one fast-tokenizer call."""
+    texts, all_spans = zip(*(render_text(tokenizer, messages, with_mask) for messages in conversations)) \
+        if conversations else ((), ())
+    encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=with_mask,
+                        truncation=max_len is not None, max_length=max_len)
+    rendered = []
+    for index, input_ids in enumerate(encoded["input_ids"]):
+        if not with_mask:
+            rendered.append(Rendered(list(input_ids), [1] * len(input_ids)))
+            continue
+        starts = np.array([offset[0] for offset in encoded["offset_mapping"][index]], dtype=np.int64)
+        mask = np.zeros(len(input_ids), dtype=np.int64)
+        for start, end in all_spans[index]:
+            mask |= (starts >= start) & (starts < end)
+        rendered.append(Rendered(list(input_ids), mask.tolist()))
+    return rendered

@@ -1,0 +1,203 @@
+"""The EAGLE-3 and EAGLE-1 drafts as plain nn.Modules, with the training-time-test (TTT) unroll.
+
+Parameter names follow the layouts serving engines load, so export is a rename-free copy:
+EAGLE-3 `fc`, `midlayer.*` (first decoder layer), `layers.{i}.*` (extra layers), `norm`, `lm_head`;
+EAGLE-1 `fc`, `layers.{i}.*`.
+
+TTT attention: at unroll step j the query at position t attends to the step-0 keys at positions <= t (causal)
+and to its own keys from steps 1..j at position t (the diagonal), as the draft sees at inference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+from eagle_recipes.draft.config import DraftConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, intermediate: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class TTTCache:
+    """Keys and values of earlier unroll steps: step 0 (attended causally) and steps 1.. (diagonal only)."""
+
+    def __init__(self) -> None:
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+
+
+def ttt_attention_mask(seq_len: int, step: int, device=None) -> torch.Tensor:
+    """Boolean [T, T + step] mask: which keys position t may see at unroll step `step` (for tests and docs)."""
+    causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
+    diagonal = torch.ones(seq_len, step, dtype=torch.bool, device=device)  # one own key per earlier step
+    return torch.cat([causal, diagonal], dim=1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: DraftConfig, input_size: int):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.q_proj = nn.Linear(input_size, self.heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(input_size, self.kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(input_size, self.kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: TTTCache,
+                padding: torch.Tensor | None) -> torch.Tensor:
+        batch, seq_len, _ = x.shape
+        q = self.q_proj(x).view(batch, seq_len, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, seq_len, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, seq_len, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        repeat = self.heads // self.kv_heads
+        k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        cache.keys.append(k)
+        cache.values.append(v)
+        scale = 1.0 / math.sqrt(self.head_dim)
+        # step-0 keys, causal (and not padding)
+        scores = torch.matmul(q, cache.keys[0].transpose(2, 3)) * scale
+        mask = torch.ones(seq_len, seq_len, dtype=torch.bool, device=x.device).tril()
+        if padding is not None:
+            mask = mask & padding[:, None, None, :].bool()
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        # keys of later steps at the same position: one extra score per step
+        diagonal = [(q * key).sum(-1, keepdim=True) * scale for key in cache.keys[1:]]
+        weights = torch.softmax(torch.cat([scores, *diagonal], dim=-1).float(), dim=-1).to(q.dtype)
+        out = torch.matmul(weights[..., :seq_len], cache.values[0])
+        for i, value in enumerate(cache.values[1:]):
+            out = out + weights[..., seq_len + i: seq_len + i + 1] * value
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq_len, -1))
+
+
+class DecoderLayer(nn.Module):
+    """A Llama decoder layer. The first EAGLE-3 layer reads cat(norm(embedding), norm(hidden)) (2H wide);
+    the first EAGLE-1 layer has no input norm (its input is the fc output)."""
+
+    def __init__(self, config: DraftConfig, kind: str):
+        super().__init__()
+        self.kind = kind  # "eagle3-first" | "eagle1-first" | "plain"
+        eps = config.rms_norm_eps
+        width = 2 * config.hidden_size if kind == "eagle3-first" else config.hidden_size
+        if kind != "eagle1-first":
+            self.input_layernorm = RMSNorm(config.hidden_size, eps)
+        if kind == "eagle3-first":
+            self.hidden_norm = RMSNorm(config.hidden_size, eps)
+        self.norm_before_residual = config.norm_before_residual
+        self.self_attn = Attention(config, width)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps)
+        self.mlp = MLP(config.hidden_size, config.intermediate_size)
+
+    def forward(self, hidden: torch.Tensor, embeds: torch.Tensor | None, cos, sin, cache: TTTCache,
+                padding: torch.Tensor | None) -> torch.Tensor:
+        if self.kind == "eagle3-first":
+            normed = self.hidden_norm(hidden)
+            residual = normed if self.norm_before_residual else hidden
+            x = torch.cat([self.input_layernorm(embeds), normed], dim=-1)
+        elif self.kind == "eagle1-first":
+            residual, x = hidden, hidden
+        else:
+            residual, x = hidden, self.input_layernorm(hidden)
+        hidden = residual + self.self_attn(x, cos, sin, cache, padding)
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+
+def _rotary(config: DraftConfig) -> LlamaRotaryEmbedding:
+    rope = {"rope_type": "default", "rope_theta": config.rope_theta}
+    if config.rope_scaling:
+        rope.update(config.rope_scaling)
+        rope["rope_type"] = rope.get("rope_type", rope.get("type", "default"))
+    llama = LlamaConfig(hidden_size=config.hidden_size, num_attention_heads=config.num_attention_heads,
+                        head_dim=config.head_dim, max_position_embeddings=config.max_position_embeddings,
+                        rope_parameters=rope)
+    return LlamaRotaryEmbedding(llama)
+
+
+class EagleDraft(nn.Module):
+    """Shared unroll: `step` runs the decoder stack once on (token embedding, hidden) for every position."""
+
+    config: DraftConfig
+
+    def __init__(self, config: DraftConfig):
+        super().__init__()
+        self.config = config
+        self.rotary = _rotary(config)
+
+    def decoder_layers(self) -> list[DecoderLayer]:
+        raise NotImplementedError
+
+    def step(self, embeds: torch.Tensor, hidden: torch.Tensor, position_ids: torch.Tensor,
+             caches: list[TTTCache], padding: torch.Tensor | None) -> torch.Tensor:
+        cos, sin = self.rotary(hidden, position_ids)
+        for layer, cache in zip(self.decoder_layers(), caches):
+            hidden = layer(hidden, embeds, cos, sin, cache, padding)
+        return hidden
+
+
+class Eagle3Draft(EagleDraft):
+    def __init__(self, config: DraftConfig):
+        super().__init__(config)
+        hidden = config.hidden_size
+        self.fc = nn.Linear(len(config.aux_layer_ids) * hidden, hidden, bias=False)
+        self.midlayer = DecoderLayer(config, "eagle3-first")
+        self.layers = nn.ModuleList(DecoderLayer(config, "plain") for _ in range(config.num_hidden_layers - 1))
+        self.norm = RMSNorm(hidden, config.rms_norm_eps)
+        self.lm_head = nn.Linear(hidden, config.draft_vocab_size, bias=False)
+
+    def decoder_layers(self) -> list[DecoderLayer]:
+        return [self.midlayer, *self.layers]
+
+    def fuse(self, aux_hidden: torch.Tensor) -> torch.Tensor:
+        """The target's aux hidden states, concatenated in ascending layer order (3H) -> H."""
+        return self.fc(aux_hidden)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.norm(hidden))
+
+
+class Eagle1Draft(EagleDraft):
+    """EAGLE-1: fc(cat(embedding, target feature)) -> decoder layers -> the next feature; the target's own
+    LM head turns features into tokens (it is not part of the draft)."""
+
+    def __init__(self, config: DraftConfig):
+        super().__init__(config)
+        hidden = config.hidden_size
+        self.fc = nn.Linear(2 * hidden, hidden, bias=False)
+        self.layers = nn.ModuleList(DecoderLayer(config, "eagle1-first" if i == 0 else "plain")
+                                    for i in range(config.num_hidden_layers))
+
+    def decoder_layers(self) -> list[DecoderLayer]:
+        return list(self.layers)
+
+    def step(self, embeds, hidden, position_ids, caches, padding):
+        return super().step(embeds, self.fc(torch.cat([embeds, hidden], dim=-1)), position_ids, caches, padding)
+
+
+def build_draft(config: DraftConfig) -> EagleDraft:
+    return Eagle3Draft(config) if config.algorithm == "eagle3" else Eagle1Draft(config)

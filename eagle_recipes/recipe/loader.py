@@ -1,0 +1,173 @@
+"""Load a recipe: TOML syntax, then the JSON Schema, then rules that need the base model's config.
+
+Every problem is reported with file, line and key path, all of them at once, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator, ValidationError
+
+from eagle_recipes.recipe.errors import Problem, RecipeError
+from eagle_recipes.recipe.schema import apply_defaults, field_names, load_schema
+from eagle_recipes.recipe.toml_lines import key_lines, line_of
+from eagle_recipes.recipe.view import Recipe
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+# Eval prompt sets that are not files.
+NAMED_PROMPT_SETS = ("mt-bench", "holdout")
+
+
+def _key_path(parts: Any) -> str:
+    return ".".join(str(part) for part in parts)
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
+def _schema_problem(error: ValidationError, file: str, lines: dict[str, int]) -> list[Problem]:
+    """Turn one jsonschema error into messages a person can act on."""
+    path = _key_path(error.absolute_path)
+    line = line_of(lines, path)
+    validator, instance = error.validator, error.instance
+    if validator == "additionalProperties":
+        allowed = field_names(re.sub(r"\.\d+", "", path))
+        problems = []
+        for key in sorted(set(instance) - set(allowed)):
+            full = f"{path}.{key}" if path else key
+            hint = _did_you_mean(key, allowed) or f"allowed here: {', '.join(allowed)}"
+            problems.append(Problem(file, line_of(lines, full), full, "unknown key", hint))
+        return problems
+    if validator == "required":
+        missing = re.search(r"'([^']+)' is a required property", error.message)
+        key = missing.group(1) if missing else "?"
+        full = f"{path}.{key}" if path else key
+        table = f"[{path}]" if path else "the top level"
+        return [Problem(file, line, full, "is required but missing", f"add `{key} = ...` to {table}")]
+    if validator == "type":
+        expected = error.validator_value
+        return [Problem(file, line, path, f"expected {expected}, got {type(instance).__name__} {instance!r}")]
+    if validator == "enum":
+        options = [str(option) for option in error.validator_value]
+        hint = _did_you_mean(str(instance), options)
+        hint = f"{hint} " if hint else ""
+        return [Problem(file, line, path, f"{instance!r} is not one of {', '.join(options)}",
+                        f"{hint}choose one of them".strip())]
+    if validator == "oneOf" and path.endswith("temperature"):
+        return [Problem(file, line, path, f"{instance!r} is not a number >= 0 or a list of them")]
+    if validator == "pattern":
+        description = error.schema.get("description", "")
+        return [Problem(file, line, path, f"{instance!r} does not match {error.validator_value}", description)]
+    return [Problem(file, line, path, error.message)]
+
+
+def _check_schema(data: dict, file: str, lines: dict[str, int]) -> list[Problem]:
+    validator = Draft202012Validator(load_schema())
+    problems: list[Problem] = []
+    for error in sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message)):
+        problems.extend(_schema_problem(error, file, lines))
+    return problems
+
+
+def _check_files(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
+    """Files the recipe names must exist."""
+    file = str(recipe.path)
+    named: list[tuple[str, str]] = [(f"data.prompts.{i}", p) for i, p in enumerate(recipe.inputs.prompts)]
+    named += [(f"data.conversations.{i}", p) for i, p in enumerate(recipe.inputs.conversations)]
+    named += [(f"eval.prompts.{i}", p) for i, p in enumerate(recipe.eval.prompts) if p not in NAMED_PROMPT_SETS]
+    named += [(key, value) for key, value in (("vocab.draft_vocab_cache", recipe.vocab.draft_vocab_cache),
+                                              ("model.config", recipe.model.config),
+                                              ("model.chat_template", recipe.model.chat_template)) if value]
+    problems = []
+    for key, relative in named:
+        if not recipe.resolve(relative).exists():
+            problems.append(Problem(file, line_of(lines, key), re.sub(r"\.\d+$", "", key),
+                                    f"file not found: {relative}", f"paths are relative to {recipe.folder}"))
+    return problems
+
+
+def _check_against_model(recipe: Recipe, raw: dict, lines: dict[str, int]) -> list[Problem]:
+    """Rules that need the base model's architecture: vocabulary size and draft architecture."""
+    from eagle_recipes.draft.config import BaseModelFacts, DraftConfigError, build_draft_config
+    from eagle_recipes.models import ModelError, load_base_config
+
+    file = str(recipe.path)
+    try:
+        config = load_base_config(recipe.model.path, recipe.model.config, recipe.folder)
+        facts = BaseModelFacts.from_config(config)
+    except (ModelError, OSError, KeyError, ValueError) as error:
+        return [Problem(file, line_of(lines, "model.path"), "model.path",
+                        f"cannot read the base model's config: {error}",
+                        "set model.config to its config.json to validate and plan offline")]
+    problems = []
+    written_vocab = raw.get("vocab", {}).get("draft_vocab_size")
+    if written_vocab is not None and written_vocab > facts.vocab_size:
+        problems.append(Problem(file, line_of(lines, "vocab.draft_vocab_size"), "vocab.draft_vocab_size",
+                                f"{written_vocab} is larger than the base model's vocabulary ({facts.vocab_size})",
+                                f"use at most {facts.vocab_size}; {facts.vocab_size} means no compression"))
+    try:
+        build_draft_config(recipe.draft.algorithm, recipe.draft.overrides, facts, recipe.vocab.draft_vocab_size)
+    except DraftConfigError as error:
+        problems.append(Problem(file, line_of(lines, error.key), error.key, error.message, error.hint))
+    return problems
+
+
+def _check_consistency(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
+    file = str(recipe.path)
+    problems = []
+    has_data = recipe.inputs.prompts or recipe.inputs.conversations or recipe.synthesis.self_prompts
+    if not has_data:
+        problems.append(Problem(file, line_of(lines, "data"), "data.prompts", "no training data",
+                                "name prompt files in data.prompts, conversations in data.conversations, "
+                                "or set synthesis.self_prompts"))
+    if recipe.synthesis.self_prompts and recipe.synthesis.engine == "none":
+        problems.append(Problem(file, line_of(lines, "synthesis.self_prompts"), "synthesis.self_prompts",
+                                "needs a synthesis engine", "set synthesis.engine to vllm or openai"))
+    return problems
+
+
+def validate_file(path: str | Path, check_model: bool = True) -> tuple[Recipe | None, list[Problem]]:
+    """Load and check a recipe; return (recipe or None, every problem found)."""
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        return None, [Problem(file, None, "", f"cannot read the recipe: {error.strerror}")]
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        found = re.search(r"\(at line (\d+), column (\d+)\)", str(error))
+        message = re.sub(r"\s*\(at line.*\)", "", str(error))
+        line = int(found.group(1)) if found else None
+        column = f" at column {found.group(2)}" if found else ""
+        return None, [Problem(file, line, "", f"TOML syntax error{column}: {message}",
+                              "check quotes, brackets and `key = value` form")]
+    lines = key_lines(text)
+    problems = _check_schema(raw, file, lines)
+    if problems:
+        return None, problems
+    recipe = Recipe(path=path.resolve(), data=apply_defaults(raw))
+    problems = _check_files(recipe, lines) + _check_consistency(recipe, lines)
+    if check_model:
+        problems += _check_against_model(recipe, raw, lines)
+    return (None if problems else recipe), problems
+
+
+def load_recipe(path: str | Path, check_model: bool = True) -> Recipe:
+    recipe, problems = validate_file(path, check_model)
+    if problems:
+        raise RecipeError(problems)
+    assert recipe is not None
+    return recipe

@@ -1,0 +1,63 @@
+"""A typed, read-only view of a validated recipe (defaults already applied)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+FREE_FORM_TABLES = ("overrides", "engine_kwargs")  # tables whose keys the schema does not fix
+
+
+class Section:
+    """Attribute access over one TOML table: `recipe.train.lr` rather than `recipe["train"]["lr"]`."""
+
+    def __init__(self, values: dict[str, Any]):
+        self._values = values
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            value = self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        return Section(value) if isinstance(value, dict) and name not in FREE_FORM_TABLES else value
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self._values)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path  # the recipe file; relative paths inside it are relative to its folder
+    data: dict[str, Any]  # the recipe with every default applied
+
+    @property
+    def name(self) -> str:
+        return self.data["name"]
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, relative: str) -> Path:
+        """A path written in the recipe, made absolute against the recipe's folder."""
+        path = Path(relative).expanduser()
+        return path if path.is_absolute() else (self.folder / path).resolve()
+
+    @property
+    def output_dir(self) -> Path:
+        return self.resolve(self.data["output_dir"].format(name=self.name))
+
+    def section(self, name: str) -> Section:
+        return Section(self.data[name])
+
+    model = property(lambda self: self.section("model"))
+    inputs = property(lambda self: self.section("data"))  # `data` is the raw dict
+    synthesis = property(lambda self: self.section("synthesis"))
+    vocab = property(lambda self: self.section("vocab"))
+    draft = property(lambda self: self.section("draft"))
+    train = property(lambda self: self.section("train"))
+    export = property(lambda self: self.section("export"))
+    eval = property(lambda self: self.section("eval"))
+    ray = property(lambda self: self.section("ray"))

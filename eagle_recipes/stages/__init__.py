@@ -1,0 +1,13 @@
+"""The pipeline's stages, in order. Each module says what it reads, what it writes and how it runs."""
+
+from eagle_recipes.stages.base import Stage, StageContext
+from eagle_recipes.stages.calibrate import CalibrateStage
+from eagle_recipes.stages.evaluate import EvaluateStage
+from eagle_recipes.stages.export import ExportStage
+from eagle_recipes.stages.synthesize import SynthesizeStage
+from eagle_recipes.stages.train import TrainStage
+
+STAGES: list[type[Stage]] = [SynthesizeStage, CalibrateStage, TrainStage, ExportStage, EvaluateStage]
+STAGE_NAMES = [stage.name for stage in STAGES]
+
+__all__ = ["STAGES", "STAGE_NAMES", "Stage", "StageContext"]

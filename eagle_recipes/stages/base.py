@@ -1,0 +1,62 @@
+"""The small interface every stage implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from eagle_recipes.recipe import Recipe
+
+# progress(done, total, unit): how far the stage is; total may be None when unknown
+ProgressFn = Callable[[int, "int | None", str], None]
+
+
+@dataclass
+class StageContext:
+    recipe: Recipe
+    out: Path  # this stage's folder: <output_dir>/<stage>
+    inputs: dict[str, Path]  # upstream stage name -> its folder
+    resumed: bool = False  # partial work from an interrupted run with the same fingerprint is in `out`
+    progress: ProgressFn = field(default=lambda done, total, unit: None)
+    log: Callable[[str], None] = field(default=print)
+
+
+class Stage:
+    """A stage reads artifacts and writes artifacts under `<output_dir>/<name>/`."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    @staticmethod
+    def enabled(recipe: Recipe) -> tuple[bool, str]:
+        """(runs?, why not) - a stage is left out when the recipe turns it off or supplies its output."""
+        return True, ""
+
+    @staticmethod
+    def depends_on(recipe: Recipe, enabled: set[str]) -> list[str]:
+        return []
+
+    @staticmethod
+    def settings(recipe: Recipe) -> dict[str, Any]:
+        """The recipe fields that decide this stage's output (they go into its fingerprint)."""
+        return {}
+
+    @staticmethod
+    def input_files(recipe: Recipe) -> list[Path]:
+        """Files outside the run directory whose content decides this stage's output."""
+        return []
+
+    @staticmethod
+    def outputs(recipe: Recipe) -> list[str]:
+        return []
+
+    @staticmethod
+    def resources(recipe: Recipe) -> dict[str, Any]:
+        """What the stage's work asks Ray for (shown by `plan`)."""
+        return {}
+
+    @staticmethod
+    def run(ctx: StageContext) -> dict[str, Any]:
+        """Do the work; return {"counts": {...}, "metrics": {...}} for the manifest."""
+        raise NotImplementedError

@@ -1,0 +1,56 @@
+"""Helpers shared by stages: where the training conversations are, the base model, the vocabulary mapping."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from eagle_recipes.data.formats import is_holdout
+from eagle_recipes.recipe import Recipe
+
+SHARDS = "shards"
+
+
+def conversation_files(recipe: Recipe, inputs: dict[str, Path]) -> list[Path]:
+    """Seed-format JSONL files holding every conversation (training and held-out)."""
+    if "synthesize" in inputs:
+        return sorted((inputs["synthesize"] / SHARDS).glob("*.jsonl"))
+    return [recipe.resolve(p) for p in recipe.inputs.conversations]
+
+
+def split_of(conversation: dict, recipe: Recipe) -> str:
+    return "holdout" if is_holdout(conversation["conversation_id"], recipe.inputs.holdout_fraction) else "train"
+
+
+def read_conversations(files: list[Path], recipe: Recipe, split: str | None = "train") -> list[dict]:
+    rows = []
+    for path in files:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    row = json.loads(line)
+                    if split is None or split_of(row, recipe) == split:
+                        rows.append(row)
+    return rows
+
+
+def base_model_path(recipe: Recipe) -> str:
+    from eagle_recipes.models import resolve_model
+
+    return resolve_model(recipe.model.path, recipe.folder)
+
+
+def chat_template_file(recipe: Recipe) -> str:
+    return str(recipe.resolve(recipe.model.chat_template)) if recipe.model.chat_template else ""
+
+
+def vocab_file(recipe: Recipe, inputs: dict[str, Path]) -> Path:
+    if "calibrate" in inputs:
+        return inputs["calibrate"] / "d2t.pt"
+    return recipe.resolve(recipe.vocab.draft_vocab_cache)
+
+
+def torch_threads(cpus: float) -> int:
+    """Threads for torch inside a worker: the CPUs Ray gave it, never more (oversubscription is ~8x slower)."""
+    return max(1, min(int(cpus), os.cpu_count() or 1))
