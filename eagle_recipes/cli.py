@@ -24,8 +24,8 @@ EXAMPLES = """examples:
   eagle-recipes eval --base BASE_DIR --draft DRAFT_DIR --prompts mt-bench -k 5
 """
 
-console = Console()
-errors = Console(stderr=True)
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 
 def _print_problems(problems) -> None:

@@ -46,6 +46,7 @@ def render_text(tokenizer, messages: list[dict], with_spans: bool = True) -> tup
             continue
         start = len(_template(tokenizer, messages[:index], True))
         end = len(_template(tokenizer, messages[: index + 1], False))
+        end = start + len(text[start:end].rstrip())  # the newline after end-of-turn is the template's, not the model's
         spans.append((start, end))
     return text, spans
 
@@ -53,8 +54,9 @@ def render_text(tokenizer, messages: list[dict], with_spans: bool = True) -> tup
 def render_batch(tokenizer, conversations: list[list[dict]], max_len: int | None = None,
                  with_mask: bool = True) -> list[Rendered]:
     """Render and tokenize many conversations in one fast-tokenizer call."""
-    texts, all_spans = zip(*(render_text(tokenizer, messages, with_mask) for messages in conversations)) \
-        if conversations else ((), ())
+    if not conversations:
+        return []
+    texts, all_spans = zip(*(render_text(tokenizer, messages, with_mask) for messages in conversations))
     encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=with_mask,
                         truncation=max_len is not None, max_length=max_len)
     rendered = []

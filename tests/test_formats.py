@@ -1,0 +1,106 @@
+"""Input formats: ShareGPT, OpenAI chat, the seed's, prompt-only; JSONL and Parquet; bad rows skipped and counted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from eagle_recipes.data.formats import DataFormatError, detect_format, load_conversations, merge_consecutive
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def test_sharegpt_with_system_and_mixed_roles(tmp_path):
+    path = write_jsonl(tmp_path / "a.jsonl", [{"id": "c1", "conversations": [
+        {"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"},
+        {"from": "human", "value": "Bye"}]}])
+    data = load_conversations([path])
+    assert data.formats[str(path)] == "sharegpt"
+    turns = data.conversations[0]["conversations"]
+    assert [t["role"] for t in turns] == ["system", "user", "assistant", "user"]
+    assert data.conversations[0]["conversation_id"] == "c1"
+
+
+def test_openai_messages_with_content_parts(tmp_path):
+    path = write_jsonl(tmp_path / "b.jsonl", [{"messages": [
+        {"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}]}, {"role": "assistant", "content": "4"}]}])
+    data = load_conversations([path])
+    assert data.formats[str(path)] == "openai"
+    assert data.conversations[0]["conversations"][0] == {"role": "user", "content": "What is 2+2?"}
+
+
+def test_seed_format_with_and_without_id(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [
+        {"conversation_id": 7, "conversations": [{"role": "user", "content": "A"}]},
+        {"conversations": [{"role": "user", "content": "B"}]}])
+    data = load_conversations([path])
+    ids = sorted(c["conversation_id"] for c in data.conversations)
+    assert "7" in ids and len(ids) == 2 and all(ids)
+
+
+def test_prompt_only_rows_prompt_and_text(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "one"}, {"text": "two"}])
+    data = load_conversations([path])
+    assert sorted(c["conversations"][0]["content"] for c in data.conversations) == ["one", "two"]
+
+
+def test_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"prompt": ["p1", "p2", "p3"]}), path)
+    assert len(load_conversations([path]).conversations) == 3
+
+
+def test_non_alternating_turns_are_merged_not_dropped(tmp_path):
+    path = write_jsonl(tmp_path / "f.jsonl", [{"messages": [
+        {"role": "user", "content": "part one"}, {"role": "user", "content": "part two"},
+        {"role": "assistant", "content": "x"}, {"role": "assistant", "content": "y"}]}])
+    turns = load_conversations([path]).conversations[0]["conversations"]
+    assert turns == [{"role": "user", "content": "part one\n\npart two"}, {"role": "assistant", "content": "x\n\ny"}]
+    assert merge_consecutive([]) == []
+
+
+def test_bad_rows_skipped_and_counted_by_reason(tmp_path):
+    path = write_jsonl(tmp_path / "g.jsonl", [
+        {"prompt": "fine"}, "{not json", {"conversations": [{"from": "alien", "value": "?"}]},
+        {"messages": []}, {"prompt": "   "}, {"prompt": "fine"}, "[1, 2]"])
+    data = load_conversations([path], fmt="auto")
+    assert len(data.conversations) == 1
+    assert data.skipped == {"malformed JSON": 1, "unknown role": 1, "empty conversation": 2, "duplicate id": 1,
+                            "not an object": 1}
+
+
+def test_unknown_format_is_a_clear_error(tmp_path):
+    path = write_jsonl(tmp_path / "h.jsonl", [{"question": "q", "answer": "a"}])
+    with pytest.raises(DataFormatError, match=r"h\.jsonl: no known conversation format.*'conversations'"):
+        load_conversations([path])
+
+
+def test_explicit_format_override(tmp_path):
+    path = write_jsonl(tmp_path / "i.jsonl", [{"prompt": "p", "messages": [{"role": "user", "content": "m"}]}])
+    assert load_conversations([path], fmt="prompt").conversations[0]["conversations"][0]["content"] == "p"
+    assert load_conversations([path], fmt="openai").conversations[0]["conversations"][0]["content"] == "m"
+
+
+def test_shuffle_and_limit_are_deterministic_and_order_free(tmp_path):
+    rows = [{"prompt": f"p{i}"} for i in range(50)]
+    a = write_jsonl(tmp_path / "a.jsonl", rows)
+    b = write_jsonl(tmp_path / "b.jsonl", list(reversed(rows)))
+    first = [c["conversation_id"] for c in load_conversations([a], max_samples=10, seed=3).conversations]
+    again = [c["conversation_id"] for c in load_conversations([b], max_samples=10, seed=3).conversations]
+    other = [c["conversation_id"] for c in load_conversations([a], max_samples=10, seed=4).conversations]
+    assert first == again and first != other and len(first) == 10
+
+
+def test_detect_format():
+    assert detect_format({"conversations": [{"from": "human", "value": "x"}]}) == "sharegpt"
+    assert detect_format({"conversations": [{"role": "user", "content": "x"}]}) == "seed"
+    assert detect_format({"messages": []}) == "openai"
+    assert detect_format({"text": "x"}) == "prompt"
+    assert detect_format([1]) is None

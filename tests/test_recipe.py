@@ -1,0 +1,154 @@
+"""The recipe language: defaults, and errors a person can act on (file, line, key path, hint; no traceback)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eagle_recipes.recipe import load_recipe, validate_file
+from eagle_recipes.recipe.schema import default_of, load_schema
+from tests.conftest import PROJECT, write_recipe
+
+GOOD = """#:schema ../schemas/recipe.schema.json
+name = "demo"
+
+[model]
+path = "some/model"
+config = "config.json"
+
+[data]
+prompts = ["prompts.jsonl"]
+"""
+
+
+@pytest.fixture
+def folder(tmp_path, smollm2_config):
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "hi"}\n')
+    return tmp_path
+
+
+def test_valid_recipe_gets_every_default(folder):
+    recipe = load_recipe(write_recipe(folder, GOOD))
+    assert recipe.train.lr == default_of("train.lr") == 0.0001
+    assert recipe.train.ttt_steps == 7 and recipe.train.ttt_decay == 0.8
+    assert recipe.draft.algorithm == "eagle3" and recipe.draft.overrides == {}
+    assert recipe.synthesis.engine == "vllm" and recipe.synthesis.openai.api_key_env == "OPENAI_API_KEY"
+    assert recipe.vocab.draft_vocab_size == 32000
+    assert recipe.output_dir == (folder / "runs" / "demo").resolve()
+    assert recipe.model.trust_remote_code is False
+
+
+def test_every_schema_field_has_type_description_default():
+    schema = load_schema()
+
+    def walk(node, path):
+        node = schema["$defs"][node["$ref"].split("/")[-1]] if "$ref" in node else node
+        for name, child in node.get("properties", {}).items():
+            child_resolved = schema["$defs"][child["$ref"].split("/")[-1]] if "$ref" in child else child
+            assert "description" in child or "$ref" in child, f"{path}{name} has no description"
+            if "properties" in child_resolved:
+                assert child_resolved.get("additionalProperties") is False, f"{path}{name} allows unknown keys"
+                walk(child_resolved, f"{path}{name}.")
+            else:
+                assert "default" in child_resolved, f"{path}{name} has no default"
+                assert "type" in child_resolved or "enum" in child_resolved or "oneOf" in child_resolved
+
+    assert schema["additionalProperties"] is False
+    walk(schema, "")
+
+
+# (name, recipe text, expected line, expected key, words the message must contain)
+BAD = [
+    ("toml syntax", GOOD + "[train\nlr = 1\n", 10, "", "TOML syntax error"),
+    ("unclosed string", GOOD.replace('"demo"', '"demo'), 2, "", "TOML syntax error"),
+    ("wrong type", GOOD + "[train]\nlr = \"fast\"\n", 11, "train.lr", "expected number"),
+    ("unknown key", GOOD + "[train]\nbanana = 1\n", 11, "train.banana", "unknown key"),
+    ("misspelled key", GOOD + "[train]\nlearning_rat = 1\nepochz = 2\n", 12, "train.epochz", "did you mean 'epochs'"),
+    ("misspelled table", GOOD + "[trian]\nlr = 1\n", 10, "trian", "did you mean 'train'"),
+    ("out of range", GOOD + "[train]\nttt_decay = 1.5\n", 11, "train.ttt_decay", "maximum"),
+    ("below minimum", GOOD + "[synthesis]\nmax_tokens = 0\n", 11, "synthesis.max_tokens", "minimum"),
+    ("missing required", GOOD.replace('path = "some/model"\n', ""), 4, "model.path", "required"),
+    ("missing model", "name = \"x\"\n[data]\nprompts = []\n", None, "model", "required"),
+    ("bad enum", GOOD + "[draft]\nalgorithm = \"eagle2\"\n", 11, "draft.algorithm", "did you mean 'eagle3'"),
+    ("bad name pattern", GOOD.replace('"demo"', '"my run!"'), 2, "name", "does not match"),
+    ("vocab too large", GOOD + "[vocab]\ndraft_vocab_size = 60000\n", 11, "vocab.draft_vocab_size", "larger than the base"),
+    ("unknown override", GOOD + "[draft.overrides]\nnum_layers = 2\n", 11, "draft.overrides.num_layers",
+     "valid fields"),
+    ("derived override", GOOD + "[draft.overrides]\nhidden_size = 128\n", 11, "draft.overrides.hidden_size",
+     "derived from the base model"),
+    ("aux ids out of range", GOOD + "[draft.overrides]\naux_layer_ids = [1, 2, 40]\n", 11,
+     "draft.overrides.aux_layer_ids", "outside the base model's 30 layers"),
+    ("missing prompt file", GOOD.replace("prompts.jsonl", "nope.jsonl"), 9, "data.prompts", "file not found"),
+    ("missing vocab cache", GOOD + "[vocab]\ndraft_vocab_cache = \"d2t.pt\"\n", 11, "vocab.draft_vocab_cache",
+     "file not found"),
+    ("temperature list of strings", GOOD + "[synthesis]\ntemperature = [\"hot\"]\n", 11, "synthesis.temperature",
+     "not a number"),
+    ("api key env pattern", GOOD + "[synthesis.openai]\napi_key_env = \"sk-123 secret\"\n", 11,
+     "synthesis.openai.api_key_env", "does not match"),
+    ("no data", GOOD.replace('prompts = ["prompts.jsonl"]', "prompts = []"), 8, "data.prompts", "no training data"),
+    ("inline table unknown key", GOOD + "[synthesis]\nopenai = { base_urll = \"x\" }\n", 11,
+     "synthesis.openai.base_urll", "did you mean 'base_url'"),
+]
+
+
+@pytest.mark.parametrize("name,text,line,key,words", BAD, ids=[b[0] for b in BAD])
+def test_bad_recipe_names_file_line_key(folder, name, text, line, key, words):
+    path = write_recipe(folder, text)
+    recipe, problems = validate_file(path)
+    assert recipe is None and problems, name
+    rendered = [str(p) for p in problems]
+    match = [r for r in rendered if words in r]
+    assert match, f"no problem mentions {words!r}: {rendered}"
+    problem = problems[rendered.index(match[0])]
+    assert problem.file == str(path)
+    assert problem.key == key
+    assert problem.line == line, rendered
+    prefix = f"{path}:{line}: " if line else f"{path}: "
+    assert match[0].startswith(prefix + (f"{key}: " if key else "")), match[0]
+
+
+def test_all_problems_reported_at_once(folder):
+    path = write_recipe(folder, GOOD + "[train]\nlr = \"x\"\nepochz = 1\n")
+    _, problems = validate_file(path)
+    assert {p.key for p in problems} == {"train.lr", "train.epochz"}
+
+
+def test_validate_cli_exit_codes_and_no_traceback(folder):
+    good = write_recipe(folder, GOOD, "good.toml")
+    bad = write_recipe(folder, GOOD + "[train]\nepochz = 2\n", "bad.toml")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "eagle_recipes.cli", *a], capture_output=True, text=True)
+    ok = run("validate", str(good))
+    assert ok.returncode == 0 and "valid" in ok.stdout
+    failed = run("validate", str(bad))
+    assert failed.returncode == 1
+    assert f"{bad}:11: train.epochz: unknown key (did you mean 'epochs'?)" in failed.stderr
+    assert "Traceback" not in failed.stderr + failed.stdout
+    missing = run("validate", str(folder / "absent.toml"))
+    assert missing.returncode == 1 and "cannot read the recipe" in missing.stderr
+
+
+def test_every_shipped_recipe_validates():
+    paths = sorted((PROJECT / "recipes").glob("*.toml")) + sorted((PROJECT / "catalog").glob("*/*.toml"))
+    assert len(paths) >= 20
+    for path in paths:
+        recipe, problems = validate_file(path)
+        assert not problems, [str(p) for p in problems]
+        assert path.read_text().startswith("#:schema "), f"{path} lacks the #:schema line"
+
+
+def test_schema_command_prints_the_schema():
+    out = subprocess.run([sys.executable, "-m", "eagle_recipes.cli", "schema"], capture_output=True, text=True)
+    assert out.returncode == 0 and '"$schema": "https://json-schema.org/draft/2020-12/schema"' in out.stdout
+
+
+def test_help_and_version():
+    run = lambda *a: subprocess.run([sys.executable, "-m", "eagle_recipes.cli", *a], capture_output=True, text=True)
+    assert re.search(r"eagle-recipes \d+\.\d+", run("--version").stdout)
+    helped = run("--help").stdout
+    for command in ("validate", "plan", "run", "submit", "catalog", "inspect", "eval", "schema"):
+        assert command in helped
+    assert "example" in run("plan", "--help").stdout
