@@ -11,13 +11,15 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
 
 # vLLM's CPU build reserves its KV cache from RAM: 1 GiB is plenty for small models and fits a laptop.
-CPU_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+CPU_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+                  # in-process engine: no separate scheduler process needs a core of its own
+                  "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_LOGGING_LEVEL": "WARNING"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class VLLMEngine:
         if not has_gpu_here():
             # float32 on CPU: without AVX-512 BF16 support, bfloat16 runs ~5x slower (measured here)
             kwargs.update(dtype="float32" if dtype == "auto" else dtype, enforce_eager=True,
-                          gpu_memory_utilization=0.3, max_model_len=4096)
+                          gpu_memory_utilization=0.3, max_model_len=cpu_max_model_len(model))
         elif dtype != "auto":
             kwargs["dtype"] = dtype
         kwargs.update(engine_kwargs)
@@ -60,13 +62,25 @@ class VLLMEngine:
     def generate(self, prompt_token_ids: list[list[int]], sampling: Sampling) -> list[Reply]:
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
-                                max_tokens=sampling.max_tokens, seed=sampling.seed,
-                                stop=["\n"] if sampling.stop_at_newline else None)
+        # one seed per request: identical prompts (self prompts) must not sample identical text
+        params = [SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
+                                 max_tokens=sampling.max_tokens, seed=sampling.seed + index,
+                                 stop=["\n"] if sampling.stop_at_newline else None)
+                  for index in range(len(prompt_token_ids))]
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_token_ids], params,
                                     use_tqdm=False)
         return [Reply(o.outputs[0].text, o.outputs[0].finish_reason == "length", len(o.outputs[0].token_ids))
                 for o in outputs]
+
+
+def cpu_max_model_len(model: str, cap: int = 4096) -> int:
+    """A context length whose KV cache fits the 1 GiB a CPU engine reserves (the model's own if smaller)."""
+    from eagle_recipes.models import load_base_config
+
+    try:
+        return min(cap, int(load_base_config(model).get("max_position_embeddings") or cap))
+    except Exception:  # noqa: BLE001 - a Hub id offline: keep the cap
+        return cap
 
 
 def has_gpu_here() -> bool:
@@ -92,7 +106,8 @@ class VLLMEngines:
     def generate(self, prompt_token_ids: list[list[int]], sampling: Sampling) -> list[Reply]:
         count = len(self.engines)
         parts = [prompt_token_ids[i::count] for i in range(count)]
-        results = ray.get([e.generate.remote(p, sampling) for e, p in zip(self.engines, parts) if p])
+        results = ray.get([e.generate.remote(p, replace(sampling, seed=sampling.seed + i * len(prompt_token_ids)))
+                           for i, (e, p) in enumerate(zip(self.engines, parts)) if p])
         replies: list[Reply] = [None] * len(prompt_token_ids)  # type: ignore[list-item]
         for index, part in enumerate(results):
             replies[index::count] = part
@@ -163,7 +178,8 @@ class OpenAIEngine:
 
     def generate(self, prompt_token_ids: list[list[int]], sampling: Sampling) -> list[Reply]:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(lambda ids: self._one(ids, sampling), prompt_token_ids))
+            return list(pool.map(lambda item: self._one(item[1], replace(sampling, seed=sampling.seed + item[0])),
+                                 enumerate(prompt_token_ids)))
 
     def close(self) -> None:
         pass

@@ -44,8 +44,9 @@ def tiny_llama(tmp_path_factory, smollm2_path) -> str:
     return str(folder)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session():
+    """An embedded Ray for one test module (module scope: the cluster test stops every Ray on the machine)."""
     import ray
 
     if not ray.is_initialized():

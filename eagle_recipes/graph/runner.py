@@ -35,7 +35,8 @@ def init_ray(recipe: Recipe, address: str | None) -> None:
     if address:
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
     else:
-        ray.init(num_cpus=embedded_cpus(recipe.ray.num_cpus), include_dashboard=False,
+        # address="local": always a fresh embedded Ray, never a cluster that `ray start` left on this machine
+        ray.init(address="local", num_cpus=embedded_cpus(recipe.ray.num_cpus), include_dashboard=False,
                  runtime_env={"env_vars": env}, log_to_driver=True)
 
 

@@ -136,7 +136,9 @@ def evaluate_vllm(base: str, draft: str, method: str, k: int, sets: list[PromptS
                   dtype: str = "auto", log=print) -> dict[str, Any]:
     """Baseline engine first (reference outputs, tokens/s), then the speculative one on the same prompts."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    max_len = 4096
+    from eagle_recipes.engines import cpu_max_model_len
+
+    max_len = cpu_max_model_len(base)
     llm = _engine(base, None, method, k, dtype, max_len)
     baseline: dict[str, tuple] = {}
     for prompt_set in sets:

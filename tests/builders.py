@@ -1,0 +1,117 @@
+"""Models the tests build with known behaviour.
+
+`build_permutation_target`: a Llama whose next token depends only on the current one (next = perm[current]).
+Every block's output projection is zero, so the residual stream stays the one-hot token embedding, and the LM
+head is the permutation matrix.
+
+`build_copy_draft`: an EAGLE-3 draft that predicts perm[input token] at every draft step, so every draft is
+accepted (tau = k + 1). Its attention must look only at the current position: queries and keys are a large
+constant on the slowest rotary pair, so q.k = c^2 cos((t - s) theta) peaks sharply at s = t. `wrong` lists
+tokens whose prediction is deliberately wrong, for a draft with partial acceptance.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+VOCAB = 64  # tokens t0..t63; one more id (64) is <eos>, never predicted
+HIDDEN = 64
+
+
+def permutation(seed: int = 0) -> list[int]:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(VOCAB, generator=generator).tolist()
+
+
+def _tokenizer(folder: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(VOCAB)} | {"<eos>": VOCAB}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<eos>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece(prefix="##")  # joins tokens with spaces
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>", pad_token="<eos>",
+                                        unk_token="<eos>")
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    tokenizer.save_pretrained(folder)
+
+
+def build_permutation_target(folder: Path, perm: list[int], layers: int = 8) -> Path:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=VOCAB + 1, hidden_size=HIDDEN, intermediate_size=64, num_hidden_layers=layers,
+                         num_attention_heads=1, num_key_value_heads=1, head_dim=HIDDEN, max_position_embeddings=1024,
+                         rms_norm_eps=1e-6, tie_word_embeddings=False, eos_token_id=VOCAB, pad_token_id=VOCAB,
+                         bos_token_id=VOCAB)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        for name, parameter in model.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.fill_(1.0)
+        model.model.embed_tokens.weight[:VOCAB] = torch.eye(HIDDEN)
+        for token, following in enumerate(perm):
+            model.lm_head.weight[following, token] = 1.0
+    model.generation_config.eos_token_id = VOCAB
+    model.save_pretrained(folder)
+    _tokenizer(folder)
+    return folder
+
+
+def build_copy_draft(target_folder: Path, perm: list[int], wrong: set[int] = frozenset(), sharpness: float = 1000.0):
+    """(draft module, DraftConfig, d2t) for the permutation target; draft vocabulary = the 64 real tokens."""
+    from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
+    from eagle_recipes.draft.model import build_draft
+
+    facts = BaseModelFacts.from_config(json.loads((target_folder / "config.json").read_text()))
+    # slowest rotary pair turns ~0.02 rad per position: theta^(-(d-2)/d) = 0.02
+    rope_theta = 0.02 ** (-HIDDEN / (HIDDEN - 2))
+    config = build_draft_config("eagle3", {"intermediate_size": 64, "norm_before_residual": True,
+                                           "rope_theta": rope_theta}, facts, VOCAB)
+    draft = build_draft(config)
+    slow = HIDDEN // 2 - 1  # the rotary pair (slow, slow + d/2) with the lowest frequency
+    with torch.no_grad():
+        for parameter in draft.parameters():
+            parameter.zero_()
+        for name, parameter in draft.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.fill_(1.0)
+        attention = draft.midlayer.self_attn
+        # input = cat(norm(embed) = 8 * onehot, norm(hidden)); the sum over the embed half is 8 for every token
+        attention.q_proj.weight[slow, :HIDDEN] = sharpness / 8
+        attention.k_proj.weight[slow, :HIDDEN] = sharpness / 8
+        attention.v_proj.weight[:, :HIDDEN] = 10 * torch.eye(HIDDEN)  # value = 80 * onehot(current token)
+        attention.o_proj.weight.copy_(torch.eye(HIDDEN))
+        for token, following in enumerate(perm):
+            predicted = perm[(token + 1) % VOCAB] if token in wrong and perm[(token + 1) % VOCAB] != following \
+                else following
+            draft.lm_head.weight[predicted, token] = 1.0
+    d2t = torch.zeros(VOCAB, dtype=torch.int64)  # draft id i is target id i
+    return draft, config, d2t
+
+
+def export_copy_draft(folder: Path, target_folder: Path, perm: list[int], wrong: set[int] = frozenset()) -> Path:
+    from eagle_recipes.draft.vocab import mapping_from_ids
+    from eagle_recipes.stages.export import write_draft
+
+    draft, config, _ = build_copy_draft(target_folder, perm, wrong)
+    mapping = mapping_from_ids(list(range(VOCAB)), VOCAB + 1)
+    report = write_draft(folder, draft.state_dict(), config, "flat", "float32", str(target_folder), 3,
+                         mapping.d2t, mapping.t2d)
+    assert report.ok, report.lines()
+    return folder
+
+
+def prompts_file(path: Path, count: int = 6, length: int = 5, seed: int = 1) -> Path:
+    generator = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(count):
+        tokens = torch.randint(0, VOCAB, (length,), generator=generator).tolist()
+        rows.append({"prompt": " ".join(f"t{t}" for t in tokens)})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

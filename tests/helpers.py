@@ -1,0 +1,68 @@
+"""Run one stage of a recipe in-process (on the test session's Ray), and start servers on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from eagle_recipes.graph.plan import compile_plan
+from eagle_recipes.graph.progress import ProgressHub
+from eagle_recipes.graph.runner import execute_stage
+from eagle_recipes.recipe import load_recipe
+
+
+def run_stage(recipe_path: Path, stage: str) -> dict:
+    """Plan the recipe and run one stage like the graph runner does (resume included)."""
+    recipe = load_recipe(recipe_path)
+    plan = compile_plan(recipe)
+    planned = plan.stage(stage)
+    inputs = {d: str(Path(recipe.output_dir) / d) for d in planned.depends_on}
+    return execute_stage(recipe, stage, planned.fingerprint, inputs, ProgressHub.remote())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class VLLMServer:
+    """A real `vllm serve` on 127.0.0.1 (the CPU build), started and stopped by the test."""
+
+    def __init__(self, model: str, api_key: str, port: int | None = None):
+        self.model, self.api_key, self.port = model, api_key, port or free_port()
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self, timeout: float = 240) -> "VLLMServer":
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}
+        command = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", self.model, "--port", str(self.port),
+                   "--host", "127.0.0.1", "--dtype", "float32", "--enforce-eager", "--max-model-len", "2048",
+                   "--api-key", self.api_key, "--served-model-name", "base", "--gpu-memory-utilization", "0.3"]
+        self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"vllm serve exited with {self.process.returncode}")
+            try:
+                request = urllib.request.Request(f"{self.base_url}/models",
+                                                 headers={"Authorization": f"Bearer {self.api_key}"})
+                with urllib.request.urlopen(request, timeout=2):
+                    return self
+            except OSError:
+                time.sleep(1)
+        raise TimeoutError("vllm serve did not come up")
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, 9)
+            self.process.wait()

@@ -1,0 +1,56 @@
+"""Cluster submission: a real two-node Ray cluster on loopback (head + a second node with its own resources),
+a recipe submitted as a Ray Job through `eagle-recipes submit --follow`, artifacts checked, nodes stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import free_port
+from tests.test_graph import small_recipe
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+@pytest.fixture
+def two_node_cluster(tmp_path):
+    port, dashboard = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    temp = tmp_path / "ray"
+    subprocess.run([RAY, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}", "--num-cpus=4",
+                    "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--temp-dir={temp}",
+                    "--resources={\"head\": 1}"], check=True, env=env, capture_output=True)
+    try:
+        subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=4",
+                        "--resources={\"second\": 1}"], check=True, env=env, capture_output=True)
+        yield f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True)
+
+
+def test_submit_to_a_two_node_cluster(tmp_path, two_node_cluster, tiny_llama):
+    dashboard, gcs = two_node_cluster
+    import ray
+
+    ray.init(address=gcs)
+    try:
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+        assert len(nodes) == 2 and ray.cluster_resources()["CPU"] == 8
+    finally:
+        ray.shutdown()
+    recipe = small_recipe(tmp_path, tiny_llama, steps=4)
+    output = tmp_path / "shared-output"
+    result = subprocess.run([sys.executable, "-m", "eagle_recipes.cli", "submit", str(recipe), "--address", dashboard,
+                             "--follow", "--output-dir", str(output)], capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert "submitted job" in result.stdout and "SUCCEEDED" in result.stdout
+    summary = json.loads((output / "run.json").read_text())
+    assert summary["ok"] and [s for s in summary["stages"]] == ["synthesize", "calibrate", "train", "export"]
+    assert (output / "export" / "draft" / "model.safetensors").exists()
+    assert not (tmp_path / "out").exists()  # everything went to the shared output directory

@@ -1,0 +1,101 @@
+"""Export layouts round-trip, and `inspect` catches broken drafts by tensor name."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
+from eagle_recipes.draft.model import build_draft
+from eagle_recipes.draft.vocab import mapping_from_ids
+from eagle_recipes.stages.evaluate import load_exported_draft
+from eagle_recipes.stages.export import inspect_draft, write_draft
+from tests.conftest import PROJECT
+
+SMOL = json.loads((PROJECT / "catalog/smollm2/configs/SmolLM2-135M-Instruct.json").read_text())
+SMALL = {**SMOL, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+         "intermediate_size": 128, "vocab_size": 500, "num_hidden_layers": 8}
+
+
+def _draft(algorithm="eagle3", layers=1, draft_vocab=100):
+    config = build_draft_config(algorithm, {"num_hidden_layers": layers}, BaseModelFacts.from_config(SMALL),
+                                draft_vocab)
+    torch.manual_seed(0)
+    return build_draft(config), config
+
+
+@pytest.mark.parametrize("algorithm,layout,layers", [("eagle3", "flat", 1), ("eagle3", "flat", 2),
+                                                     ("eagle3", "speculators", 2), ("eagle1", "eagle1", 1)])
+def test_round_trip_gives_the_same_weights(tmp_path, algorithm, layout, layers):
+    draft, config = _draft(algorithm, layers, 100 if algorithm == "eagle3" else 500)
+    mapping = mapping_from_ids(torch.arange(100) * 3, 500)
+    report = write_draft(tmp_path / "draft", draft.state_dict(), config, layout, "float32", "base", 5,
+                         mapping.d2t, mapping.t2d)
+    assert report.ok, report.lines()
+    assert report.layout == layout
+    loaded, loaded_config, d2t = load_exported_draft(tmp_path / "draft")
+    original = draft.state_dict()
+    assert set(loaded.state_dict()) == set(original)
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, original[name]), name
+    assert loaded_config.aux_layer_ids == config.aux_layer_ids
+    if algorithm == "eagle3":
+        assert torch.equal(d2t, mapping.d2t)
+    readme = (tmp_path / "draft" / "README.md").read_text()
+    assert "vllm serve base --speculative-config" in readme and "sglang.launch_server" in readme
+
+
+def test_full_vocabulary_leaves_out_d2t(tmp_path):
+    draft, config = _draft(draft_vocab=500)
+    report = write_draft(tmp_path / "draft", draft.state_dict(), config, "flat", "bfloat16", "base", 5)
+    assert report.ok
+    assert "d2t" not in load_file(str(tmp_path / "draft" / "model.safetensors"))
+
+
+def _break(tmp_path, mutate):
+    draft, config = _draft()
+    mapping = mapping_from_ids(torch.arange(100) * 3, 500)
+    write_draft(tmp_path / "draft", draft.state_dict(), config, "flat", "bfloat16", "base", 5, mapping.d2t, mapping.t2d)
+    path = tmp_path / "draft" / "model.safetensors"
+    tensors = load_file(str(path))
+    mutate(tensors)
+    save_file(tensors, str(path))
+    return inspect_draft(tmp_path / "draft")
+
+
+@pytest.mark.parametrize("mutate,words", [
+    (lambda t: t.pop("midlayer.hidden_norm.weight"), "missing tensor midlayer.hidden_norm.weight"),
+    (lambda t: t.__setitem__("fc.bias", torch.zeros(64, dtype=torch.bfloat16)), "unexpected tensor fc.bias (a bias"),
+    (lambda t: t.__setitem__("d2t", torch.zeros(99, dtype=torch.int64)), "tensor d2t has shape [99], expected [100]"),
+    (lambda t: t.__setitem__("lm_head.weight", torch.zeros(100, 32, dtype=torch.bfloat16)),
+     "tensor lm_head.weight has shape [100, 32], expected [100, 64]"),
+    (lambda t: t.__setitem__("d2t", torch.zeros(100, dtype=torch.int32)), "tensor d2t has dtype I32, expected I64"),
+])
+def test_inspect_catches_broken_exports(tmp_path, mutate, words):
+    report = _break(tmp_path, mutate)
+    assert not report.ok
+    assert any(words in problem for problem in report.problems), report.problems
+
+
+def test_inspect_command_exit_codes(tmp_path):
+    _break(tmp_path, lambda t: t.pop("norm.weight"))
+    out = subprocess.run([sys.executable, "-m", "eagle_recipes.cli", "inspect", str(tmp_path / "draft")],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "missing tensor norm.weight" in out.stdout and "BROKEN" in out.stdout
+
+
+def test_inspect_flags_missing_aux_ids(tmp_path):
+    draft, config = _draft()
+    write_draft(tmp_path / "draft", draft.state_dict(), config, "flat", "bfloat16", "base", 5,
+                *(lambda m: (m.d2t, m.t2d))(mapping_from_ids(torch.arange(100), 500)))
+    path = tmp_path / "draft" / "config.json"
+    data = json.loads(path.read_text())
+    del data["eagle_config"]
+    path.write_text(json.dumps(data))
+    report = inspect_draft(tmp_path / "draft")
+    assert any("eagle_aux_hidden_state_layer_ids not written" in p for p in report.problems)

@@ -1,0 +1,129 @@
+"""The task graph on Ray: plan offline, skip what is up to date, re-run exactly what a change affects, resume
+after the driver is SIGKILLed mid-stage with nothing lost or redone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT, write_recipe
+
+CLI = [sys.executable, "-m", "eagle_recipes.cli"]
+
+
+def cli(*args, env=None, check=True, timeout=900) -> subprocess.CompletedProcess:
+    result = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def plan_status(recipe: Path) -> dict[str, str]:
+    plan = json.loads(cli("plan", recipe, "--json").stdout)
+    return {stage["name"]: stage["status"] for stage in plan["stages"]}
+
+
+ALL_RECIPES = sorted((PROJECT / "recipes").glob("*.toml")) + sorted((PROJECT / "catalog").glob("*/*.toml"))
+
+
+def test_plan_every_shipped_recipe_offline(tmp_path):
+    env = {**os.environ, "EAGLE_RECIPES_CACHE": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "1"}
+    for recipe in ALL_RECIPES:
+        out = cli("plan", recipe, env=env)
+        for stage in ("synthesize", "calibrate", "train", "export", "evaluate"):
+            assert stage in out.stdout, f"{recipe.name}: {stage} missing from the plan"
+    assert not any((tmp_path / "empty-cache").rglob("*.safetensors")), "plan downloaded a model"
+
+
+def small_recipe(folder: Path, model: str, steps: int = 6, lr: str = "0.001", extra: str = "") -> Path:
+    prompts = folder / "prompts.jsonl"
+    if not prompts.exists():
+        rows = [{"conversations": [{"role": "user", "content": f"Question {i}: what is {i} plus {i}?"},
+                                   {"role": "assistant", "content": f"{i} plus {i} is {2 * i}. " * 3}]}
+                for i in range(40)]
+        prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return write_recipe(folder, f"""
+name = "graph"
+output_dir = "out"
+[model]
+path = "{model}"
+[data]
+prompts = ["prompts.jsonl"]
+[synthesis]
+engine = "none"
+batch_size = 8
+[vocab]
+draft_vocab_size = 300
+[train]
+max_steps = {steps}
+lr = {lr}
+ttt_steps = 2
+max_seq_len = 128
+checkpoint_every = 5
+[eval]
+enabled = false
+{extra}
+""")
+
+
+def test_cache_skip_and_exactly_the_affected_stages_rerun(tmp_path, tiny_llama):
+    recipe = small_recipe(tmp_path, tiny_llama)
+    assert plan_status(recipe) == dict.fromkeys(["synthesize", "calibrate", "train", "export"], "run")
+    cli("run", recipe)
+    assert set(plan_status(recipe).values()) == {"up to date"}
+    started = time.time()
+    again = cli("run", recipe)
+    assert time.time() - started < 60 and again.stdout.count("up to date") >= 4
+    before = {s: json.loads((tmp_path / "out" / s / "stage.json").read_text())["finished_at"]
+              for s in ("synthesize", "calibrate", "train", "export")}
+    small_recipe(tmp_path, tiny_llama, lr="0.002")  # a training setting: train and what follows
+    assert plan_status(recipe) == {"synthesize": "up to date", "calibrate": "up to date", "train": "run",
+                                   "export": "run"}
+    cli("run", recipe)
+    after = {s: json.loads((tmp_path / "out" / s / "stage.json").read_text())["finished_at"] for s in before}
+    assert after["synthesize"] == before["synthesize"] and after["calibrate"] == before["calibrate"]
+    assert after["train"] > before["train"] and after["export"] > before["export"]
+    with open(tmp_path / "prompts.jsonl", "a") as handle:  # the data: everything downstream of it
+        handle.write(json.dumps({"prompt": "one more"}) + "\n")
+    assert set(plan_status(recipe).values()) == {"run"}
+    small_recipe(tmp_path, tiny_llama, lr="0.002", extra="[export]\ndtype = \"float32\"\n")
+    assert plan_status(recipe)["export"] == "run" and plan_status(recipe)["synthesize"] == "run"
+    summary = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert summary["ok"] and set(summary["stages"]) == set(before)
+
+
+def test_sigkill_mid_training_resumes_to_identical_artifacts(tmp_path, tiny_llama):
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    reference.mkdir()
+    interrupted.mkdir()
+    cli("run", small_recipe(reference, tiny_llama, steps=30))
+    recipe = small_recipe(interrupted, tiny_llama, steps=30)
+    driver = subprocess.Popen([*CLI, "run", str(recipe)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = interrupted / "out" / "train" / "checkpoints" / "step-0000010"
+    deadline = time.time() + 600
+    while not checkpoint.exists() and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.05)
+    assert checkpoint.exists(), "training never reached step 10"
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert not (interrupted / "out" / "train" / "stage.json").exists()
+    time.sleep(3)  # let Ray notice the dead driver and stop its workers
+    cli("run", recipe)
+    manifest = json.loads((interrupted / "out" / "train" / "stage.json").read_text())
+    resumed = manifest["counts"]["resumed_from_step"]
+    assert resumed >= 10 and manifest["counts"]["steps"] == 30
+    assert manifest["counts"]["steps_this_run"] == 30 - resumed  # finished steps were not trained again
+    synth = json.loads((interrupted / "out" / "synthesize" / "stage.json").read_text())
+    assert synth["finished_at"] < manifest["started_at"]  # the finished stage was not redone
+    ours = (interrupted / "out" / "export" / "draft" / "model.safetensors").read_bytes()
+    theirs = (reference / "out" / "export" / "draft" / "model.safetensors").read_bytes()
+    assert ours == theirs, "the resumed run's draft differs from the uninterrupted run's"
+    metrics = (interrupted / "out" / "train" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in metrics] == list(range(1, 31))

@@ -1,0 +1,49 @@
+"""Export proven by real vLLM (the CPU build): drafts load, decoding stays lossless at T=0, and vLLM's acceptance
+counters agree with the pure-PyTorch reference loop; a draft that copies a known target reaches tau = k + 1."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from eagle_recipes.stages.evaluate import evaluate_reference, evaluate_vllm, prompts_from_file
+from tests.builders import build_permutation_target, export_copy_draft, permutation, prompts_file
+
+K = 3
+MAX_TOKENS = 60
+
+
+@pytest.fixture(scope="module")
+def permutation_setup(tmp_path_factory):
+    os.environ.update({"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+                       "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"})
+    folder = tmp_path_factory.mktemp("perm")
+    perm = permutation()
+    target = build_permutation_target(folder / "target", perm)
+    exact = export_copy_draft(folder / "exact", target, perm)
+    partial = export_copy_draft(folder / "partial", target, perm, wrong=set(range(0, 64, 3)))
+    prompts = prompts_from_file(prompts_file(folder / "prompts.jsonl"))
+    return target, exact, partial, prompts
+
+
+def test_copy_draft_reaches_k_plus_one_in_both_paths(permutation_setup):
+    target, exact, _, prompts = permutation_setup
+    reference = evaluate_reference(str(target), exact, K, [prompts], MAX_TOKENS)[prompts.name]
+    vllm = evaluate_vllm(str(target), str(exact), "eagle3", K, [prompts], MAX_TOKENS)[prompts.name]
+    # every draft accepted: only the last verify step of each prompt may be cut short by max_tokens
+    assert reference["per_position"] == [1.0] * K
+    assert reference["acceptance_length"] == K + 1
+    assert all(rate > 0.9 for rate in vllm["per_position"]), vllm
+    assert vllm["acceptance_length"] > K + 1 - 0.3, vllm
+    assert reference["lossless"] and vllm["lossless"]
+
+
+def test_vllm_and_reference_agree_on_a_partial_draft(permutation_setup):
+    target, _, partial, prompts = permutation_setup
+    reference = evaluate_reference(str(target), partial, K, [prompts], MAX_TOKENS)[prompts.name]
+    vllm = evaluate_vllm(str(target), str(partial), "eagle3", K, [prompts], MAX_TOKENS)[prompts.name]
+    assert 1.3 < reference["acceptance_length"] < K + 0.7  # partial acceptance, not a trivial case
+    assert abs(vllm["acceptance_length"] - reference["acceptance_length"]) < 0.15, (vllm, reference)
+    assert vllm["lossless"], vllm["identical_outputs"]
+    assert vllm["tokens_per_s_with_draft"] > 0 and vllm["tokens_per_s_target_alone"] > 0
