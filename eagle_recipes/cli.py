@@ -96,7 +96,7 @@ def cmd_plan(args) -> int:
         table.add_column(column, overflow="fold")
     for stage in plan.stages:
         reads = ", ".join(stage.depends_on + [Path(f).name for f in stage.inputs]) or "-"
-        resources = ", ".join(f"{k}: {v}" for k, v in stage.resources.items())
+        resources = "; ".join(_describe_resources(k, v) for k, v in stage.resources.items())
         color = "green" if stage.status == "up to date" else "yellow"
         table.add_row(stage.name, f"[{color}]{stage.status}[/{color}]", stage.reason, reads,
                       ", ".join(stage.outputs), resources)
@@ -104,6 +104,13 @@ def cmd_plan(args) -> int:
     for name, why in plan.left_out.items():
         console.print(f"left out: {name} ({why})", markup=False)
     return 0
+
+
+def _describe_resources(kind: str, value) -> str:
+    if kind == "driver":  # the stage's own Ray task
+        gpus = f", {value['num_gpus']} GPU" if value.get("num_gpus") else ""
+        return f"task {value.get('num_cpus', 0.1)} CPU{gpus}"
+    return f"{kind}: {value}"
 
 
 def cmd_run(args) -> int:

@@ -160,3 +160,23 @@ def test_catalog_draft_builds_at_full_size_on_meta(path):
     assert {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v[0]) for k, v in expected.items()}
     assert written["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == list(config.aux_layer_ids)
     assert written["num_attention_heads"] == base.num_attention_heads and written["vocab_size"] == base.vocab_size
+
+
+def test_later_steps_on_a_subset_of_columns_give_the_same_loss_and_gradients():
+    config = build_draft_config("eagle3", {}, facts(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                                    head_dim=16, intermediate_size=128, vocab_size=100), 40)
+    target = _fake_target()
+    target.loss_mask[:, :6] = 0  # a prompt: no loss on its tokens
+    target.padding[1, 9:] = 0  # a shorter second sequence
+    results = []
+    for subset in (True, False):
+        torch.manual_seed(0)
+        draft = build_draft(config)
+        loss, stats = ttt_loss(draft, target, torch.nn.Embedding(100, 64), steps=4, decay=0.8, subset=subset)
+        loss.backward()
+        results.append((loss.detach(), [s.correct for s in stats], [s.counted for s in stats],
+                        {n: p.grad.clone() for n, p in draft.named_parameters()}))
+    (loss_a, correct_a, counted_a, grads_a), (loss_b, correct_b, counted_b, grads_b) = results
+    assert torch.allclose(loss_a, loss_b, atol=1e-5) and correct_a == correct_b and counted_a == counted_b
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], atol=1e-5), name

@@ -47,3 +47,19 @@ def test_vllm_and_reference_agree_on_a_partial_draft(permutation_setup):
     assert abs(vllm["acceptance_length"] - reference["acceptance_length"]) < 0.15, (vllm, reference)
     assert vllm["lossless"], vllm["identical_outputs"]
     assert vllm["tokens_per_s_with_draft"] > 0 and vllm["tokens_per_s_target_alone"] > 0
+
+
+def test_eval_command_on_any_draft_folder(permutation_setup, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    target, exact, _, _ = permutation_setup
+    prompts = prompts_file(tmp_path / "p.jsonl", count=3)
+    out = subprocess.run([sys.executable, "-m", "eagle_recipes.cli", "eval", "--base", str(target), "--draft",
+                          str(exact), "--prompts", str(prompts), "-k", str(K), "--max-tokens", "30",
+                          "--engine", "reference", "--out", str(tmp_path / "eval")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"tau = {K + 1:.3f}" in out.stdout
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["acceptance_length"] == K + 1 and (tmp_path / "eval" / "per_position.png").exists()

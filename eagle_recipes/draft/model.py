@@ -70,7 +70,9 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: TTTCache,
-                padding: torch.Tensor | None) -> torch.Tensor:
+                padding: torch.Tensor | None, query_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """`query_positions`: the original positions of x's columns when later unroll steps run on a subset
+        of positions (None: x holds every position)."""
         batch, seq_len, _ = x.shape
         q = self.q_proj(x).view(batch, seq_len, self.heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, seq_len, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -83,16 +85,19 @@ class Attention(nn.Module):
         scale = 1.0 / math.sqrt(self.head_dim)
         # step-0 keys, causal (and not padding)
         scores = torch.matmul(q, cache.keys[0].transpose(2, 3)) * scale
-        mask = torch.ones(seq_len, seq_len, dtype=torch.bool, device=x.device).tril()
+        key_len = cache.keys[0].shape[2]
+        key_positions = torch.arange(key_len, device=x.device)
+        rows = key_positions[:seq_len] if query_positions is None else query_positions
+        mask = key_positions[None, :] <= rows[:, None]  # causal over the step-0 keys
         if padding is not None:
             mask = mask & padding[:, None, None, :].bool()
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         # keys of later steps at the same position: one extra score per step
         diagonal = [(q * key).sum(-1, keepdim=True) * scale for key in cache.keys[1:]]
         weights = torch.softmax(torch.cat([scores, *diagonal], dim=-1).float(), dim=-1).to(q.dtype)
-        out = torch.matmul(weights[..., :seq_len], cache.values[0])
+        out = torch.matmul(weights[..., :key_len], cache.values[0])
         for i, value in enumerate(cache.values[1:]):
-            out = out + weights[..., seq_len + i: seq_len + i + 1] * value
+            out = out + weights[..., key_len + i: key_len + i + 1] * value
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq_len, -1))
 
 
@@ -115,7 +120,7 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(config.hidden_size, config.intermediate_size)
 
     def forward(self, hidden: torch.Tensor, embeds: torch.Tensor | None, cos, sin, cache: TTTCache,
-                padding: torch.Tensor | None) -> torch.Tensor:
+                padding: torch.Tensor | None, query_positions: torch.Tensor | None = None) -> torch.Tensor:
         if self.kind == "eagle3-first":
             normed = self.hidden_norm(hidden)
             residual = normed if self.norm_before_residual else hidden
@@ -124,7 +129,7 @@ class DecoderLayer(nn.Module):
             residual, x = hidden, hidden
         else:
             residual, x = hidden, self.input_layernorm(hidden)
-        hidden = residual + self.self_attn(x, cos, sin, cache, padding)
+        hidden = residual + self.self_attn(x, cos, sin, cache, padding, query_positions)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
@@ -153,10 +158,11 @@ class EagleDraft(nn.Module):
         raise NotImplementedError
 
     def step(self, embeds: torch.Tensor, hidden: torch.Tensor, position_ids: torch.Tensor,
-             caches: list[TTTCache], padding: torch.Tensor | None) -> torch.Tensor:
+             caches: list[TTTCache], padding: torch.Tensor | None,
+             query_positions: torch.Tensor | None = None) -> torch.Tensor:
         cos, sin = self.rotary(hidden, position_ids)
         for layer, cache in zip(self.decoder_layers(), caches):
-            hidden = layer(hidden, embeds, cos, sin, cache, padding)
+            hidden = layer(hidden, embeds, cos, sin, cache, padding, query_positions)
         return hidden
 
 
@@ -195,8 +201,9 @@ class Eagle1Draft(EagleDraft):
     def decoder_layers(self) -> list[DecoderLayer]:
         return list(self.layers)
 
-    def step(self, embeds, hidden, position_ids, caches, padding):
-        return super().step(embeds, self.fc(torch.cat([embeds, hidden], dim=-1)), position_ids, caches, padding)
+    def step(self, embeds, hidden, position_ids, caches, padding, query_positions=None):
+        return super().step(embeds, self.fc(torch.cat([embeds, hidden], dim=-1)), position_ids, caches, padding,
+                            query_positions)
 
 
 def build_draft(config: DraftConfig) -> EagleDraft:

@@ -47,24 +47,43 @@ def shift_left(x: torch.Tensor, by: int = 1) -> torch.Tensor:
 
 
 def ttt_loss(draft: EagleDraft, target: TargetOutputs, embed: torch.nn.Embedding, steps: int, decay: float,
-             lm_head: torch.nn.Linear | None = None) -> tuple[torch.Tensor, list[StepStats]]:
-    """Unroll the draft `steps` times; return the weighted loss and per-step loss/accuracy."""
+             lm_head: torch.nn.Linear | None = None, subset: bool = True) -> tuple[torch.Tensor, list[StepStats]]:
+    """Unroll the draft `steps` times; return the weighted loss and per-step loss/accuracy.
+
+    After step 0 a position only talks to its own later steps (and to the fixed step-0 keys), so steps >= 1 run
+    on just the columns that carry a loss at some later step: the same result for less work.
+    """
     batch, seq_len = target.input_ids.shape
-    positions = torch.arange(seq_len, device=target.input_ids.device).expand(batch, seq_len)
+    positions = torch.arange(seq_len, device=target.input_ids.device)
     caches = [TTTCache() for _ in draft.decoder_layers()]
     is_eagle3 = isinstance(draft, Eagle3Draft)
     hidden = draft.fuse(target.hidden) if is_eagle3 else target.hidden
-    features = target.hidden  # EAGLE-1 regression targets
+    weights = []
+    for step in range(steps):
+        weight = (shift_left(target.loss_mask, step + 2) * shift_left(target.padding, step + 2)).bool()
+        weights.append(weight & shift_left(target.top_in_draft, step + 1))
+    later = torch.stack(weights[1:]).any(0).any(0) if steps > 1 else torch.zeros(seq_len, dtype=torch.bool)
+    if not subset:  # every column (for tests: the subset must not change the result)
+        later = torch.ones(seq_len, dtype=torch.bool)
+    columns = later.nonzero().squeeze(-1)
     total = torch.zeros((), device=hidden.device)
     stats: list[StepStats] = []
     for step in range(steps):
         tokens = shift_left(target.input_ids, step + 1)
         labels = shift_left(target.draft_logits, step + 1)
-        weight = (shift_left(target.loss_mask, step + 2) * shift_left(target.padding, step + 2)).bool()
-        weight &= shift_left(target.top_in_draft, step + 1)
+        weight = weights[step]
+        features = shift_left(target.hidden, step + 1) if not is_eagle3 else None
+        query_positions = None
+        if step > 0:
+            tokens, labels, weight = tokens[:, columns], labels[:, columns], weight[:, columns]
+            features = features[:, columns] if features is not None else None
+            query_positions = columns
+        if step == 1:
+            hidden = hidden[:, columns]
+        step_positions = (positions if query_positions is None else query_positions).expand(batch, -1)
         with torch.no_grad():
             embeds = embed(tokens)
-        hidden = draft.step(embeds, hidden, positions, caches, target.padding)
+        hidden = draft.step(embeds, hidden, step_positions, caches, target.padding, query_positions)
         logits = draft.logits(hidden) if is_eagle3 else lm_head(hidden)
         counted = int(weight.sum())
         probs = torch.softmax(labels.float(), dim=-1)
@@ -72,8 +91,7 @@ def ttt_loss(draft: EagleDraft, target: TargetOutputs, embed: torch.nn.Embedding
         denominator = weight.sum().clamp(min=1)
         loss = (cross_entropy * weight).sum() / denominator
         if isinstance(draft, Eagle1Draft):
-            regression = F.smooth_l1_loss(hidden.float(), shift_left(features, step + 1).float(),
-                                          reduction="none").mean(-1)
+            regression = F.smooth_l1_loss(hidden.float(), features.float(), reduction="none").mean(-1)
             loss = (regression * weight).sum() / denominator + EAGLE1_CLASSIFICATION_WEIGHT * loss
         total = total + (decay ** step) * loss
         correct = int(((logits.argmax(-1) == labels.argmax(-1)) & weight).sum())

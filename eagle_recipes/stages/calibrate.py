@@ -104,16 +104,15 @@ class CalibrateStage(Stage):
     @staticmethod
     def run(ctx: StageContext) -> dict[str, Any]:
         from eagle_recipes.atomic import atomic_path
+        from eagle_recipes.data.chat import load_tokenizer
         from eagle_recipes.draft.vocab import identity_mapping, mapping_from_ids, save_mapping, top_k_ids
+        from eagle_recipes.models import load_base_config
 
         recipe = ctx.recipe
         model_path = base_model_path(recipe)
-        from eagle_recipes.data.chat import load_tokenizer
-
-        vocab_size = len(load_tokenizer(model_path, chat_template_file(recipe)))
-        from eagle_recipes.models import load_base_config
-
-        vocab_size = max(vocab_size, load_base_config(model_path)["vocab_size"] if Path(model_path, "config.json").exists() else 0)
+        # the embedding table may be padded beyond the tokenizer's ids: the mapping spans the model's vocabulary
+        vocab_size = max(len(load_tokenizer(model_path, chat_template_file(recipe))),
+                         load_base_config(model_path)["vocab_size"])
         files = conversation_files(recipe, ctx.inputs)
         counts = count_tokens(files, model_path, chat_template_file(recipe), vocab_size, recipe.vocab.count,
                               recipe.train.max_seq_len, recipe.inputs.holdout_fraction, progress=ctx.progress)

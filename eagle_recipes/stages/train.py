@@ -94,20 +94,35 @@ def _collate(data: dict, indices: list[int], pad_id: int):
     return input_ids, loss_mask, padding
 
 
-def target_outputs(target, input_ids, loss_mask, padding, aux_ids, draft_ids, t2d, algorithm: str):
-    """One frozen forward of the base model: hidden states for the draft and its next-token logits."""
+def target_outputs(target, input_ids, loss_mask, padding, aux_ids, draft_head, algorithm: str):
+    """One frozen forward of the base model: hidden states for the draft and its next-token logits over the
+    draft vocabulary only (`draft_head` = the LM head's rows of the draft tokens: K rows instead of the full
+    vocabulary, which on a 135M model is a fifth of the forward)."""
     import torch
 
     from eagle_recipes.draft.ttt import TargetOutputs
 
     with torch.no_grad():
-        out = target(input_ids=input_ids, attention_mask=padding, output_hidden_states=True)
+        out = target.base_model(input_ids=input_ids, attention_mask=padding, output_hidden_states=True)
         states = out.hidden_states  # [0] = embeddings, [k] = input of layer k, [-1] = final normed
         hidden = torch.cat([states[k] for k in aux_ids], dim=-1) if algorithm == "eagle3" else states[-1]
-        logits = out.logits
+        logits = torch.nn.functional.linear(out.last_hidden_state, draft_head)
+        # Positions whose top target token lies outside the draft vocabulary still train towards the target's
+        # distribution restricted to the draft vocabulary (checking would need the full-vocabulary logits).
         return TargetOutputs(input_ids=input_ids, loss_mask=loss_mask, padding=padding, embeds=states[0],
-                             draft_logits=logits.index_select(-1, draft_ids), top_in_draft=t2d[logits.argmax(-1)],
+                             draft_logits=logits, top_in_draft=torch.ones_like(padding, dtype=torch.bool),
                              hidden=hidden)
+
+
+def init_from_target(draft, target, draft_head) -> None:
+    """The draft's last norm and LM head read the same hidden space as the target's: start from them."""
+    import torch
+
+    with torch.no_grad():
+        draft.lm_head.weight.copy_(draft_head)
+        final_norm = getattr(target.base_model, "norm", None)
+        if final_norm is not None and final_norm.weight.shape == draft.norm.weight.shape:
+            draft.norm.weight.copy_(final_norm.weight)
 
 
 def train_loop(config: dict) -> None:
@@ -131,11 +146,11 @@ def train_loop(config: dict) -> None:
     draft_config = DraftConfig.from_dict(config["draft_config"])
     draft = build_draft(draft_config).to(device)
     embed = target.get_input_embeddings()
-    vocab = torch.load(config["vocab_file"], weights_only=True)
-    d2t = vocab.to(torch.int64)
+    d2t = torch.load(config["vocab_file"], weights_only=True).to(torch.int64)
     draft_ids = (torch.arange(d2t.numel()) + d2t).to(device)
-    t2d = torch.zeros(draft_config.vocab_size, dtype=torch.bool, device=device)
-    t2d[draft_ids] = True
+    draft_head = target.get_output_embeddings().weight.index_select(0, draft_ids).contiguous()
+    if config["init_from_target"] and draft_config.algorithm == "eagle3":
+        init_from_target(draft, target, draft_head)
     objective = TTTObjective(draft, config["ttt_steps"], config["ttt_decay"])
     if world > 1:
         if config["strategy"] == "fsdp":
@@ -180,7 +195,7 @@ def train_loop(config: dict) -> None:
             input_ids, loss_mask, padding = (t.to(device) for t in _collate(data, indices, pad_id))
             tokens += int(padding.sum())
             outputs = target_outputs(target, input_ids, loss_mask, padding, draft_config.aux_layer_ids,
-                                     draft_ids, t2d, draft_config.algorithm)
+                                     draft_head, draft_config.algorithm)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["use_gpu"]):
                 loss, stats = objective(outputs, embed, lm_head)
             (loss / config["grad_accum"]).backward()
@@ -190,8 +205,13 @@ def train_loop(config: dict) -> None:
             if config["grad_clip"] else 0.0
         optimizer.step()
         step += 1
+        if world > 1:  # metrics over the whole global batch, not rank 0's share
+            totals = torch.tensor(sums, dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(totals)
+            sums = totals.cpu().numpy()
+        micro_batches = config["grad_accum"] * world
         metrics = {"step": step, "epoch": epoch, "lr": lr, "grad_norm": grad_norm,
-                   "loss": [round(float(l / config["grad_accum"]), 5) for l in sums[:, 0]],
+                   "loss": [round(float(l / micro_batches), 5) for l in sums[:, 0]],
                    "accuracy": [round(float(c / max(1, n)), 5) for _, c, n in sums],
                    "tokens_per_s": tokens * world / max(1e-9, time.time() - started)}
         if rank == 0:
@@ -341,7 +361,8 @@ class TrainStage(Stage):
             batch_size=train.batch_size, grad_accum=train.grad_accum, lr=train.lr, weight_decay=train.weight_decay,
             warmup_ratio=train.warmup_ratio, schedule=train.schedule, grad_clip=train.grad_clip,
             ttt_steps=train.ttt_steps, ttt_decay=train.ttt_decay, checkpoint_every=train.checkpoint_every,
-            keep_checkpoints=train.keep_checkpoints, seed=train.seed, progress=ctx.progress)
+            keep_checkpoints=train.keep_checkpoints, seed=train.seed, init_from_target=train.init_from_target,
+            progress=ctx.progress)
         resources = {"CPU": train.cpus_per_worker} if not train.use_gpu else {"GPU": 1, "CPU": 1}
         trainer = TorchTrainer(
             train_loop, train_loop_config=loop_config,

