@@ -70,14 +70,17 @@ def copy(name: str, destination: Path | None, force: bool = False, root: Path = 
 
 
 def _rebase_paths(text: str, source: Path, target: Path) -> str:
-    """Relative file paths in the recipe (config, schema) are rewritten relative to the copy's folder."""
+    """Relative file paths in the recipe (config, prompt data, the schema line) are rewritten so that they stay
+    valid from the copy's folder."""
     import os
 
-    def rebase(relative: str) -> str:
+    def rebase(match: re.Match) -> str:
+        relative = match.group(1)
         absolute = (source / relative).resolve()
-        return os.path.relpath(absolute, target) if absolute.exists() else relative
+        if os.path.isabs(relative) or "/" not in relative or not absolute.exists():
+            return match.group(0)  # not a path (a Hub id, a name) or not one that exists here
+        return f'"{os.path.relpath(absolute, target)}"'
 
     text = re.sub(r"^(#:schema\s+)(\S+)", lambda m: m.group(1) + os.path.relpath(SCHEMA_PATH, target), text,
                   flags=re.M)
-    return re.sub(r'^(config\s*=\s*")([^"]+)(")', lambda m: m.group(1) + rebase(m.group(2)) + m.group(3), text,
-                  flags=re.M)
+    return re.sub(r'"([^"\n]+)"', rebase, text)

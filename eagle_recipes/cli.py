@@ -28,6 +28,22 @@ console = Console(soft_wrap=True)
 errors = Console(stderr=True, soft_wrap=True)
 
 
+def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """A rich table on a terminal; plain tab-separated lines (nothing cut) when piped."""
+    if not console.is_terminal:
+        print(title)
+        print("\t".join(columns))
+        for row in rows:
+            print("\t".join(row))
+        return
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
 def _print_problems(problems) -> None:
     for problem in problems:
         errors.print(str(problem), markup=False, highlight=False)
@@ -91,16 +107,13 @@ def cmd_plan(args) -> int:
     if args.json:
         print(json.dumps(plan.to_dict(), indent=2))
         return 0
-    table = Table(title=f"{recipe.name}: {recipe.output_dir}")
-    for column in ("stage", "status", "why", "reads", "writes", "resources"):
-        table.add_column(column, overflow="fold")
+    rows = []
     for stage in plan.stages:
         reads = ", ".join(stage.depends_on + [Path(f).name for f in stage.inputs]) or "-"
         resources = "; ".join(_describe_resources(k, v) for k, v in stage.resources.items())
-        color = "green" if stage.status == "up to date" else "yellow"
-        table.add_row(stage.name, f"[{color}]{stage.status}[/{color}]", stage.reason, reads,
-                      ", ".join(stage.outputs), resources)
-    console.print(table)
+        rows.append([stage.name, stage.status, stage.reason, reads, ", ".join(stage.outputs), resources])
+    print_table(f"{recipe.name}: {recipe.output_dir}", ["stage", "status", "why", "reads", "writes", "resources"],
+                rows)
     for name, why in plan.left_out.items():
         console.print(f"left out: {name} ({why})", markup=False)
     return 0
@@ -155,13 +168,9 @@ def cmd_catalog(args) -> int:
 
     try:
         if args.catalog_command == "list":
-            table = Table(title="catalog")
-            for column in ("name", "family", "model", "algorithm", "tested", "tau", "date"):
-                table.add_column(column)
-            for entry in catalog.entries():
-                tau = f"{entry.acceptance_length:.2f}" if entry.acceptance_length else "-"
-                table.add_row(entry.name, entry.family, entry.model, entry.algorithm, entry.tested, tau, entry.date)
-            console.print(table)
+            rows = [[e.name, e.family, e.model, e.algorithm, e.tested,
+                     f"{e.acceptance_length:.2f}" if e.acceptance_length else "-", e.date] for e in catalog.entries()]
+            print_table("catalog", ["name", "family", "model", "algorithm", "tested", "tau", "date"], rows)
         elif args.catalog_command == "show":
             print(catalog.find(args.name).path.read_text(encoding="utf-8"), end="")
         elif args.catalog_command == "copy":
