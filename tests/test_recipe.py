@@ -89,6 +89,7 @@ BAD = [
      "not a number"),
     ("api key env pattern", GOOD + "[synthesis.openai]\napi_key_env = \"sk-123 secret\"\n", 11,
      "synthesis.openai.api_key_env", "does not match"),
+    ("fsdp on cpu", GOOD + "[train]\nstrategy = \"fsdp\"\n", 11, "train.strategy", "FSDP needs GPUs"),
     ("no data", GOOD.replace('prompts = ["prompts.jsonl"]', "prompts = []"), 8, "data.prompts", "no training data"),
     ("inline table unknown key", GOOD + "[synthesis]\nopenai = { base_urll = \"x\" }\n", 11,
      "synthesis.openai.base_urll", "did you mean 'base_url'"),

@@ -131,6 +131,10 @@ def _check_consistency(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
         problems.append(Problem(file, line_of(lines, "data"), "data.prompts", "no training data",
                                 "name prompt files in data.prompts, conversations in data.conversations, "
                                 "or set synthesis.self_prompts"))
+    if recipe.train.strategy == "fsdp" and not recipe.train.use_gpu:
+        problems.append(Problem(file, line_of(lines, "train.strategy"), "train.strategy",
+                                "FSDP needs GPUs (torch's FSDP does not run on CPU with gloo)",
+                                'use strategy = "ddp" on CPU, or set train.use_gpu = true'))
     if recipe.synthesis.self_prompts and recipe.synthesis.engine == "none":
         problems.append(Problem(file, line_of(lines, "synthesis.self_prompts"), "synthesis.self_prompts",
                                 "needs a synthesis engine", "set synthesis.engine to vllm or openai"))

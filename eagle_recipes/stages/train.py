@@ -151,32 +151,33 @@ def train_loop(config: dict) -> None:
     draft_head = target.get_output_embeddings().weight.index_select(0, draft_ids).contiguous()
     if config["init_from_target"] and draft_config.algorithm == "eagle3":
         init_from_target(draft, target, draft_head)
+    step = 0
+    checkpoints = Path(config["checkpoint_dir"])
+    latest = latest_checkpoint(checkpoints)
+    state = torch.load(latest / "state.pt", weights_only=False, map_location=device) if latest else None
+    if state is not None:  # weights go in before any wrapper reshapes the parameters
+        draft.load_state_dict(state["draft"])
+        step = state["step"]
     objective = TTTObjective(draft, config["ttt_steps"], config["ttt_decay"])
-    if world > 1:
-        if config["strategy"] == "fsdp":
-            from torch.distributed.fsdp import FullyShardedDataParallel
+    fsdp = world > 1 and config["strategy"] == "fsdp"
+    if fsdp:  # GPUs only (validated): torch's FSDP does not run on CPU/gloo
+        from torch.distributed.fsdp import FullyShardedDataParallel
 
-            objective = FullyShardedDataParallel(objective, use_orig_params=True)
-        else:
-            from torch.nn.parallel import DistributedDataParallel
+        objective = FullyShardedDataParallel(objective, use_orig_params=True, device_id=device)
+    elif world > 1:
+        from torch.nn.parallel import DistributedDataParallel
 
-            objective = DistributedDataParallel(objective, device_ids=[device.index] if config["use_gpu"] else None)
-    optimizer = torch.optim.AdamW([p for p in draft.parameters() if p.requires_grad], lr=config["lr"],
+        objective = DistributedDataParallel(objective, device_ids=[device.index] if config["use_gpu"] else None)
+    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=config["lr"],
                                   weight_decay=config["weight_decay"])
+    if state is not None:
+        load_optimizer_state(objective, optimizer, state["optimizer"], fsdp)
     data = dict(np.load(config["data_file"]))
     count = int(data["offsets"].shape[0] - 1)
     per_epoch = steps_per_epoch(count, world, config["grad_accum"], config["batch_size"])
     total = per_epoch * config["epochs"]
     if config["max_steps"]:
         total = min(total, config["max_steps"])
-    step = 0
-    checkpoints = Path(config["checkpoint_dir"])
-    latest = latest_checkpoint(checkpoints)
-    if latest is not None:
-        state = torch.load(latest / "state.pt", weights_only=False, map_location=device)
-        draft.load_state_dict(state["draft"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
     lm_head = target.get_output_embeddings() if draft_config.algorithm == "eagle1" else None
     pad_id = int(config["pad_id"])
     progress = config.get("progress")
@@ -201,8 +202,10 @@ def train_loop(config: dict) -> None:
             (loss / config["grad_accum"]).backward()
             for j, s in enumerate(stats):
                 sums[j] += (s.loss, s.correct, s.counted)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(draft.parameters(), config["grad_clip"])) \
-            if config["grad_clip"] else 0.0
+        grad_norm = 0.0
+        if config["grad_clip"]:  # FSDP shards the gradients: only its own method sees the whole norm
+            clip = objective.clip_grad_norm_ if fsdp else lambda c: torch.nn.utils.clip_grad_norm_(draft.parameters(), c)
+            grad_norm = float(clip(config["grad_clip"]))
         optimizer.step()
         step += 1
         if world > 1:  # metrics over the whole global batch, not rank 0's share
@@ -219,8 +222,11 @@ def train_loop(config: dict) -> None:
                 handle.write(json.dumps(metrics) + "\n")
             if progress:
                 progress(step, total, "steps")
-            if step % config["checkpoint_every"] == 0 or step == total:
-                save_checkpoint(checkpoints, step, draft, optimizer, config["keep_checkpoints"])
+
+        if step % config["checkpoint_every"] == 0 or step == total:
+            draft_state, optimizer_state = full_state(objective, draft, optimizer, fsdp)  # every rank takes part
+            if rank == 0:
+                save_checkpoint(checkpoints, step, draft_state, optimizer_state, config["keep_checkpoints"])
         ray.train.report({"step": step, "loss0": metrics["loss"][0], "accuracy0": metrics["accuracy"][0]})
 
 
@@ -230,12 +236,32 @@ def latest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(folder: Path, step: int, draft, optimizer, keep: int) -> None:
+def full_state(objective, draft, optimizer, fsdp: bool) -> tuple[dict, dict]:
+    """(draft weights, optimizer state), unsharded. Under FSDP every rank must call this (it gathers)."""
+    if not fsdp:
+        return draft.state_dict(), optimizer.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+    model_state, optimizer_state = get_state_dict(objective, optimizer,
+                                                  options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k.removeprefix("draft."): v for k, v in model_state.items()}, optimizer_state
+
+
+def load_optimizer_state(objective, optimizer, optimizer_state: dict, fsdp: bool) -> None:
+    if not fsdp:
+        optimizer.load_state_dict(optimizer_state)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(objective, optimizer, optimizer_state, options=StateDictOptions(full_state_dict=True))
+
+
+def save_checkpoint(folder: Path, step: int, draft_state: dict, optimizer_state: dict, keep: int) -> None:
     import torch
 
     with atomic_path(folder / f"step-{step:07d}") as tmp:
         tmp.mkdir()
-        torch.save({"draft": draft.state_dict(), "optimizer": optimizer.state_dict(), "step": step}, tmp / "state.pt")
+        torch.save({"draft": draft_state, "optimizer": optimizer_state, "step": step}, tmp / "state.pt")
     for old in sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
