@@ -19,7 +19,7 @@ import ray
 # vLLM's CPU build reserves its KV cache from RAM: 1 GiB is plenty for small models and fits a laptop.
 CPU_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
                   # in-process engine: no separate scheduler process needs a core of its own
-                  "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_LOGGING_LEVEL": "WARNING"}
+                  "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_LOGGING_LEVEL": "ERROR"}
 
 
 @dataclass(frozen=True)

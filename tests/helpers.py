@@ -44,7 +44,10 @@ class VLLMServer:
 
     def start(self, timeout: float = 240) -> "VLLMServer":
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}
-        command = [sys.executable, "-m", "vllm.entrypoints.cli.main", "serve", self.model, "--port", str(self.port),
+        # the OpenAI server module: the `vllm serve` script looks up the "vllm" distribution, which the CPU
+        # build (distributed as vllm-cpu) does not have
+        command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
+                   "--port", str(self.port),
                    "--host", "127.0.0.1", "--dtype", "float32", "--enforce-eager", "--max-model-len", "2048",
                    "--api-key", self.api_key, "--served-model-name", "base", "--gpu-memory-utilization", "0.3"]
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

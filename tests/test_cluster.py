@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -21,7 +23,7 @@ RAY = str(Path(sys.executable).parent / "ray")
 def two_node_cluster(tmp_path):
     port, dashboard = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    temp = tmp_path / "ray"
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 characters
     subprocess.run([RAY, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}", "--num-cpus=4",
                     "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--temp-dir={temp}",
                     "--resources={\"head\": 1}"], check=True, env=env, capture_output=True)
@@ -31,6 +33,7 @@ def two_node_cluster(tmp_path):
         yield f"http://127.0.0.1:{dashboard}", f"127.0.0.1:{port}"
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_submit_to_a_two_node_cluster(tmp_path, two_node_cluster, tiny_llama):

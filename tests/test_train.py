@@ -19,6 +19,7 @@ def _metrics(folder):
 def test_loss_falls_and_accuracy_rises(tmp_path, tiny_llama, ray_session):
     recipe = small_recipe(tmp_path, tiny_llama, steps=300, lr="0.003",
                           extra="[draft.overrides]\nintermediate_size = 128\n")
+    recipe.write_text(recipe.read_text().replace("[train]\n", "[train]\nepochs = 10\n"))
     for stage in ("synthesize", "calibrate", "train"):
         run_stage(recipe, stage)
     rows = _metrics(tmp_path)

@@ -26,18 +26,22 @@ def embedded_cpus(requested: int) -> int:
     return requested or max(8, 4 * (os.cpu_count() or 1))
 
 
-def init_ray(recipe: Recipe, address: str | None) -> None:
-    """Join the cluster at `address` (or the recipe's), or start an embedded Ray sized to this machine."""
+def init_ray(recipe: Recipe, address: str | None, worker_logs: bool = True) -> None:
+    """Join the cluster at `address` (or the recipe's), or start an embedded Ray sized to this machine.
+
+    worker_logs=False keeps the workers' own logs (vLLM, Ray Train) out of the live view; they stay in Ray's
+    session folder, and a failing stage's traceback is shown either way.
+    """
     if ray.is_initialized():
         return
     address = address or recipe.ray.address or None
     env = {"TOKENIZERS_PARALLELISM": "false"}
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=True)
+        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=worker_logs)
     else:
         # address="local": always a fresh embedded Ray, never a cluster that `ray start` left on this machine
         ray.init(address="local", num_cpus=embedded_cpus(recipe.ray.num_cpus), include_dashboard=False,
-                 runtime_env={"env_vars": env}, log_to_driver=True)
+                 runtime_env={"env_vars": env}, log_to_driver=worker_logs)
 
 
 def execute_stage(recipe: Recipe, name: str, fingerprint: str, inputs: dict[str, str], hub: Any) -> dict:
@@ -76,9 +80,11 @@ def _headline(manifest: dict) -> str:
 
 def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Display | None = None) -> dict:
     """Run every stage that must run; return the run summary (also written to <output_dir>/run.json)."""
-    init_ray(recipe, address)
     display = display or Display([s.name for s in plan.stages])
-    hub = ProgressHub.remote()
+    hub = None
+    if any(stage.must_run for stage in plan.stages):  # nothing to do: no Ray to start, seconds not minutes
+        init_ray(recipe, address, worker_logs=not display.interactive)
+        hub = ProgressHub.remote()
     output_dir = Path(recipe.output_dir)
     stage_inputs = {s.name: {d: str(output_dir / d) for d in s.depends_on} for s in plan.stages}
     refs: dict[str, ray.ObjectRef] = {}
@@ -109,7 +115,7 @@ def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Di
         failure: BaseException | None = None
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-            state, lines = ray.get(hub.drain.remote())
+            state, lines = ray.get(hub.drain.remote())  # pending implies hub exists
             for stage_name, message in lines:
                 display.say(f"[{stage_name}] {message}")
             for stage_name, (done, total, unit, _) in state.items():
