@@ -44,7 +44,8 @@ def submit(recipe: Recipe, address: str, follow: bool, output_dir: str | None, c
     output = Path(output_dir).resolve() if output_dir else recipe.output_dir
     folder, recipe_in_job = stage_job_folder(recipe)
     client = JobSubmissionClient(address)
-    entrypoint = f"eagle-recipes run {recipe_in_job} --address auto --output-dir {output}"
+    # the nodes run the Python that started Ray; eagle-recipes must be installed there (like any job's code)
+    entrypoint = f"python -m eagle_recipes.cli run {recipe_in_job} --address auto --output-dir {output}"
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(folder)},
                                metadata={"recipe": recipe.name})
     shutil.rmtree(folder, ignore_errors=True)
