@@ -37,7 +37,7 @@ def fingerprint(settings: Any, files: list[Path], upstream: dict[str, str]) -> s
     payload = {
         "version": __version__,
         "settings": settings,
-        "files": {str(f): file_digest(f) for f in files},
+        "files": sorted(file_digest(f) for f in files),  # content only: moving a project keeps its cache
         "upstream": upstream,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
