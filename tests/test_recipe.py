@@ -68,6 +68,8 @@ BAD = [
     ("wrong type", GOOD + "[train]\nlr = \"fast\"\n", 11, "train.lr", "expected number"),
     ("unknown key", GOOD + "[train]\nbanana = 1\n", 11, "train.banana", "unknown key"),
     ("misspelled key", GOOD + "[train]\nlearning_rat = 1\nepochz = 2\n", 12, "train.epochz", "did you mean 'epochs'"),
+    ("name from another tool", GOOD + "[train]\nlearning_rate = 1e-4\n", 11, "train.learning_rate",
+     "did you mean 'lr'"),
     ("misspelled table", GOOD + "[trian]\nlr = 1\n", 10, "trian", "did you mean 'train'"),
     ("out of range", GOOD + "[train]\nttt_decay = 1.5\n", 11, "train.ttt_decay", "maximum"),
     ("below minimum", GOOD + "[synthesis]\nmax_tokens = 0\n", 11, "synthesis.max_tokens", "minimum"),

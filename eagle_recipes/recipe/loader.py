@@ -31,7 +31,15 @@ def _key_path(parts: Any) -> str:
     return ".".join(str(part) for part in parts)
 
 
+# Names people bring from other tools, which string similarity alone does not connect.
+ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs", "model_path": "path",
+           "model_name_or_path": "path", "draft_vocab": "draft_vocab_size", "max_length": "max_seq_len",
+           "gradient_accumulation_steps": "grad_accum", "max_new_tokens": "max_tokens"}
+
+
 def _did_you_mean(word: str, choices: list[str]) -> str:
+    if ALIASES.get(word) in choices:
+        return f"did you mean '{ALIASES[word]}'?"
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"did you mean '{close[0]}'?" if close else ""
 
