@@ -34,10 +34,12 @@ def tiny_llama(tmp_path_factory, smollm2_path) -> str:
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=6,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         rope_theta=10000.0, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                         rope_theta=10000.0, tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=1)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
+    with torch.no_grad():  # peaked next-token distributions: something a draft can learn (not near-uniform noise)
+        model.lm_head.weight.mul_(40.0)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
