@@ -111,7 +111,7 @@ def _fake_target(batch=2, seq=12, hidden=64, aux=3, vocab=100, draft_vocab=40):
     t2d = torch.zeros(vocab, dtype=torch.bool)
     t2d[draft_ids] = True
     return TargetOutputs(input_ids=torch.randint(0, vocab, (batch, seq)), loss_mask=torch.ones(batch, seq, dtype=torch.long),
-                         padding=torch.ones(batch, seq, dtype=torch.long), embeds=torch.randn(batch, seq, hidden),
+                         padding=torch.ones(batch, seq, dtype=torch.long),
                          draft_logits=logits.index_select(-1, draft_ids), top_in_draft=t2d[logits.argmax(-1)] | True,
                          hidden=torch.randn(batch, seq, aux * hidden))
 

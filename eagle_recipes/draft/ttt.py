@@ -25,7 +25,6 @@ class TargetOutputs:
     input_ids: torch.Tensor  # [B, T]
     loss_mask: torch.Tensor  # [B, T] 1 on assistant tokens
     padding: torch.Tensor  # [B, T] 1 on real tokens
-    embeds: torch.Tensor  # [B, T, H] token embeddings (the target's, frozen)
     draft_logits: torch.Tensor  # [B, T, K] target logits restricted to the draft vocabulary
     top_in_draft: torch.Tensor  # [B, T] bool: the target's argmax is in the draft vocabulary
     hidden: torch.Tensor  # EAGLE-3: [B, T, 3H] aux states; EAGLE-1: [B, T, H] final normed states

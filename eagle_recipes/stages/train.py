@@ -109,7 +109,7 @@ def target_outputs(target, input_ids, loss_mask, padding, aux_ids, draft_head, a
         logits = torch.nn.functional.linear(out.last_hidden_state, draft_head)
         # Positions whose top target token lies outside the draft vocabulary still train towards the target's
         # distribution restricted to the draft vocabulary (checking would need the full-vocabulary logits).
-        return TargetOutputs(input_ids=input_ids, loss_mask=loss_mask, padding=padding, embeds=states[0],
+        return TargetOutputs(input_ids=input_ids, loss_mask=loss_mask, padding=padding,
                              draft_logits=logits, top_in_draft=torch.ones_like(padding, dtype=torch.bool),
                              hidden=hidden)
 
