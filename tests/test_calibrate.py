@@ -50,9 +50,11 @@ def test_counts_deterministic_across_shardings_and_masked(tmp_path, smollm2_path
     one = _write_shards(tmp_path / "a", [40])
     many = _write_shards(tmp_path / "b", [7, 13, 20])
     args = dict(model_path=smollm2_path, template_file="", vocab_size=49152, max_len=512, holdout_fraction=0.0)
-    first = count_tokens(one, count="assistant", batch_size=16, **args)["train"]
-    second = count_tokens(many, count="assistant", batch_size=5, **args)["train"]
-    assert np.array_equal(first, second)
+    # the Ray Data path (large data) and the in-process path (small data) over different shardings
+    first = count_tokens(one, count="assistant", batch_size=16, use_ray_data=True, **args)["train"]
+    second = count_tokens(many, count="assistant", batch_size=5, use_ray_data=False, **args)["train"]
+    third = count_tokens(many, count="assistant", batch_size=3, use_ray_data=True, **args)["train"]
+    assert np.array_equal(first, second) and np.array_equal(first, third)
     everything = count_tokens(one, count="all", **args)["train"]
     tokenizer = load_tokenizer(smollm2_path)
     pirate = tokenizer(" pirate", add_special_tokens=False)["input_ids"]
@@ -105,3 +107,56 @@ def test_bad_d2t_rejected_with_a_clear_error(tmp_path, tensor, words):
     torch.save(tensor, tmp_path / "d2t.pt")
     with pytest.raises(VocabError, match=words):
         load_d2t(tmp_path / "d2t.pt", vocab_size=64)
+
+
+# Text that trips tokenizers up: whitespace runs before words, Unicode letters and numbers, control characters
+# that some regex engines count as space, contractions, chat-template tokens inside content.
+AWKWARD = ["  leading spaces", "tabs\t\tand\n\n\nnewlines  \n", "café naïve 東京 🚀 ½ ² ٣ Ωmega", "x\x1cy\x1d z\x85w",
+           "it's they'll I'M We'Ve", "<|im_end|> inside <|im_start|>user", "trailing   ", "\n\nstarts with newlines",
+           "1234567 7.5e10 -3", "", " ", "a\u00a0b\u2003c", "```python\n    def f(x):\n\treturn x  # ok\n```"]
+AWKWARD_CONVERSATIONS = [
+    [{"role": "system", "content": text}, {"role": "user", "content": text + " q"},
+     {"role": "assistant", "content": text}, {"role": "user", "content": text},
+     {"role": "assistant", "content": text + "end" + text}] for text in AWKWARD
+] + [conversation["conversations"] for conversation in CONVERSATIONS]
+
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _tokenizer_variant(smollm2_path, folder, split_pattern: str | None, normalizer: bool = False) -> str:
+    """SmolLM2's vocabulary with another pipeline in front: a Llama 3 / Qwen style Split expression, one that
+    leaves text between its matches, or a normalizer (a pipeline piece-counting does not handle)."""
+    from tokenizers import Regex, normalizers, pre_tokenizers
+
+    tokenizer = load_tokenizer(smollm2_path)
+    backend = tokenizer.backend_tokenizer
+    if split_pattern is not None:
+        backend.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(split_pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    if normalizer:
+        backend.normalizer = normalizers.NFKC()
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("variant", ["smollm2", "llama3-split", "split-with-gaps", "normalizer"])
+def test_piece_counting_equals_tokenizing(tmp_path, smollm2_path, variant):
+    """The fast count (each distinct pre-token piece tokenized once) equals tokenizing every conversation, in both
+    count modes, with and without truncation at max_len."""
+    from eagle_recipes.data.pretokens import PreTokenizer
+    from eagle_recipes.stages.calibrate import TokenCounter
+
+    path = {"smollm2": lambda: smollm2_path,
+            "llama3-split": lambda: _tokenizer_variant(smollm2_path, tmp_path, LLAMA3_SPLIT),
+            "split-with-gaps": lambda: _tokenizer_variant(smollm2_path, tmp_path, r"\p{L}+"),
+            "normalizer": lambda: _tokenizer_variant(smollm2_path, tmp_path, None, normalizer=True)}[variant]()
+    assert (PreTokenizer.for_tokenizer(load_tokenizer(path)) is None) == (variant == "normalizer")
+    for count in ("all", "assistant"):
+        for max_len in (1 << 20, 48):
+            fast = TokenCounter(path, "", 49152, count, max_len, 0.0, use_pieces=True)
+            plain = TokenCounter(path, "", 49152, count, max_len, 0.0, use_pieces=False)
+            expected = plain.count_conversations(AWKWARD_CONVERSATIONS)
+            assert expected.sum() > 0
+            assert np.array_equal(fast.count_conversations(AWKWARD_CONVERSATIONS), expected), (count, max_len)

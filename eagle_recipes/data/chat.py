@@ -51,12 +51,22 @@ def render_text(tokenizer, messages: list[dict], with_spans: bool = True) -> tup
     return text, spans
 
 
+def render_texts(tokenizer, conversations: list[list[dict]],
+                 with_spans: bool = True) -> list[tuple[str, list[tuple[int, int]]]]:
+    """`render_text` for many conversations (one template call when no spans are needed)."""
+    if not conversations:
+        return []
+    if with_spans:
+        return [render_text(tokenizer, messages) for messages in conversations]
+    return [(text, []) for text in tokenizer.apply_chat_template(conversations, tokenize=False)]
+
+
 def render_batch(tokenizer, conversations: list[list[dict]], max_len: int | None = None,
                  with_mask: bool = True) -> list[Rendered]:
     """Render and tokenize many conversations in one fast-tokenizer call."""
     if not conversations:
         return []
-    texts, all_spans = zip(*(render_text(tokenizer, messages, with_mask) for messages in conversations))
+    texts, all_spans = zip(*render_texts(tokenizer, conversations, with_mask))
     encoded = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=with_mask,
                         truncation=max_len is not None, max_length=max_len)
     rendered = []

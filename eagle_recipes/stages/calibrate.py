@@ -1,8 +1,9 @@
 """Calibrate: count token frequencies over the training conversations and keep the top-K as the draft vocabulary.
 
 Counts exactly what training sees (same chat-template rendering and tokenization), by default only the tokens
-under the assistant loss mask. Runs as Ray Data `map_batches` with batched fast-tokenizer calls; each batch
-becomes one bincount vector, summed at the end, so memory stays flat in the data size.
+under the assistant loss mask. Each batch of conversations becomes one count vector, summed at the end, so memory
+stays flat in the data size (plus the token ids of each distinct pre-token piece, which grow far slower). Large
+data is counted by Ray Data `map_batches` actors; small data in-process (see `count_tokens`).
 """
 
 from __future__ import annotations
@@ -17,23 +18,33 @@ from eagle_recipes.stages.base import Stage, StageContext
 from eagle_recipes.stages.common import (base_model_path, chat_template_file, conversation_files, split_of)
 
 COVERAGE_WARNING = 0.95
+# below this much conversation data, counting in-process beats starting Ray Data's actors
+RAY_DATA_MIN_BYTES = 128 << 20
 
 
 class TokenCounter:
-    """Ray Data UDF: JSONL lines -> one token-count vector per batch (per split)."""
+    """Counts the tokens of conversations (JSONL lines) as training renders and masks them: one count vector per
+    split and batch.
+
+    For byte-level BPE tokenizers each distinct pre-token piece is tokenized once and its count multiplied
+    (data/pretokens.py); the conversations that piece-counting cannot settle exactly (longer than max_len, a
+    piece across the edge of an assistant span) and other tokenizers are tokenized the ordinary way.
+    """
 
     def __init__(self, model_path: str, template_file: str, vocab_size: int, count: str, max_len: int,
-                 holdout_fraction: float):
+                 holdout_fraction: float, use_pieces: bool = True):
         from eagle_recipes.data.chat import load_tokenizer
+        from eagle_recipes.data.pretokens import PieceVocabulary, PreTokenizer
 
         self.tokenizer = load_tokenizer(model_path, template_file)
         self.vocab_size, self.count, self.max_len = vocab_size, count, max_len
         self.holdout_fraction = holdout_fraction
+        self.splitter = PreTokenizer.for_tokenizer(self.tokenizer) if use_pieces else None
+        self.vocabulary = PieceVocabulary(self.tokenizer)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import json
 
-        from eagle_recipes.data.chat import render_batch
         from eagle_recipes.data.formats import is_holdout
 
         rows = [json.loads(text) for text in batch["text"] if text.strip()]
@@ -41,33 +52,125 @@ class TokenCounter:
         for split in ("train", "holdout"):
             chosen = [r["conversations"] for r in rows
                       if is_holdout(r["conversation_id"], self.holdout_fraction) == (split == "holdout")]
-            counts = np.zeros(self.vocab_size, dtype=np.int64)
-            for rendered in render_batch(self.tokenizer, chosen, self.max_len, with_mask=self.count == "assistant"):
-                ids = np.asarray(rendered.input_ids, dtype=np.int64)
-                counts += np.bincount(ids[np.asarray(rendered.loss_mask, dtype=bool)], minlength=self.vocab_size)
-            result[split] = counts[None, :]
+            result[split] = self.count_conversations(chosen)[None, :]
         return result
+
+    def count_conversations(self, conversations: list[list[dict]]) -> np.ndarray:
+        from collections import Counter
+
+        from eagle_recipes.data.chat import render_texts
+
+        if self.splitter is None:
+            return self._tokenize_and_count(conversations)
+        masked = self.count == "assistant"
+        piece_counts: Counter = Counter()
+        truncated_ids: list[np.ndarray] = []  # counted tokens of conversations cut at max_len
+        unsettled = []  # conversations that need the ordinary tokenizer
+        for messages, (text, spans) in zip(conversations, render_texts(self.tokenizer, conversations, masked)):
+            short = len(text.encode("utf-8")) <= self.max_len  # a token is at least one byte: never truncated
+            if short and not masked:
+                piece_counts.update(self.splitter.pieces(text))
+                continue
+            pieces = self.splitter.pieces_with_spans(text)
+            counted = _inside_spans(pieces, spans) if masked else [True] * len(pieces)
+            if counted is None:
+                unsettled.append(messages)
+                continue
+            if not short:
+                self.vocabulary.learn(piece for piece, _, _ in pieces)
+                kept = self._first_tokens(pieces, counted)
+                if kept is not None:
+                    truncated_ids.append(kept)
+                    continue
+            piece_counts.update(piece for (piece, _, _), keep in zip(pieces, counted) if keep)
+        self.vocabulary.learn(piece_counts)
+        counts = self.vocabulary.bincount(piece_counts, self.vocab_size) + self._tokenize_and_count(unsettled)
+        if truncated_ids:
+            counts += np.bincount(np.concatenate(truncated_ids), minlength=self.vocab_size)
+        return counts
+
+    def _first_tokens(self, pieces: list[tuple[str, int, int]], counted: list[bool]) -> np.ndarray | None:
+        """The counted token ids among the first max_len tokens, or None when the text has no more than that."""
+        kept, total = [], 0
+        for (piece, _, _), keep in zip(pieces, counted):
+            ids = self.vocabulary.ids[piece]
+            if total + len(ids) > self.max_len:
+                if keep:
+                    kept.append(ids[: self.max_len - total])
+                return np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+            if keep:
+                kept.append(ids)
+            total += len(ids)
+        return None
+
+    def _tokenize_and_count(self, conversations: list[list[dict]]) -> np.ndarray:
+        from eagle_recipes.data.chat import render_batch
+
+        counts = np.zeros(self.vocab_size, dtype=np.int64)
+        for rendered in render_batch(self.tokenizer, conversations, self.max_len,
+                                     with_mask=self.count == "assistant"):
+            ids = np.asarray(rendered.input_ids, dtype=np.int64)
+            counts += np.bincount(ids[np.asarray(rendered.loss_mask, dtype=bool)], minlength=self.vocab_size)
+        return counts
+
+
+def _inside_spans(pieces: list[tuple[str, int, int]], spans: list[tuple[int, int]]) -> list[bool] | None:
+    """Which pieces lie inside an assistant span; None when one crosses a span's edge (its tokens would then be
+    split between counted and not, which only the ordinary tokenizer's offsets settle)."""
+    inside = []
+    for _, start, end in pieces:
+        within = False
+        for span_start, span_end in spans:
+            if span_start <= start and end <= span_end:
+                within = True
+                break
+            if start < span_end and span_start < end:
+                return None
+        inside.append(within)
+    return inside
 
 
 def count_tokens(files: list[Path], model_path: str, template_file: str, vocab_size: int, count: str,
-                 max_len: int, holdout_fraction: float, batch_size: int = 256, workers: int = 2,
-                 progress=None) -> dict[str, np.ndarray]:
-    import ray
+                 max_len: int, holdout_fraction: float, batch_size: int = 2048, workers: int = 2,
+                 progress=None, use_ray_data: bool | None = None, use_pieces: bool = True) -> dict[str, np.ndarray]:
+    """Token counts per split ("train", "holdout") over JSONL conversation files.
 
-    dataset = ray.data.read_text([str(f) for f in files])
-    counted = dataset.map_batches(
-        TokenCounter, batch_size=batch_size, concurrency=workers, num_cpus=1, batch_format="numpy",
-        fn_constructor_kwargs=dict(model_path=model_path, template_file=template_file, vocab_size=vocab_size,
-                                   count=count, max_len=max_len, holdout_fraction=holdout_fraction))
+    Ray Data (`map_batches` over `workers` counting actors) when the files total RAY_DATA_MIN_BYTES or more, or
+    when `use_ray_data` says so; below that, starting the actors costs more than the counting, so it runs here.
+    """
+    counter_args = dict(model_path=model_path, template_file=template_file, vocab_size=vocab_size, count=count,
+                        max_len=max_len, holdout_fraction=holdout_fraction, use_pieces=use_pieces)
+    if use_ray_data is None:
+        use_ray_data = sum(f.stat().st_size for f in files) >= RAY_DATA_MIN_BYTES
+    if use_ray_data:
+        import ray
+
+        batches = ray.data.read_text([str(f) for f in files]).map_batches(
+            TokenCounter, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
+            batch_format="numpy",
+            fn_constructor_kwargs=counter_args).iter_batches(batch_size=None, batch_format="numpy")
+    else:
+        batches = _local_batches(files, TokenCounter(**counter_args), batch_size)
     totals = {"train": np.zeros(vocab_size, dtype=np.int64), "holdout": np.zeros(vocab_size, dtype=np.int64)}
-    batches = 0
-    for batch in counted.iter_batches(batch_size=None, batch_format="numpy"):
+    for done, batch in enumerate(batches, start=1):
         for split in totals:
             totals[split] += batch[split].sum(axis=0)
-        batches += 1
         if progress:
-            progress(batches, None, "batches")
+            progress(done, None, "batches")
     return totals
+
+
+def _local_batches(files: list[Path], counter: TokenCounter, batch_size: int):
+    lines: list[str] = []
+    for file in files:
+        with open(file, encoding="utf-8") as handle:
+            for line in handle:
+                lines.append(line)
+                if len(lines) == batch_size:
+                    yield counter({"text": np.array(lines, dtype=object)})
+                    lines = []
+    if lines:
+        yield counter({"text": np.array(lines, dtype=object)})
 
 
 class CalibrateStage(Stage):
@@ -99,7 +202,9 @@ class CalibrateStage(Stage):
 
     @staticmethod
     def resources(recipe: Recipe) -> dict[str, Any]:
-        return {"driver": {"num_cpus": 0.1}, "ray_data": "2 tokenizer actors x 1 CPU"}
+        return {"driver": {"num_cpus": 1},
+                "ray_data": f"2 counting actors x 1 CPU when the conversations total {RAY_DATA_MIN_BYTES >> 20} MiB "
+                            "or more (else counted in the stage's own task)"}
 
     @staticmethod
     def run(ctx: StageContext) -> dict[str, Any]:
