@@ -1,6 +1,9 @@
-"""Synthesis throughput: the in-process path (vLLM engine as a Ray actor, batched) against the seed's path (a
-many-threaded OpenAI client against `vllm serve`), same model, same prompts, same max_tokens, greedy, in one
-run. Generation time only (engine and server start-up excluded for both). Prints tokens/s and the ratio.
+"""Synthesis throughput: the in-process path (vLLM engines held by Ray Data actors, the synthesize stage's own
+runner) against the seed's path (a many-threaded OpenAI client against a vLLM OpenAI server), same model, same
+prompts, same max_tokens, greedy, in one run.
+
+Two figures per side: generation only (after a warm-up request) and end to end (engine or server start-up
+included: what a run pays). Prints tokens/s and the ratios.
 
     .venv/bin/python benchmarks/synthesis.py [--prompts 128] [--max-tokens 128] [--threads 64]
 """
@@ -14,6 +17,7 @@ import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -21,9 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import model_path, prompts  # noqa: E402
 
 
-def seed_path(model: str, texts: list[str], max_tokens: int, threads: int) -> tuple[int, float]:
+def seed_path(model: str, texts: list[str], max_tokens: int, threads: int) -> tuple[int, float, float]:
     from tests.helpers import VLLMServer
 
+    started = time.perf_counter()
     server = VLLMServer(model, api_key="bench").start()
     try:
         def ask(text: str) -> int:
@@ -36,32 +41,42 @@ def seed_path(model: str, texts: list[str], max_tokens: int, threads: int) -> tu
                 return json.loads(response.read())["usage"]["completion_tokens"]
 
         ask(texts[0])  # warm-up
-        started = time.perf_counter()
+        generating = time.perf_counter()
         with ThreadPoolExecutor(max_workers=threads) as pool:
             tokens = sum(pool.map(ask, texts))
-        return tokens, time.perf_counter() - started
+        finished = time.perf_counter()
+        return tokens, finished - generating, finished - started
     finally:
         server.kill()
 
 
-def in_process_path(model: str, texts: list[str], max_tokens: int) -> tuple[int, float]:
+def in_process_path(model: str, texts: list[str], max_tokens: int) -> tuple[int, float, float]:
     import ray
 
-    from eagle_recipes.data.chat import load_tokenizer
-    from eagle_recipes.engines import Sampling, VLLMEngines
+    from eagle_recipes.engines import Sampling
+    from eagle_recipes.stages.synthesize import RayDataRunner
 
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     try:
-        tokenizer = load_tokenizer(model)
-        ids = [tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False,
-                                                       add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-               for t in texts]
-        engines = VLLMEngines(model, "auto", replicas=1, tensor_parallel_size=1, engine_kwargs={}, seed=0)
-        sampling = Sampling(temperature=0.0, top_p=1.0, max_tokens=max_tokens, seed=0)
-        engines.generate(ids[:1], sampling)  # warm-up (and waits for the engine to start)
         started = time.perf_counter()
-        replies = engines.generate(ids, sampling)
-        return sum(r.tokens for r in replies), time.perf_counter() - started
+        runner = RayDataRunner(dict(model=model, dtype="auto", tensor_parallel_size=1, engine_kwargs={}, seed=0),
+                               model, "", False, replicas=1)
+        sampling = asdict(Sampling(temperature=0.0, top_p=1.0, max_tokens=max_tokens, seed=0))
+
+        def shard(index: int, chosen: list[str]) -> dict:
+            rows = [{"conversation_id": f"{index}-{i}", "conversations": [{"role": "user", "content": text}]}
+                    for i, text in enumerate(chosen)]
+            return {"kind": "shard", "shard": index, "conversations": rows, "sampling": sampling,
+                    "system_prompt": "", "id_suffix": ""}
+
+        # shard 0 is the warm-up request: it returns once the engine has started
+        arrived = {}
+        for result in runner.run([shard(0, texts[:1]), shard(1, texts)]):
+            arrived[result["shard"]] = (time.perf_counter(), sum(r["generated_tokens"] for r in result["rows"]))
+        finished, tokens = arrived[1]
+        if arrived[0][0] > finished:
+            raise RuntimeError("the warm-up shard finished last: no generation-only figure")
+        return tokens, finished - arrived[0][0], finished - started
     finally:
         ray.shutdown()
 
@@ -75,13 +90,16 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     model = model_path()
     texts = prompts(args.prompts)
-    seed_tokens, seed_s = seed_path(model, texts, args.max_tokens, args.threads)
-    ours_tokens, ours_s = in_process_path(model, texts, args.max_tokens)
+    seed_tokens, seed_s, seed_total_s = seed_path(model, texts, args.max_tokens, args.threads)
+    ours_tokens, ours_s, ours_total_s = in_process_path(model, texts, args.max_tokens)
     print(f"SmolLM2-135M, {len(texts)} prompts x max {args.max_tokens} tokens, greedy")
-    print(f"seed path (vllm serve + {args.threads} client threads): {seed_tokens} tokens, "
-          f"{seed_tokens / seed_s:7.1f} tokens/s")
-    print(f"in-process vLLM on Ray:                         {ours_tokens} tokens, {ours_tokens / ours_s:7.1f} tokens/s")
-    print(f"ratio (in-process / seed): {(ours_tokens / ours_s) / (seed_tokens / seed_s):.2f}x")
+    for name, tokens, generation_s, total_s in [
+            (f"seed path (OpenAI server + {args.threads} client threads)", seed_tokens, seed_s, seed_total_s),
+            ("in-process vLLM on Ray Data", ours_tokens, ours_s, ours_total_s)]:
+        print(f"{name:50s} {tokens} tokens: generation {tokens / generation_s:7.1f} tokens/s, "
+              f"end to end {tokens / total_s:7.1f} tokens/s ({total_s:.0f} s)")
+    print(f"ratio (in-process / seed): generation {(ours_tokens / ours_s) / (seed_tokens / seed_s):.2f}x, "
+          f"end to end {(ours_tokens / ours_total_s) / (seed_tokens / seed_total_s):.2f}x")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Generation engines for synthesis: in-process vLLM engines as Ray actors (data parallel), or any
-OpenAI-compatible server (`vllm serve`, SGLang). Both take rendered prompts and return replies."""
+"""Generation engines for synthesis: an in-process vLLM engine (held by Ray Data actors, data parallel), or any
+OpenAI-compatible server (`vllm serve`, SGLang). Both take rendered prompt ids and return replies."""
 
 from __future__ import annotations
 
@@ -38,13 +38,9 @@ class Reply:
     tokens: int
 
 
-def has_gpu() -> bool:
-    return bool(ray.cluster_resources().get("GPU", 0))
-
-
-@ray.remote
-class VLLMEngine:
-    """One vLLM engine held for the whole stage (starting one costs ~20 s on a CPU)."""
+class VLLMGenerator:
+    """One in-process vLLM engine: rendered prompt ids in, replies out. The synthesize stage holds one per Ray Data
+    actor for a whole pass (starting one costs ~20 s on a CPU, minutes for a large model on GPUs)."""
 
     def __init__(self, model: str, dtype: str, tensor_parallel_size: int, engine_kwargs: dict, seed: int):
         from vllm import LLM
@@ -56,6 +52,9 @@ class VLLMEngine:
                           gpu_memory_utilization=0.3, max_model_len=cpu_max_model_len(model))
         elif dtype != "auto":
             kwargs["dtype"] = dtype
+        if tensor_parallel_size > 1:
+            # the engine's workers go into the placement group its actor was scheduled in (engine_placement)
+            kwargs["distributed_executor_backend"] = "ray"
         kwargs.update(engine_kwargs)
         self.llm = LLM(**kwargs)
 
@@ -71,6 +70,33 @@ class VLLMEngine:
                                     use_tqdm=False)
         return [Reply(o.outputs[0].text, o.outputs[0].finish_reason == "length", len(o.outputs[0].token_ids))
                 for o in outputs]
+
+
+def engine_placement(tensor_parallel_size: int, on_gpus: bool) -> dict[str, Any]:
+    """Ray resources for the actor that holds one engine (map_batches' remote args).
+
+    CPU: one core, and the CPU build's settings in the actor's environment. One GPU: the actor takes it. Several
+    (tensor parallel): the actor takes none itself and is placed in a placement group of one GPU bundle per shard,
+    which vLLM's Ray executor fills with its workers (as Ray Data LLM does). Not exercised here: no GPU.
+    """
+    if not on_gpus:
+        return {"num_cpus": 1, "runtime_env": {"env_vars": {**CPU_ENGINE_ENV,
+                                                            "OMP_NUM_THREADS": str(os.cpu_count() or 1)}}}
+    if tensor_parallel_size == 1:
+        return {"num_gpus": 1}
+
+    def placement_group_strategy() -> dict[str, Any]:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        group = ray.util.placement_group([{"GPU": 1, "CPU": 1}] * tensor_parallel_size, strategy="PACK")
+        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
+            group, placement_group_capture_child_tasks=True)}
+
+    return {"num_gpus": 0, "ray_remote_args_fn": placement_group_strategy}
+
+
+def cluster_has_gpus() -> bool:
+    return bool(ray.cluster_resources().get("GPU", 0))
 
 
 def cpu_max_model_len(model: str, cap: int = 4096) -> int:
@@ -90,32 +116,6 @@ def has_gpu_here() -> bool:
         return torch.cuda.is_available()
     except ImportError:  # pragma: no cover
         return False
-
-
-class VLLMEngines:
-    """`replicas` engines; each generate() call splits the prompts over them and keeps the order."""
-
-    def __init__(self, model: str, dtype: str, replicas: int, tensor_parallel_size: int, engine_kwargs: dict,
-                 seed: int):
-        gpu = has_gpu()
-        options: dict[str, Any] = {"num_gpus": tensor_parallel_size} if gpu else {
-            "num_cpus": 1, "runtime_env": {"env_vars": {**CPU_ENGINE_ENV, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}}}
-        self.engines = [VLLMEngine.options(**options).remote(model, dtype, tensor_parallel_size, engine_kwargs, seed)
-                        for _ in range(replicas)]
-
-    def generate(self, prompt_token_ids: list[list[int]], sampling: Sampling) -> list[Reply]:
-        count = len(self.engines)
-        parts = [prompt_token_ids[i::count] for i in range(count)]
-        results = ray.get([e.generate.remote(p, replace(sampling, seed=sampling.seed + i * len(prompt_token_ids)))
-                           for i, (e, p) in enumerate(zip(self.engines, parts)) if p])
-        replies: list[Reply] = [None] * len(prompt_token_ids)  # type: ignore[list-item]
-        for index, part in enumerate(results):
-            replies[index::count] = part
-        return replies
-
-    def close(self) -> None:
-        for engine in self.engines:
-            ray.kill(engine)
 
 
 class ServerError(RuntimeError):

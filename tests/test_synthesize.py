@@ -1,5 +1,6 @@
-"""Synthesis with real engines: in-process vLLM on Ray, and the OpenAI-compatible path against a real
-`vllm serve` on loopback, including a server killed mid-run and a server answering 500 for a while."""
+"""Synthesis with real engines: in-process vLLM held by Ray Data actors (one and two replicas), and the
+OpenAI-compatible path against a real vLLM server on loopback, including a server killed mid-run and a server
+answering 500 for a while."""
 
 from __future__ import annotations
 
@@ -88,6 +89,17 @@ def test_vllm_engine_regenerates_turn_by_turn(vllm_engine_run, smollm2_path):
     assert multi[4]["content"] == _hf_greedy(smollm2_path, multi[:4], 24)
     assert manifest["counts"]["conversations"] == 3 and manifest["counts"]["generated_tokens"] > 0
     assert all("truncated" in r and r["temperature"] == 0.0 for r in rows.values())
+
+
+def test_vllm_engine_replicas_share_the_shards(tmp_path, smollm2_path, ray_session):
+    """Two replicas: the shards are spread over two Ray Data actors, each holding its own engine, and every
+    conversation is written exactly once."""
+    rows = [{"id": f"p{i}", "prompt": f"Say the number {i}."} for i in range(8)]
+    manifest = run_stage(_recipe(tmp_path, smollm2_path, "vllm", "replicas = 2", rows=rows), "synthesize")
+    written = _read(tmp_path)
+    assert set(written) == {f"p{i}" for i in range(8)} and manifest["counts"]["shards"] == 4
+    assert all([t["role"] for t in r["conversations"]] == ["system", "user", "assistant"] for r in written.values())
+    assert manifest["counts"]["engines_used"] == 2  # distinct Ray Data actors that returned shards
 
 
 @pytest.fixture(scope="module")

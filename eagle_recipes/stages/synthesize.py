@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Protocol
+
+import numpy as np
 
 from eagle_recipes.atomic import write_jsonl
 from eagle_recipes.data.formats import load_conversations
-from eagle_recipes.engines import OpenAIEngine, Sampling, VLLMEngines
+from eagle_recipes.engines import OpenAIEngine, Sampling
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.stages.base import Stage, StageContext
 from eagle_recipes.stages.common import SHARDS, base_model_path, chat_template_file
@@ -36,7 +39,7 @@ def user_turn_prefix(tokenizer, system_prompt: str) -> str:
     return text[: text.index(SENTINEL)]
 
 
-def write_self_prompts(engine, tokenizer, recipe: Recipe, path: Path) -> list[dict]:
+def write_self_prompts(runner: TaskRunner, tokenizer, recipe: Recipe, path: Path) -> list[dict]:
     """Have the model write `self_prompts` user prompts (deduplicated), or reuse the ones written before."""
     if path.exists():
         return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -46,13 +49,19 @@ def write_self_prompts(engine, tokenizer, recipe: Recipe, path: Path) -> list[di
     prompts: dict[str, None] = {}
     round_ = 0
     while len(prompts) < wanted and round_ < 8:  # dedup can leave us short: a few more rounds, then stop
-        missing = wanted - len(prompts)
-        sampling = Sampling(temperature=recipe.synthesis.self_prompt_temperature, top_p=1.0, max_tokens=96,
-                            seed=recipe.synthesis.seed + round_, stop_at_newline=True)
-        for reply in engine.generate([prefix_ids] * int(missing * 1.3 + 2), sampling):
-            text = reply.text.strip()
-            if 12 <= len(text) and not reply.truncated and text.lower() not in {p.lower() for p in prompts}:
-                prompts[text] = None
+        candidates = int((wanted - len(prompts)) * 1.5 + 4)
+        per_task = -(-candidates // runner.parallelism)
+        tasks = [{"kind": "self_prompts", "index": index, "prefix_ids": prefix_ids,
+                  "count": min(per_task, candidates - start),
+                  "sampling": asdict(Sampling(temperature=recipe.synthesis.self_prompt_temperature, top_p=1.0,
+                                              max_tokens=96, seed=recipe.synthesis.seed + round_ * 1_000_003 + start,
+                                              stop_at_newline=True))}
+                 for index, start in enumerate(range(0, candidates, per_task))]
+        for result in sorted(runner.run(tasks), key=lambda r: r["index"]):  # results arrive in any order
+            for text, truncated in result["candidates"]:
+                text = text.strip()
+                if 12 <= len(text) and not truncated and text.lower() not in {p.lower() for p in prompts}:
+                    prompts[text] = None
         round_ += 1
     rows = [{"conversation_id": f"self-{i:06d}", "conversations": [{"role": "user", "content": text}],
              "source": "self_prompts"} for i, text in enumerate(list(prompts)[:wanted])]
@@ -87,14 +96,102 @@ def regenerate(engine, tokenizer, conversations: list[dict], sampling: Sampling,
             for c, s in zip(conversations, states)]
 
 
-def _make_engine(recipe: Recipe, model_path: str, tokenizer):
+def run_task(engine, tokenizer, task: dict) -> dict:
+    """One unit of synthesis work on an engine: a shard of conversations to regenerate, or self-prompt candidates."""
+    sampling = Sampling(**task["sampling"])
+    if task["kind"] == "self_prompts":
+        replies = engine.generate([task["prefix_ids"]] * task["count"], sampling)
+        return {"index": task["index"], "candidates": [[r.text, r.truncated] for r in replies]}
+    rows = regenerate(engine, tokenizer, task["conversations"], sampling, task["system_prompt"])
+    for row in rows:
+        row["conversation_id"] += task["id_suffix"]
+    return {"shard": task["shard"], "rows": rows}
+
+
+class SynthesisWorker:
+    """Ray Data actor: holds one vLLM engine for the whole pass and runs the tasks of its batches on it."""
+
+    def __init__(self, engine_args: dict, model_path: str, template_file: str, trust_remote_code: bool):
+        from eagle_recipes.data.chat import load_tokenizer
+        from eagle_recipes.engines import VLLMGenerator
+
+        self.engine = VLLMGenerator(**engine_args)
+        self.tokenizer = load_tokenizer(model_path, template_file, trust_remote_code)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import ray
+
+        engine_id = ray.get_runtime_context().get_actor_id()
+        results = [json.dumps({**run_task(self.engine, self.tokenizer, json.loads(task)), "engine": engine_id})
+                   for task in batch["task"]]
+        return {"result": np.array(results, dtype=object)}
+
+
+class TaskRunner(Protocol):
+    parallelism: int
+
+    def run(self, tasks: list[dict]) -> Iterator[dict]: ...
+
+
+@dataclass
+class RayDataRunner:
+    """vLLM through Ray Data: the tasks become a dataset, `replicas` actors each hold an engine (data parallel over
+    GPUs and nodes), and results stream back as each task finishes. One engine start per actor per pass."""
+
+    engine_args: dict
+    model_path: str
+    template_file: str
+    trust_remote_code: bool
+    replicas: int
+
+    @property
+    def parallelism(self) -> int:
+        return self.replicas
+
+    def run(self, tasks: list[dict]) -> Iterator[dict]:
+        import ray
+
+        from eagle_recipes.engines import cluster_has_gpus, engine_placement
+
+        if not tasks:
+            return
+        ray.data.DataContext.get_current().enable_progress_bars = False  # the stage reports its own progress
+        dataset = ray.data.from_items([{"task": json.dumps(t)} for t in tasks], override_num_blocks=len(tasks))
+        results = dataset.map_batches(
+            SynthesisWorker, batch_size=1, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=min(self.replicas, len(tasks))),
+            fn_constructor_kwargs=dict(engine_args=self.engine_args, model_path=self.model_path,
+                                       template_file=self.template_file, trust_remote_code=self.trust_remote_code),
+            **engine_placement(self.engine_args["tensor_parallel_size"], cluster_has_gpus()))
+        for row in results.iter_rows():
+            yield json.loads(row["result"])
+
+
+@dataclass
+class LocalRunner:
+    """An OpenAI-compatible server: tasks run here one after another; the engine sends each round's requests
+    concurrently."""
+
+    engine: Any
+    tokenizer: Any
+    parallelism: int = 1
+
+    def run(self, tasks: list[dict]) -> Iterator[dict]:
+        for task in tasks:
+            yield run_task(self.engine, self.tokenizer, task)
+
+
+def _make_runner(recipe: Recipe, model_path: str, tokenizer) -> TaskRunner:
     synthesis = recipe.synthesis
     if synthesis.engine == "vllm":
-        return VLLMEngines(model_path, recipe.model.dtype, synthesis.replicas, synthesis.tensor_parallel_size,
-                           dict(synthesis.engine_kwargs), synthesis.seed)
+        engine_args = dict(model=model_path, dtype=recipe.model.dtype,
+                           tensor_parallel_size=synthesis.tensor_parallel_size,
+                           engine_kwargs=dict(synthesis.engine_kwargs), seed=synthesis.seed)
+        return RayDataRunner(engine_args, model_path, chat_template_file(recipe), recipe.model.trust_remote_code,
+                             synthesis.replicas)
     settings = synthesis.openai
-    return OpenAIEngine(settings.base_url, settings.model, settings.api_key_env, settings.concurrency,
-                        settings.timeout_s, settings.max_retries, tokenizer)
+    return LocalRunner(OpenAIEngine(settings.base_url, settings.model, settings.api_key_env, settings.concurrency,
+                                    settings.timeout_s, settings.max_retries, tokenizer), tokenizer)
 
 
 class SynthesizeStage(Stage):
@@ -148,39 +245,43 @@ class SynthesizeStage(Stage):
             return _normalize_only(ctx, loaded)
         model_path = base_model_path(recipe)
         tokenizer = load_tokenizer(model_path, chat_template_file(recipe), recipe.model.trust_remote_code)
-        engine = _make_engine(recipe, model_path, tokenizer)
+        runner = _make_runner(recipe, model_path, tokenizer)
         started = time.time()
-        try:
-            conversations = loaded.conversations
-            if synthesis.self_prompts:
-                conversations = conversations + write_self_prompts(engine, tokenizer, recipe,
-                                                                   ctx.out / "self_prompts.jsonl")
-            work = [(t, conversations[i: i + synthesis.batch_size]) for t in temperatures(recipe)
-                    for i in range(0, len(conversations), synthesis.batch_size)]
-            done_before, generated, tokens, truncated = 0, 0, 0, 0
-            for index, (temperature, chunk) in enumerate(work):
-                shard = shards_dir / f"{index:05d}.jsonl"
-                if shard.exists():
-                    done_before += len(chunk)
-                else:
-                    sampling = Sampling(temperature, synthesis.top_p, synthesis.max_tokens, synthesis.seed)
-                    rows = regenerate(engine, tokenizer, chunk, sampling, synthesis.system_prompt)
-                    if len(temperatures(recipe)) > 1:  # one pass per temperature: ids stay unique
-                        for row in rows:
-                            row["conversation_id"] = f"{row['conversation_id']}@t{temperature:g}"
-                    write_jsonl(shard, rows)
-                    generated += len(rows)
-                    tokens += sum(r["generated_tokens"] for r in rows)
-                    truncated += sum(r["truncated"] for r in rows)
-                ctx.progress(sum(len(c) for _, c in work[: index + 1]), sum(len(c) for _, c in work),
-                             "conversations")
-        finally:
-            engine.close()
+        conversations = loaded.conversations
+        if synthesis.self_prompts:
+            conversations = conversations + write_self_prompts(runner, tokenizer, recipe,
+                                                               ctx.out / "self_prompts.jsonl")
+        several = len(temperatures(recipe)) > 1
+        work = [(t, conversations[i: i + synthesis.batch_size]) for t in temperatures(recipe)
+                for i in range(0, len(conversations), synthesis.batch_size)]
+        tasks, done_before = [], 0
+        for index, (temperature, chunk) in enumerate(work):
+            if (shards_dir / f"{index:05d}.jsonl").exists():
+                done_before += len(chunk)
+                continue
+            # one seed range per shard: a re-run samples each shard as the first run did
+            sampling = Sampling(temperature, synthesis.top_p, synthesis.max_tokens, synthesis.seed + index * 100_003)
+            tasks.append({"kind": "shard", "shard": index, "conversations": chunk, "sampling": asdict(sampling),
+                          "system_prompt": synthesis.system_prompt,
+                          # one pass per temperature: ids stay unique
+                          "id_suffix": f"@t{temperature:g}" if several else ""})
+        total = sum(len(chunk) for _, chunk in work)
+        generated, tokens, truncated, engines = 0, 0, 0, set()
+        ctx.progress(done_before, total, "conversations")
+        for result in runner.run(tasks):
+            engines.add(result.get("engine", "local"))
+            rows = result["rows"]
+            write_jsonl(shards_dir / f"{result['shard']:05d}.jsonl", rows)
+            generated += len(rows)
+            tokens += sum(r["generated_tokens"] for r in rows)
+            truncated += sum(r["truncated"] for r in rows)
+            ctx.progress(done_before + generated, total, "conversations")
         wall = time.time() - started
         return {"counts": {"conversations": done_before + generated, "generated_this_run": generated,
                            "resumed_from_earlier_run": done_before, "truncated": truncated,
                            "generated_tokens": tokens, "skipped": dict(loaded.skipped),
-                           "self_prompts": synthesis.self_prompts, "shards": len(work)},
+                           "self_prompts": synthesis.self_prompts, "shards": len(work),
+                           "engines_used": len(engines)},
                 "metrics": {"tokens_per_s": tokens / wall if wall else 0.0, "conversations": done_before + generated,
                             "input_formats": loaded.formats}}
 
