@@ -121,9 +121,12 @@ class SynthesisWorker:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import ray
 
-        engine_id = ray.get_runtime_context().get_actor_id()
-        results = [json.dumps({**run_task(self.engine, self.tokenizer, json.loads(task)), "engine": engine_id})
-                   for task in batch["task"]]
+        results = []
+        for task in batch["task"]:
+            started = time.perf_counter()
+            result = run_task(self.engine, self.tokenizer, json.loads(task))
+            results.append(json.dumps({**result, "engine": ray.get_runtime_context().get_actor_id(),
+                                       "seconds": time.perf_counter() - started}))
         return {"result": np.array(results, dtype=object)}
 
 
