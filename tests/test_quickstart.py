@@ -23,7 +23,7 @@ def reduced_quickstart(folder):
     text = re.sub(r"self_prompts = \d+", "self_prompts = 6", text)
     text = re.sub(r"(\[synthesis\][^\[]*?)max_tokens = \d+", r"\1max_tokens = 48", text, flags=re.S)
     text = re.sub(r"batch_size = \d+", "batch_size = 16", text)
-    text = text.replace("[train]\n", "[train]\nmax_steps = 24\n")
+    text = re.sub(r"\nmax_steps = \d+[^\n]*", "", text).replace("[train]\n", "[train]\nmax_steps = 24\n")
     text = re.sub(r"checkpoint_every = \d+", "checkpoint_every = 12", text)
     text = text[: text.index("[eval]")] + ('[eval]\nprompts = ["mt-bench", "holdout"]\nnum_speculative_tokens = 5\n'
                                            "max_tokens = 40\nmax_prompts = 8\n")

@@ -1,9 +1,11 @@
 """Synthesize: the base model regenerates the assistant turns of the prompt conversations, turn by turn.
 
 Each user turn is answered given the conversation so far, with the model's own earlier answers (not the
-original ones). Work is cut into shards of `batch_size` conversations, each written atomically when finished,
-so a re-run after a crash redoes at most the shards that were in flight. With engine "none" the prompt data is
-only normalized into the same shard format.
+original ones). Work is cut into shards of `batch_size` conversations (and shards of self prompts, which the
+model first writes and then answers), each written atomically when finished, so a re-run after a crash redoes at
+most the shards that were in flight. The vllm engine runs the shards in Ray Data actors that each hold one engine
+for the whole pass; the openai engine sends each shard's requests concurrently from here. With engine "none" the
+prompt data is only normalized into the same shard format.
 """
 
 from __future__ import annotations
@@ -39,34 +41,18 @@ def user_turn_prefix(tokenizer, system_prompt: str) -> str:
     return text[: text.index(SENTINEL)]
 
 
-def write_self_prompts(runner: TaskRunner, tokenizer, recipe: Recipe, path: Path) -> list[dict]:
-    """Have the model write `self_prompts` user prompts (deduplicated), or reuse the ones written before."""
-    if path.exists():
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    wanted = recipe.synthesis.self_prompts
-    prefix_ids = tokenizer(user_turn_prefix(tokenizer, recipe.synthesis.system_prompt),
-                           add_special_tokens=False)["input_ids"]
+def self_prompt_conversations(engine, prefix_ids: list[int], count: int, first_id: int,
+                              sampling: Sampling) -> list[dict]:
+    """Have the model write up to `count` user prompts (Magpie: it continues the chat template's user-turn
+    prefix), deduplicated; each becomes a one-turn conversation to answer. A few spare candidates make up for
+    duplicates and unusable ones (too short, or cut by the token limit)."""
     prompts: dict[str, None] = {}
-    round_ = 0
-    while len(prompts) < wanted and round_ < 8:  # dedup can leave us short: a few more rounds, then stop
-        candidates = int((wanted - len(prompts)) * 1.5 + 4)
-        per_task = -(-candidates // runner.parallelism)
-        tasks = [{"kind": "self_prompts", "index": index, "prefix_ids": prefix_ids,
-                  "count": min(per_task, candidates - start),
-                  "sampling": asdict(Sampling(temperature=recipe.synthesis.self_prompt_temperature, top_p=1.0,
-                                              max_tokens=96, seed=recipe.synthesis.seed + round_ * 1_000_003 + start,
-                                              stop_at_newline=True))}
-                 for index, start in enumerate(range(0, candidates, per_task))]
-        for result in sorted(runner.run(tasks), key=lambda r: r["index"]):  # results arrive in any order
-            for text, truncated in result["candidates"]:
-                text = text.strip()
-                if 12 <= len(text) and not truncated and text.lower() not in {p.lower() for p in prompts}:
-                    prompts[text] = None
-        round_ += 1
-    rows = [{"conversation_id": f"self-{i:06d}", "conversations": [{"role": "user", "content": text}],
-             "source": "self_prompts"} for i, text in enumerate(list(prompts)[:wanted])]
-    write_jsonl(path, rows)
-    return rows
+    for reply in engine.generate([prefix_ids] * int(count * 1.5 + 4), sampling):
+        text = reply.text.strip()
+        if 12 <= len(text) and not reply.truncated and text.lower() not in {p.lower() for p in prompts}:
+            prompts[text] = None
+    return [{"conversation_id": f"self-{first_id + i:06d}", "conversations": [{"role": "user", "content": text}],
+             "source": "self_prompts"} for i, text in enumerate(list(prompts)[:count])]
 
 
 def regenerate(engine, tokenizer, conversations: list[dict], sampling: Sampling, system_prompt: str) -> list[dict]:
@@ -97,12 +83,13 @@ def regenerate(engine, tokenizer, conversations: list[dict], sampling: Sampling,
 
 
 def run_task(engine, tokenizer, task: dict) -> dict:
-    """One unit of synthesis work on an engine: a shard of conversations to regenerate, or self-prompt candidates."""
-    sampling = Sampling(**task["sampling"])
+    """One shard of synthesis on an engine: regenerate its conversations; for a self-prompt shard, first have the
+    model write the prompts (so one engine start serves both)."""
+    conversations = task["conversations"]
     if task["kind"] == "self_prompts":
-        replies = engine.generate([task["prefix_ids"]] * task["count"], sampling)
-        return {"index": task["index"], "candidates": [[r.text, r.truncated] for r in replies]}
-    rows = regenerate(engine, tokenizer, task["conversations"], sampling, task["system_prompt"])
+        conversations = self_prompt_conversations(engine, task["prefix_ids"], task["count"], task["first_id"],
+                                                  Sampling(**task["prompt_sampling"]))
+    rows = regenerate(engine, tokenizer, conversations, Sampling(**task["sampling"]), task["system_prompt"])
     for row in rows:
         row["conversation_id"] += task["id_suffix"]
     return {"shard": task["shard"], "rows": rows}
@@ -131,8 +118,6 @@ class SynthesisWorker:
 
 
 class TaskRunner(Protocol):
-    parallelism: int
-
     def run(self, tasks: list[dict]) -> Iterator[dict]: ...
 
 
@@ -146,10 +131,6 @@ class RayDataRunner:
     template_file: str
     trust_remote_code: bool
     replicas: int
-
-    @property
-    def parallelism(self) -> int:
-        return self.replicas
 
     def run(self, tasks: list[dict]) -> Iterator[dict]:
         import ray
@@ -177,11 +158,39 @@ class LocalRunner:
 
     engine: Any
     tokenizer: Any
-    parallelism: int = 1
 
     def run(self, tasks: list[dict]) -> Iterator[dict]:
         for task in tasks:
             yield run_task(self.engine, self.tokenizer, task)
+
+
+def shard_tasks(recipe: Recipe, conversations: list[dict], tokenizer) -> list[dict]:
+    """Every shard of the stage, in a fixed order (shard i is always the same work, so a re-run resumes): for each
+    temperature, the prompt conversations in chunks of batch_size, then the self prompts in chunks."""
+    synthesis = recipe.synthesis
+    several = len(temperatures(recipe)) > 1
+    prefix_ids = tokenizer(user_turn_prefix(tokenizer, synthesis.system_prompt), add_special_tokens=False)["input_ids"]
+    # (temperature, conversations, self prompts to write, id of the first of them)
+    chunks: list[tuple[float, list[dict], int, int]] = []
+    for temperature in temperatures(recipe):
+        chunks += [(temperature, conversations[i: i + synthesis.batch_size], 0, 0)
+                   for i in range(0, len(conversations), synthesis.batch_size)]
+        chunks += [(temperature, [], min(synthesis.batch_size, synthesis.self_prompts - i), i)
+                   for i in range(0, synthesis.self_prompts, synthesis.batch_size)]
+    tasks = []
+    for index, (temperature, chunk, self_count, first_id) in enumerate(chunks):
+        # one seed range per shard: a re-run samples each shard as the first run did
+        seed = synthesis.seed + index * 100_003
+        task = {"kind": "self_prompts" if self_count else "shard", "conversations": chunk,
+                "expected": self_count or len(chunk), "system_prompt": synthesis.system_prompt,
+                "sampling": asdict(Sampling(temperature, synthesis.top_p, synthesis.max_tokens, seed)),
+                "id_suffix": f"@t{temperature:g}" if several else ""}  # one pass per temperature: ids stay unique
+        if self_count:
+            task.update(prefix_ids=prefix_ids, count=self_count, first_id=first_id,
+                        prompt_sampling=asdict(Sampling(synthesis.self_prompt_temperature, 1.0, 96, seed + 50_000,
+                                                        stop_at_newline=True)))
+        tasks.append(task)
+    return tasks
 
 
 def _make_runner(recipe: Recipe, model_path: str, tokenizer) -> TaskRunner:
@@ -250,27 +259,17 @@ class SynthesizeStage(Stage):
         tokenizer = load_tokenizer(model_path, chat_template_file(recipe), recipe.model.trust_remote_code)
         runner = _make_runner(recipe, model_path, tokenizer)
         started = time.time()
-        conversations = loaded.conversations
-        if synthesis.self_prompts:
-            conversations = conversations + write_self_prompts(runner, tokenizer, recipe,
-                                                               ctx.out / "self_prompts.jsonl")
-        several = len(temperatures(recipe)) > 1
-        work = [(t, conversations[i: i + synthesis.batch_size]) for t in temperatures(recipe)
-                for i in range(0, len(conversations), synthesis.batch_size)]
-        tasks, done_before = [], 0
-        for index, (temperature, chunk) in enumerate(work):
-            if (shards_dir / f"{index:05d}.jsonl").exists():
-                done_before += len(chunk)
-                continue
-            # one seed range per shard: a re-run samples each shard as the first run did
-            sampling = Sampling(temperature, synthesis.top_p, synthesis.max_tokens, synthesis.seed + index * 100_003)
-            tasks.append({"kind": "shard", "shard": index, "conversations": chunk, "sampling": asdict(sampling),
-                          "system_prompt": synthesis.system_prompt,
-                          # one pass per temperature: ids stay unique
-                          "id_suffix": f"@t{temperature:g}" if several else ""})
-        total = sum(len(chunk) for _, chunk in work)
-        generated, tokens, truncated, engines = 0, 0, 0, set()
+        planned = shard_tasks(recipe, loaded.conversations, tokenizer)
+        tasks, done_before, total = [], 0, 0
+        for index, task in enumerate(planned):
+            shard = shards_dir / f"{index:05d}.jsonl"
+            total += task["expected"]
+            if shard.exists():  # written by an earlier run: resumed, not redone
+                done_before += sum(1 for line in shard.read_text(encoding="utf-8").splitlines() if line.strip())
+            else:
+                tasks.append({**task, "shard": index})
         ctx.progress(done_before, total, "conversations")
+        generated, tokens, truncated, engines = 0, 0, 0, set()
         for result in runner.run(tasks):
             engines.add(result.get("engine", "local"))
             rows = result["rows"]
@@ -283,7 +282,8 @@ class SynthesizeStage(Stage):
         return {"counts": {"conversations": done_before + generated, "generated_this_run": generated,
                            "resumed_from_earlier_run": done_before, "truncated": truncated,
                            "generated_tokens": tokens, "skipped": dict(loaded.skipped),
-                           "self_prompts": synthesis.self_prompts, "shards": len(work),
+                           "self_prompts": synthesis.self_prompts,
+                           "shards": len(planned),
                            "engines_used": len(engines)},
                 "metrics": {"tokens_per_s": tokens / wall if wall else 0.0, "conversations": done_before + generated,
                             "input_formats": loaded.formats}}
