@@ -76,8 +76,8 @@ def engine_placement(tensor_parallel_size: int, on_gpus: bool) -> dict[str, Any]
     """Ray resources for the actor that holds one engine (map_batches' remote args).
 
     CPU: one core, and the CPU build's settings in the actor's environment. One GPU: the actor takes it. Several
-    (tensor parallel): the actor takes none itself and is placed in a placement group of one GPU bundle per shard,
-    which vLLM's Ray executor fills with its workers (as Ray Data LLM does). Not exercised here: no GPU.
+    (tensor parallel): the actor takes none itself and is placed in a placement group of one GPU bundle per
+    tensor-parallel rank, which vLLM's Ray executor fills with its workers (as Ray Data LLM does). Not exercised here: no GPU.
     """
     if not on_gpus:
         return {"num_cpus": 1, "runtime_env": {"env_vars": {**CPU_ENGINE_ENV,

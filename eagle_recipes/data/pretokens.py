@@ -137,9 +137,6 @@ class PieceVocabulary:
             encodings = self.tokenizer.backend_tokenizer.encode_batch(new, add_special_tokens=False)
             self.ids.update((piece, np.asarray(e.ids, dtype=np.int64)) for piece, e in zip(new, encodings))
 
-    def token_count(self, pieces: list[str]) -> int:
-        return sum(len(self.ids[p]) for p in pieces)
-
     def bincount(self, piece_counts: dict[str, int], vocab_size: int) -> np.ndarray:
         """Token counts, given how often each piece occurs."""
         if not piece_counts:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from eagle_recipes.data.formats import is_holdout
+from eagle_recipes.data.formats import is_holdout, read_seed_jsonl
 from eagle_recipes.recipe import Recipe
 
 SHARDS = "shards"
@@ -24,15 +23,7 @@ def split_of(conversation: dict, recipe: Recipe) -> str:
 
 
 def read_conversations(files: list[Path], recipe: Recipe, split: str | None = "train") -> list[dict]:
-    rows = []
-    for path in files:
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    row = json.loads(line)
-                    if split is None or split_of(row, recipe) == split:
-                        rows.append(row)
-    return rows
+    return [row for row in read_seed_jsonl(files) if split is None or split_of(row, recipe) == split]
 
 
 def base_model_path(recipe: Recipe) -> str:

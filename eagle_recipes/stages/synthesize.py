@@ -102,17 +102,18 @@ class SynthesisWorker:
         from eagle_recipes.data.chat import load_tokenizer
         from eagle_recipes.engines import VLLMGenerator
 
-        self.engine = VLLMGenerator(**engine_args)
-        self.tokenizer = load_tokenizer(model_path, template_file, trust_remote_code)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import ray
 
+        self.engine = VLLMGenerator(**engine_args)
+        self.tokenizer = load_tokenizer(model_path, template_file, trust_remote_code)
+        self.engine_id = ray.get_runtime_context().get_actor_id()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = []
         for task in batch["task"]:
             started = time.perf_counter()
             result = run_task(self.engine, self.tokenizer, json.loads(task))
-            results.append(json.dumps({**result, "engine": ray.get_runtime_context().get_actor_id(),
+            results.append(json.dumps({**result, "engine": self.engine_id,
                                        "seconds": time.perf_counter() - started}))
         return {"result": np.array(results, dtype=object)}
 
@@ -169,7 +170,8 @@ def shard_tasks(recipe: Recipe, conversations: list[dict], tokenizer) -> list[di
     temperature, the prompt conversations in chunks of batch_size, then the self prompts in chunks."""
     synthesis = recipe.synthesis
     several = len(temperatures(recipe)) > 1
-    prefix_ids = tokenizer(user_turn_prefix(tokenizer, synthesis.system_prompt), add_special_tokens=False)["input_ids"]
+    prefix_ids = tokenizer(user_turn_prefix(tokenizer, synthesis.system_prompt),
+                           add_special_tokens=False)["input_ids"] if synthesis.self_prompts else []
     # (temperature, conversations, self prompts to write, id of the first of them)
     chunks: list[tuple[float, list[dict], int, int]] = []
     for temperature in temperatures(recipe):
