@@ -1,14 +1,22 @@
-"""Online training cost: one EAGLE-3 training step (frozen target forward for hidden states and targets, the
-draft's training-time-test unroll forward and backward, AdamW) divided by the base model's plain forward on the
-same batch, both measured here on SmolLM2-135M-Instruct. Prints the ratio and tokens/s.
+"""Training cost, online against cached, on SmolLM2-135M-Instruct, with the training stage's own feature sources.
 
-    .venv/bin/python benchmarks/train.py [--ttt-steps 7] [--draft-vocab 8192] [--steps 8]
+- base forward: the base model's plain forward on a sequence (the unit of comparison);
+- online step: `OnlineFeatures` (base forward with hidden states and full-vocabulary logits) + the draft's
+  training-time-test unroll forward and backward + AdamW;
+- cached step: `CachedFeatures` (the same features read back from capture shards written here first) + the same
+  draft work.
+
+Prints tokens/s of each, the online step over one base forward, and cached over online (same run, same draft,
+same sequences).
+
+    .venv/bin/python benchmarks/train.py [--ttt-steps 3] [--draft-vocab 4096] [--steps 24] [--threads 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,68 +26,91 @@ from common import conversations, model_path  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ttt-steps", type=int, default=7)
-    parser.add_argument("--draft-vocab", type=int, default=8192)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--ttt-steps", type=int, default=3)
+    parser.add_argument("--draft-vocab", type=int, default=4096)
+    parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-
-    import json
 
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM
 
     from eagle_recipes.data.chat import load_tokenizer, render_batch
+    from eagle_recipes.data.features import shard_path, write_head, write_shard
     from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
     from eagle_recipes.draft.model import build_draft
     from eagle_recipes.draft.ttt import TTTObjective
     from eagle_recipes.draft.vocab import top_k_ids
-    from eagle_recipes.stages.train import target_outputs
+    from eagle_recipes.models import load_base_config
+    from eagle_recipes.stages.capture import CaptureSpec, HFCaptureEngine
+    from eagle_recipes.stages.train import CachedFeatures, OnlineFeatures, TrainConfig, collate
 
     torch.set_num_threads(args.threads)
     path = model_path()
     tokenizer = load_tokenizer(path)
-    target = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    target.requires_grad_(False)
-    batches = [r for r in render_batch(tokenizer, [c["conversations"] for c in conversations(args.steps + 1)], 512)]
-    counts = np.bincount(np.concatenate([r.input_ids for r in batches]), minlength=len(tokenizer))
-    draft_ids = torch.from_numpy(np.sort(np.concatenate([top_k_ids(counts, args.draft_vocab),
-                                                         np.setdiff1d(np.arange(len(tokenizer)),
-                                                                      np.flatnonzero(counts))]))[:args.draft_vocab])
-    facts = BaseModelFacts.from_config(json.loads((Path(path) / "config.json").read_text()))
-    config = build_draft_config("eagle3", {}, facts, args.draft_vocab)
-    draft = build_draft(config)
-    objective = TTTObjective(draft, args.ttt_steps, 0.8)
-    optimizer = torch.optim.AdamW(draft.parameters(), lr=1e-4)
-    draft_head = target.lm_head.weight.index_select(0, draft_ids).contiguous()
-    embed = target.get_input_embeddings()
+    rendered = render_batch(tokenizer, [c["conversations"] for c in conversations(args.steps + 1)], 512)
+    ids = np.concatenate([r.input_ids for r in rendered]).astype(np.int32)
+    data = {"ids": ids, "mask": np.concatenate([r.loss_mask for r in rendered]).astype(np.int8),
+            "offsets": np.concatenate([[0], np.cumsum([len(r.input_ids) for r in rendered])]),
+            "pad_id": np.int64(tokenizer.pad_token_id or 0)}
+    counts = np.bincount(ids, minlength=len(tokenizer))
+    draft_ids = torch.from_numpy(np.sort(top_k_ids(counts, args.draft_vocab)))
+    facts = BaseModelFacts.from_config(load_base_config(path))
+    draft_config = build_draft_config("eagle3", {}, facts, len(draft_ids))
 
-    forward_s = step_s = 0.0
-    tokens = 0
-    for index, rendered in enumerate(batches):
-        input_ids = torch.tensor([rendered.input_ids])
-        loss_mask = torch.tensor([rendered.loss_mask])
-        padding = torch.ones_like(input_ids)
-        started = time.perf_counter()
-        with torch.no_grad():
-            target(input_ids=input_ids)  # the baseline: the base model's plain forward
-        forwarded = time.perf_counter()
-        outputs = target_outputs(target, input_ids, loss_mask, padding, config.aux_layer_ids, draft_head, "eagle3")
-        loss, _ = objective(outputs, embed)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        stepped = time.perf_counter()
-        if index:  # the first batch warms up allocators and kernels
-            forward_s += forwarded - started
-            step_s += stepped - forwarded
-            tokens += input_ids.numel()
-    print(f"SmolLM2-135M, EAGLE-3, {args.ttt_steps} TTT steps, draft vocab {args.draft_vocab}, "
-          f"{args.steps} sequences ({tokens} tokens), {args.threads} threads")
-    print(f"base model forward:  {tokens / forward_s:8.1f} tokens/s")
-    print(f"training step:       {tokens / step_s:8.1f} tokens/s")
-    print(f"step time / forward time: {step_s / forward_s:.2f}x")
+    with tempfile.TemporaryDirectory() as folder:
+        capture = Path(folder)
+        np.savez(capture / "data.npz", **data)
+        spec = CaptureSpec(model_path=path, data_file=str(capture / "data.npz"), out=folder, algorithm="eagle3",
+                           aux_layer_ids=draft_config.aux_layer_ids, dtype="bfloat16", engine="hf",
+                           tensor_parallel_size=1, trust_remote_code=False)
+        engine = HFCaptureEngine(spec)
+        sequences = [ids[a:b] for a, b in zip(data["offsets"][:-1], data["offsets"][1:])]
+        rows = [engine.features([s])[0] for s in sequences]
+        write_shard(shard_path(capture, 0), 0, {
+            "hidden": torch.cat([r["hidden"] for r in rows]).bfloat16(), "final": torch.cat([r["final"] for r in rows]).bfloat16(),
+            "top": torch.cat([r["top"] for r in rows]).int(), "input_ids": torch.from_numpy(ids)})
+        write_head(capture, path, torch.bfloat16)
+        config = TrainConfig(model_path=path, draft_config=draft_config.to_dict(), vocab_file="", data_file="",
+                             checkpoint_dir="", metrics_file="", features="online", capture_dir=folder, threads=args.threads,
+                             use_gpu=False, strategy="ddp", epochs=1, max_steps=0, batch_size=1, grad_accum=1, lr=1e-4,
+                             weight_decay=0.0, warmup_ratio=0.0, schedule="constant", grad_clip=0.5,
+                             ttt_steps=args.ttt_steps, ttt_decay=0.8, loss_on="assistant",
+                             checkpoint_every=1, keep_checkpoints=1, seed=0, init_from_target=False)
+        sources = {"online": OnlineFeatures(config, draft_config, draft_ids, torch.device("cpu"), torch.float32),
+                   "cached": CachedFeatures(config, draft_config, draft_ids, torch.device("cpu"), torch.float32)}
+        target = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        seconds = {"base forward": 0.0, "online": 0.0, "cached": 0.0}
+        tokens = 0
+        for index in range(len(sequences)):
+            input_ids, loss_mask, padding = collate(data, [index], "assistant")
+            started = time.perf_counter()
+            with torch.no_grad():
+                target(input_ids=input_ids)
+            timings = {"base forward": time.perf_counter() - started}
+            for name, source in sources.items():
+                torch.manual_seed(0)
+                draft = build_draft(draft_config)
+                objective = TTTObjective(draft, args.ttt_steps, 0.8)
+                optimizer = torch.optim.AdamW(draft.parameters(), lr=1e-4)
+                started = time.perf_counter()
+                outputs = source.outputs(input_ids, loss_mask, padding, [index])
+                loss, _ = objective(outputs, source.embed)
+                loss.backward()
+                optimizer.step()
+                timings[name] = time.perf_counter() - started
+            if index:  # the first sequence warms up allocators and kernels
+                tokens += input_ids.numel()
+                for name, value in timings.items():
+                    seconds[name] += value
+    rate = {name: tokens / value for name, value in seconds.items()}
+    print(f"SmolLM2-135M, EAGLE-3, {args.ttt_steps} TTT steps, draft vocab {len(draft_ids)}, "
+          f"{len(sequences) - 1} sequences ({tokens} tokens), {args.threads} threads")
+    for name in seconds:
+        print(f"{name + ':':14s} {rate[name]:8.1f} tokens/s")
+    print(f"online step / base forward:  {seconds['online'] / seconds['base forward']:.2f}x")
+    print(f"cached / online (tokens/s):  {rate['cached'] / rate['online']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
     p = command("schema", "print the recipe JSON Schema", "eagle-recipes schema > recipe.schema.json")
     p.set_defaults(func=cmd_schema)
-    stage_names = ["synthesize", "calibrate", "train", "export", "evaluate"]
+    from eagle_recipes.stages import STAGE_NAMES as stage_names
     for name, help_ in (("plan", "show the task graph: stages, inputs, outputs, resources, what must run and why"),
                         ("run", "run the graph (embedded Ray, or a cluster with --address)")):
         p = command(name, help_, f"eagle-recipes {name} recipes/quickstart.toml")

@@ -155,3 +155,37 @@ def test_help_and_version():
     for command in ("validate", "plan", "run", "submit", "catalog", "inspect", "eval", "schema"):
         assert command in helped
     assert "example" in run("plan", "--help").stdout
+
+
+def test_online_training_of_a_base_too_large_for_a_gpu_is_refused(folder):
+    seventy_b = PROJECT / "catalog" / "llama3" / "configs" / "Llama-3.3-70B-Instruct.json"
+    (folder / "config.json").write_text(seventy_b.read_text())
+    text = GOOD + "\n[train]\nuse_gpu = true\nnum_workers = 8\n"
+    recipe, problems = validate_file(write_recipe(folder, text))
+    assert recipe is None and len(problems) == 1
+    problem = problems[0]
+    assert problem.key == "train.features" and "online training needs about" in problem.message
+    assert 'train.features = "cached"' in problem.hint and problem.line == text.splitlines().index("[train]") + 1
+    assert load_recipe(write_recipe(folder, text.replace("[train]\n", '[train]\nfeatures = "cached"\n')))
+    # a base that fits, online: fine (the SmolLM2 config of the fixture)
+    recipe, problems = validate_file(write_recipe(folder, GOOD.replace('config = "config.json"', f'config = "{PROJECT}/catalog/smollm2/configs/SmolLM2-135M-Instruct.json"') + "\n[train]\nuse_gpu = true\n"))
+    assert problems == []
+
+
+def test_vllm_capture_needs_gpus(folder):
+    text = GOOD + '\n[train]\nfeatures = "cached"\n[capture]\nengine = "vllm"\n'
+    recipe, problems = validate_file(write_recipe(folder, text))
+    assert [p.key for p in problems] == ["capture.engine"] and 'engine = "hf"' in problems[0].hint
+
+
+def test_plan_shows_the_feature_cache_and_memory_per_worker(folder):
+    text = GOOD + '\n[train]\nfeatures = "cached"\nmax_seq_len = 1000\n'
+    out = subprocess.run([sys.executable, "-m", "eagle_recipes.cli", "plan", str(write_recipe(folder, text)), "--json"],
+                         capture_output=True, text=True, check=True)
+    import json
+
+    stages = {s["name"]: s for s in json.loads(out.stdout)["stages"]}
+    # one prompt, at most 1000 tokens; SmolLM2: aux layers 3 x 576 + final 576, bf16, + top and token ids
+    assert stages["capture"]["resources"]["cache"] == "at most 1,000 tokens x 4,616 B = at most 4 MiB"
+    assert "online" in stages["train"]["resources"]["memory per worker"]
+    assert "cached" in stages["train"]["resources"]["memory per worker"]

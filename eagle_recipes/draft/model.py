@@ -1,11 +1,12 @@
 """The EAGLE-3 and EAGLE-1 drafts as plain nn.Modules, with the training-time-test (TTT) unroll.
 
-Parameter names follow the layouts serving engines load, so export is a rename-free copy:
-EAGLE-3 `fc`, `midlayer.*` (first decoder layer), `layers.{i}.*` (extra layers), `norm`, `lm_head`;
-EAGLE-1 `fc`, `layers.{i}.*`.
+Parameter names follow the flat layout serving engines load: EAGLE-3 `fc`, `midlayer.*` (first decoder layer),
+`layers.{i}.*` (extra layers), `norm`, `lm_head`; EAGLE-1 `fc`, `layers.{i}.*`. Export renames them for the
+other layouts.
 
-TTT attention: at unroll step j the query at position t attends to the step-0 keys at positions <= t (causal)
-and to its own keys from steps 1..j at position t (the diagonal), as the draft sees at inference.
+TTT attention: at unroll step j the query of column t attends to the step-0 keys at positions <= t (causal) and
+to its own keys from steps 1..j (the diagonal), as the draft sees at inference; the caller rotates step j at
+position t + j (see draft/ttt.py).
 """
 
 from __future__ import annotations
@@ -134,13 +135,15 @@ class DecoderLayer(nn.Module):
 
 
 def _rotary(config: DraftConfig) -> LlamaRotaryEmbedding:
-    rope = {"rope_type": "default", "rope_theta": config.rope_theta}
+    """The draft's rotary embedding. `rope_theta` and `rope_scaling` are the keywords both transformers 4.x and
+    5.x read (5.x folds them into `rope_parameters`); tests check the frequencies against the config."""
+    scaling = None
     if config.rope_scaling:
-        rope.update(config.rope_scaling)
-        rope["rope_type"] = rope.get("rope_type", rope.get("type", "default"))
+        scaling = dict(config.rope_scaling)
+        scaling["rope_type"] = scaling.get("rope_type", scaling.get("type", "default"))
     llama = LlamaConfig(hidden_size=config.hidden_size, num_attention_heads=config.num_attention_heads,
                         head_dim=config.head_dim, max_position_embeddings=config.max_position_embeddings,
-                        rope_parameters=rope)
+                        rope_theta=config.rope_theta, rope_scaling=scaling)
     return LlamaRotaryEmbedding(llama)
 
 

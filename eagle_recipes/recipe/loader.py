@@ -128,7 +128,29 @@ def _check_against_model(recipe: Recipe, raw: dict, lines: dict[str, int]) -> li
         build_draft_config(recipe.draft.algorithm, recipe.draft.overrides, facts, recipe.vocab.draft_vocab_size)
     except DraftConfigError as error:
         problems.append(Problem(file, line_of(lines, error.key), error.key, error.message, error.hint))
-    return problems
+        return problems
+    return problems + _check_worker_memory(recipe, lines)
+
+
+def _check_worker_memory(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
+    """Online training puts the whole base model in every GPU worker: refuse it when the weights alone cannot fit."""
+    from eagle_recipes.sizes import gib, training_sizes
+
+    train = recipe.train
+    if not train.use_gpu or train.features != "online":
+        return []
+    sizes = training_sizes(recipe)
+    capacity = train.accelerator_memory_gb * 1e9
+    if sizes is None or sizes["online"].total <= capacity:
+        return []
+    online, cached = sizes["online"], sizes["cached"]
+    return [Problem(str(recipe.path), line_of(lines, "train.features") or line_of(lines, "train"), "train.features",
+                    f"online training needs about {gib(online.total)} per GPU (base model {gib(online.base)} in "
+                    f"bf16, draft state {gib(online.draft)}, activations of one batch at max_seq_len "
+                    f"{gib(online.activations)}); a GPU has "
+                    f"{gib(capacity)} (train.accelerator_memory_gb = {train.accelerator_memory_gb:g})",
+                    f'set train.features = "cached": workers then hold {gib(cached.total)} '
+                    f"(the capture stage runs the base model once, tensor parallel with capture.engine = \"vllm\")")]
 
 
 def _check_consistency(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
@@ -143,6 +165,10 @@ def _check_consistency(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
         problems.append(Problem(file, line_of(lines, "train.strategy"), "train.strategy",
                                 "FSDP needs GPUs (torch's FSDP does not run on CPU with gloo)",
                                 'use strategy = "ddp" on CPU, or set train.use_gpu = true'))
+    if recipe.train.features == "cached" and recipe.capture.engine == "vllm" and not recipe.train.use_gpu:
+        problems.append(Problem(file, line_of(lines, "capture.engine"), "capture.engine",
+                                "vLLM's hidden-state extractor needs GPUs (the CPU build cannot save the states)",
+                                'use capture.engine = "hf" on CPU machines'))
     if recipe.synthesis.self_prompts and recipe.synthesis.engine == "none":
         problems.append(Problem(file, line_of(lines, "synthesis.self_prompts"), "synthesis.self_prompts",
                                 "needs a synthesis engine", "set synthesis.engine to vllm or openai"))

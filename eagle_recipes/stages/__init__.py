@@ -2,12 +2,13 @@
 
 from eagle_recipes.stages.base import Stage, StageContext
 from eagle_recipes.stages.calibrate import CalibrateStage
+from eagle_recipes.stages.capture import CaptureStage
 from eagle_recipes.stages.evaluate import EvaluateStage
 from eagle_recipes.stages.export import ExportStage
 from eagle_recipes.stages.synthesize import SynthesizeStage
 from eagle_recipes.stages.train import TrainStage
 
-STAGES: list[type[Stage]] = [SynthesizeStage, CalibrateStage, TrainStage, ExportStage, EvaluateStage]
+STAGES: list[type[Stage]] = [SynthesizeStage, CalibrateStage, CaptureStage, TrainStage, ExportStage, EvaluateStage]
 STAGE_NAMES = [stage.name for stage in STAGES]
 
 __all__ = ["STAGES", "STAGE_NAMES", "Stage", "StageContext"]

@@ -3,8 +3,8 @@ greedy, with k draft tokens.
 
 Engine path: real vLLM with `speculative_config`; tau from vLLM's spec-decode counters, plus tokens/s with and
 without the draft in the same run and a losslessness check (speculative output == the target's greedy output).
-Reference path: a pure-PyTorch greedy chain-drafting loop over the target and the draft, used in tests and as
-a cross-check.
+Reference path: the pure-PyTorch greedy chain-drafting loop of `draft/reference.py`, used in tests and as a
+cross-check.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ import json
 import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from eagle_recipes.atomic import atomic_path, write_json
+from eagle_recipes.draft.reference import Acceptance, reference_generate
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.stages.base import Stage, StageContext
 from eagle_recipes.stages.common import base_model_path, conversation_files, read_conversations
@@ -33,33 +34,6 @@ class PromptSet:
     name: str
     prompts: list[list[dict]]  # chat messages
     categories: list[str]
-
-
-@dataclass
-class Acceptance:
-    """Counts from speculative decoding: drafts (verify steps that carried a draft), accepted per position."""
-
-    drafts: int = 0
-    accepted_per_position: list[int] = field(default_factory=list)
-
-    @property
-    def accepted(self) -> int:
-        return int(sum(self.accepted_per_position))
-
-    @property
-    def acceptance_length(self) -> float:
-        return 1.0 + self.accepted / self.drafts if self.drafts else 1.0
-
-    @property
-    def per_position(self) -> list[float]:
-        return [a / self.drafts if self.drafts else 0.0 for a in self.accepted_per_position]
-
-    def add(self, other: "Acceptance") -> None:
-        size = max(len(self.accepted_per_position), len(other.accepted_per_position))
-        mine = self.accepted_per_position + [0] * (size - len(self.accepted_per_position))
-        theirs = other.accepted_per_position + [0] * (size - len(other.accepted_per_position))
-        self.accepted_per_position = [a + b for a, b in zip(mine, theirs)]
-        self.drafts += other.drafts
 
 
 # ---------------------------------------------------------------- prompt sets
@@ -232,75 +206,6 @@ def load_exported_draft(folder: Path):
     draft.load_state_dict(state, strict=True)
     d2t = tensors.get("d2t", torch.zeros(config.draft_vocab_size, dtype=torch.int64))
     return draft.eval(), config, d2t.to(torch.int64)
-
-
-def reference_generate(target, draft, config, d2t, prompt_ids: list[int], k: int, max_tokens: int,
-                       eos_ids: set[int]) -> tuple[list[int], Acceptance]:
-    """Greedy chain drafting of k tokens per verify step; exact target greedy output by construction."""
-    import torch
-
-    from eagle_recipes.draft.model import TTTCache
-
-    draft_to_target = torch.arange(config.draft_vocab_size) + d2t
-    embed = target.get_input_embeddings()
-    stats = Acceptance(accepted_per_position=[0] * k)
-    with torch.no_grad():
-        ids = torch.tensor([prompt_ids])
-        out = target(input_ids=ids, output_hidden_states=True, use_cache=True)
-        cache = out.past_key_values
-        features = _features(out, config)  # [1, n, *] per verified position
-        verified = list(prompt_ids)
-        bonus = int(out.logits[0, -1].argmax())
-        generated: list[int] = []
-        while True:
-            generated.append(bonus)
-            if bonus in eos_ids or len(generated) >= max_tokens:
-                break
-            # draft k tokens, re-running the (small) draft over the whole sequence: simple and exact
-            tokens_in = verified[1:] + [bonus]
-            hidden_in = draft.fuse(features) if config.algorithm == "eagle3" else features
-            proposals: list[int] = []
-            for _ in range(k):
-                positions = torch.arange(len(tokens_in))[None]
-                hidden_out = draft.step(embed(torch.tensor([tokens_in])), hidden_in, positions,
-                                        [TTTCache() for _ in draft.decoder_layers()], None)
-                last = hidden_out[:, -1:]
-                logits = draft.logits(last) if config.algorithm == "eagle3" else target.get_output_embeddings()(last)
-                token = int(logits[0, -1].argmax())
-                token = int(draft_to_target[token]) if config.algorithm == "eagle3" else token
-                proposals.append(token)
-                tokens_in = tokens_in + [token]
-                hidden_in = torch.cat([hidden_in, last], dim=1)
-            # verify: one target forward over the bonus and the proposals
-            block = torch.tensor([[bonus] + proposals])
-            out = target(input_ids=block, past_key_values=cache, output_hidden_states=True, use_cache=True)
-            predictions = out.logits[0].argmax(-1).tolist()
-            accepted = 0
-            while accepted < k and proposals[accepted] == predictions[accepted]:
-                accepted += 1
-            stats.drafts += 1
-            for position in range(accepted):
-                stats.accepted_per_position[position] += 1
-            kept = [bonus] + proposals[:accepted]
-            for token in proposals[:accepted]:
-                generated.append(token)
-                if token in eos_ids or len(generated) >= max_tokens:
-                    return generated[:max_tokens], stats
-            verified += kept
-            cache = out.past_key_values
-            cache.crop(len(verified))
-            features = torch.cat([features, _features(out, config)[:, : len(kept)]], dim=1)
-            bonus = predictions[accepted]
-    return generated[:max_tokens], stats
-
-
-def _features(out, config):
-    import torch
-
-    states = out.hidden_states
-    if config.algorithm == "eagle3":
-        return torch.cat([states[i] for i in config.aux_layer_ids], dim=-1)
-    return states[-1]
 
 
 def evaluate_reference(base: str, draft_folder: Path, k: int, sets: list[PromptSet], max_tokens: int,

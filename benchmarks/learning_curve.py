@@ -1,0 +1,338 @@
+"""How much a draft learns per step and per CPU-minute: train the recipe's draft from one synthesized data set at
+several step counts (and with other settings), and measure each one's acceptance length.
+
+    .venv/bin/python benchmarks/learning_curve.py [--run runs/quickstart] [--steps 240,480,960,1920]
+        [--variant NAME:key=value,key=value ...] [--engine simulated|vllm] [--out benchmarks/out/learning_curve]
+
+It reads the run's synthesized conversations and draft vocabulary (run `eagle-recipes run RECIPE --only
+synthesize` and `--only calibrate` first), captures the base model's features of every training conversation
+once (kept in `--out`), then trains each (variant, steps) in this process with the training stage's own loss,
+schedule and data order. Training reads the captured features, so its minutes are the draft's alone; the table
+also gives the minutes the same steps take online (base forward included), from a timed online step.
+
+Acceptance length tau, greedy, k = the recipe's `eval.num_speculative_tokens`, on MT-bench (80 first turns) and on
+the run's held-out conversations:
+- `simulated` (default): the target's own greedy reply to each prompt is fed through the draft's training-time-
+  test unroll, teacher forced, and greedy chain drafting is replayed over it (`draft/reference.py`). That is what
+  vLLM computes at temperature 0 up to floating-point ties; `--engine vllm` exports each draft and measures it in
+  real vLLM instead (about 2 minutes each on 2 cores).
+
+Writes `<out>/results.jsonl` (one line per trained draft), `<out>/learning_curve.md` and `<out>/learning_curve.png`
+(tau against training tokens and against CPU-minutes). Variant keys: any `[train]` field of the recipe
+(lr, ttt_steps, ttt_decay, warmup_ratio, schedule, weight_decay, loss_on) and `draft.<override>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import PROJECT  # noqa: E402
+
+
+@dataclass
+class Variant:
+    name: str
+    train: dict
+    draft: dict
+
+
+def parse_variant(text: str) -> Variant:
+    name, _, assignments = text.partition(":")
+    train, draft = {}, {}
+    for item in filter(None, assignments.split(",")):
+        key, value = item.split("=", 1)
+        parsed = json.loads(value) if value[:1] in "0123456789-[{tf" and value not in ("true", "false") \
+            else value
+        parsed = {"true": True, "false": False}.get(value, parsed)
+        (draft if key.startswith("draft.") else train)[key.removeprefix("draft.")] = parsed
+    return Variant(name, train, draft)
+
+
+# ---------------------------------------------------------------- features, captured once
+def capture(target, sequences: list[tuple[list[int], list[int]]], aux_ids, draft_ids, algorithm: str, log):
+    """Per sequence: TargetOutputs of one base forward (batch 1), kept on the CPU."""
+    import torch
+
+    from eagle_recipes.stages.train import target_outputs
+
+    captured, started = [], time.time()
+    for index, (ids, mask) in enumerate(sequences):
+        input_ids = torch.tensor([ids])
+        out = target_outputs(target, input_ids, torch.tensor([mask]), torch.ones_like(input_ids), aux_ids,
+                             draft_ids, algorithm)
+        captured.append(out)
+        if index % 50 == 0:
+            log(f"  captured {index}/{len(sequences)} sequences ({time.time() - started:.0f} s)")
+    return captured, time.time() - started
+
+
+def mt_bench_replies(model_path: str, max_tokens: int, cache: Path) -> list[tuple[list[int], int]]:
+    """(token ids of prompt + the target's greedy reply, prompt length) for MT-bench's first turns (vLLM once)."""
+    if cache.exists():
+        return [tuple(row) for row in json.loads(cache.read_text())]
+    from eagle_recipes.stages.evaluate import _engine, _generate, mt_bench
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    from eagle_recipes.engines import cpu_max_model_len
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    prompts = mt_bench().prompts
+    llm = _engine(model_path, None, "eagle3", 1, "auto", cpu_max_model_len(model_path))
+    replies, _, _ = _generate(llm, prompts, max_tokens)
+    del llm
+    rows = []
+    for messages, reply in zip(prompts, replies):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
+        rows.append((prompt + reply, len(prompt)))
+    cache.write_text(json.dumps(rows))
+    return rows
+
+
+def holdout_replies(recipe, run: Path, model_path: str) -> list[tuple[list[int], int]]:
+    """The held-out conversations' first exchange: the base model's own greedy reply (synthesized at T=0)."""
+    from eagle_recipes.data.chat import load_tokenizer
+    from eagle_recipes.stages.common import chat_template_file, read_conversations
+
+    tokenizer = load_tokenizer(model_path, chat_template_file(recipe), recipe.model.trust_remote_code)
+    rows = []
+    for conversation in read_conversations(sorted((run / "synthesize" / "shards").glob("*.jsonl")), recipe,
+                                           split="holdout"):
+        turns = conversation["conversations"]
+        first_user = next(i for i, t in enumerate(turns) if t["role"] == "user")
+        if first_user + 1 >= len(turns) or turns[first_user + 1]["role"] != "assistant":
+            continue
+        prompt_text = tokenizer.apply_chat_template(turns[: first_user + 1], tokenize=False, add_generation_prompt=True)
+        prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        reply = tokenizer(turns[first_user + 1]["content"], add_special_tokens=False)["input_ids"]
+        rows.append((prompt + reply + [tokenizer.convert_tokens_to_ids("<|im_end|>")], len(prompt)))
+    return rows
+
+
+# ---------------------------------------------------------------- train one draft, evaluate it
+def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, draft_head, embed, log):
+    import numpy as np
+    import torch
+
+    from eagle_recipes.draft.config import build_draft_config
+    from eagle_recipes.draft.model import build_draft
+    from eagle_recipes.draft.ttt import TargetOutputs, ttt_loss
+    from eagle_recipes.stages.train import learning_rate, micro_batch_indices, steps_per_epoch
+
+    settings = {**recipe.data["train"], **variant.train}
+    config = build_draft_config(recipe.draft.algorithm, {**recipe.draft.overrides, **variant.draft}, facts,
+                                mapping.draft_vocab_size)
+    torch.manual_seed(settings.get("seed", 0))
+    draft = build_draft(config)
+    if settings.get("init_from_target"):
+        with torch.no_grad():
+            draft.lm_head.weight.copy_(draft_head)
+    optimizer = torch.optim.AdamW(draft.parameters(), lr=settings["lr"], weight_decay=settings.get("weight_decay", 0.0))
+    per_epoch = steps_per_epoch(len(captured), 1, 1, 1)
+    started, tokens = time.process_time(), 0
+    wall = time.time()
+    for step in range(steps):
+        epoch, step_in_epoch = divmod(step, per_epoch)
+        lr = learning_rate(step, steps, settings["lr"], settings["warmup_ratio"], settings["schedule"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        index = micro_batch_indices(len(captured), settings.get("seed", 0), epoch, step_in_epoch, 0, 1, 1, 1, 0)[0]
+        outputs = captured[index]
+        loss_mask = outputs.padding if settings.get("loss_on") == "all" else outputs.loss_mask
+        batch = TargetOutputs(outputs.input_ids, loss_mask, outputs.padding, outputs.draft_logits,
+                              outputs.top_in_draft, outputs.hidden)
+        optimizer.zero_grad(set_to_none=True)
+        loss, _ = ttt_loss(draft, batch, embed, settings["ttt_steps"], settings["ttt_decay"])
+        loss.backward()
+        if settings.get("grad_clip"):
+            torch.nn.utils.clip_grad_norm_(draft.parameters(), settings["grad_clip"])
+        optimizer.step()
+        tokens += int(outputs.padding.sum())
+        if (step + 1) % 100 == 0:
+            log(f"  {variant.name} step {step + 1}/{steps} loss0 {float(loss):.3f} ({time.time() - wall:.0f} s)")
+    return draft.eval(), config, {"cpu_s": time.process_time() - started, "wall_s": time.time() - wall,
+                                  "tokens": tokens, "epochs": steps / per_epoch}
+
+
+def simulated_tau(draft, config, eval_set, embed, k: int) -> dict:
+    from eagle_recipes.draft.reference import Acceptance, simulate_greedy_chain
+    from eagle_recipes.draft.ttt import step_correctness
+
+    total = Acceptance(accepted_per_position=[0] * k)
+    for outputs, prompt_len in eval_set:
+        correct = step_correctness(draft, outputs, embed, k)[:, 0]
+        total.add(simulate_greedy_chain(correct, prompt_len - 1, outputs.input_ids.shape[1]))
+    return {"acceptance_length": round(total.acceptance_length, 4),
+            "per_position": [round(p, 4) for p in total.per_position], "drafts": total.drafts}
+
+
+def vllm_tau(draft, config, mapping, model_path, recipe, out: Path, sets: list[str]) -> dict:
+    from eagle_recipes.stages.evaluate import evaluate_vllm, resolve_sets
+    from eagle_recipes.stages.export import write_draft
+
+    folder = out / "draft"
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    k = recipe.eval.num_speculative_tokens
+    write_draft(folder, draft.state_dict(), config, "flat", "float32", model_path, k, mapping.d2t, mapping.t2d)
+    prompt_sets = resolve_sets(["mt-bench"], None, {}, 0, "first")
+    report = evaluate_vllm(model_path, str(folder), "eagle3", k, prompt_sets, recipe.eval.max_tokens)
+    return {name: {"acceptance_length": round(e["acceptance_length"], 4),
+                   "per_position": [round(p, 4) for p in e["per_position"]]} for name, e in report.items()}
+
+
+def online_step_seconds(target, draft_head, captured, recipe, facts, mapping, embed, aux_ids, draft_ids) -> float:
+    """CPU-seconds of one online step (base forward + draft), averaged over 20 sequences, for the minutes column."""
+    import torch
+
+    from eagle_recipes.draft.config import build_draft_config
+    from eagle_recipes.draft.model import build_draft
+    from eagle_recipes.draft.ttt import ttt_loss
+    from eagle_recipes.stages.train import target_outputs
+
+    config = build_draft_config(recipe.draft.algorithm, recipe.draft.overrides, facts, mapping.draft_vocab_size)
+    draft = build_draft(config)
+    started = time.process_time()
+    for outputs in captured[:20]:
+        fresh = target_outputs(target, outputs.input_ids, outputs.loss_mask, outputs.padding, aux_ids, draft_ids,
+                               recipe.draft.algorithm)
+        loss, _ = ttt_loss(draft, fresh, embed, recipe.train.ttt_steps, recipe.train.ttt_decay)
+        loss.backward()
+    return (time.process_time() - started) / 20
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        mine = sorted((r for r in rows if r["variant"] == name), key=lambda r: r["steps"])
+        for split, style in (("mt-bench", "-o"), ("holdout", "--s")):
+            taus = [r["tau"][split]["acceptance_length"] for r in mine]
+            axes[0].plot([r["tokens"] for r in mine], taus, style, label=f"{name}, {split}")
+            axes[1].plot([r["online_cpu_min"] for r in mine], taus, style, label=f"{name}, {split}")
+    axes[0].set_xscale("log")
+    axes[0].set_xlabel("training tokens (sequence tokens seen)")
+    axes[1].set_xlabel("CPU-minutes of online training (2 cores: divide by 2 for wall minutes)")
+    for axis in axes:
+        axis.set_ylabel("acceptance length tau (k = 5, greedy)")
+        axis.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    figure.suptitle("learning curve: tau against training tokens and compute")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", default=str(PROJECT / "recipes" / "quickstart.toml"))
+    parser.add_argument("--run", default="", help="the recipe's output folder (default: its output_dir)")
+    parser.add_argument("--steps", default="240,480,960,1920")
+    parser.add_argument("--variant", action="append", default=[], help="NAME:key=value,... (default: the recipe)")
+    parser.add_argument("--engine", choices=["simulated", "vllm"], default="simulated")
+    parser.add_argument("--out", default=str(PROJECT / "benchmarks" / "out" / "learning_curve"))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from eagle_recipes.draft.config import BaseModelFacts
+    from eagle_recipes.draft.vocab import load_d2t
+    from eagle_recipes.models import load_base_config
+    from eagle_recipes.recipe import load_recipe
+    from eagle_recipes.stages.common import base_model_path, read_conversations
+    from eagle_recipes.stages.train import draft_config_for, tokenize_training_data
+
+    torch.set_num_threads(args.threads)
+    log = lambda message: print(message, flush=True)  # noqa: E731
+    recipe = load_recipe(Path(args.recipe))
+    run = Path(args.run) if args.run else recipe.output_dir
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path = base_model_path(recipe)
+    base_config = load_base_config(model_path)
+    facts = BaseModelFacts.from_config(base_config)
+    mapping = load_d2t(run / "calibrate" / "d2t.pt", facts.vocab_size)
+    aux_ids = draft_config_for(recipe, model_path, mapping.draft_vocab_size).aux_layer_ids
+    draft_ids = mapping.target_ids
+    target = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    embed = target.get_input_embeddings()
+    draft_head = target.get_output_embeddings().weight.index_select(0, draft_ids).detach()
+    algorithm = recipe.draft.algorithm
+
+    features_file = out / "features.pt"
+    if features_file.exists():
+        cache = torch.load(features_file, weights_only=False)
+    else:
+        import numpy as np
+
+        count = tokenize_training_data(recipe, sorted((run / "synthesize" / "shards").glob("*.jsonl")), model_path, out)
+        data = np.load(out / "data.npz")
+        sequences = [(data["ids"][a:b].tolist(), data["mask"][a:b].tolist())
+                     for a, b in zip(data["offsets"][:-1], data["offsets"][1:])]
+        log(f"capturing the base model's features of {count} training sequences")
+        train_set, capture_s = capture(target, sequences, aux_ids, draft_ids, algorithm, log)
+        evals = {}
+        for name, rows in (("mt-bench", mt_bench_replies(model_path, recipe.eval.max_tokens, out / "mt_bench.json")),
+                           ("holdout", holdout_replies(recipe, run, model_path))):
+            captured, _ = capture(target, [(ids, [1] * len(ids)) for ids, _ in rows], aux_ids, draft_ids,
+                                  algorithm, log)
+            evals[name] = list(zip(captured, [prompt_len for _, prompt_len in rows]))
+        cache = {"train": train_set, "evals": evals, "capture_cpu_s": capture_s}
+        torch.save(cache, features_file)
+    train_set, evals = cache["train"], cache["evals"]
+    online_s = online_step_seconds(target, draft_head, train_set, recipe, facts, mapping, embed, aux_ids, draft_ids)
+    log(f"{len(train_set)} training sequences; eval: " + ", ".join(f"{n} {len(v)}" for n, v in evals.items())
+        + f"; online step {online_s:.2f} CPU-s")
+    variants = [parse_variant(v) for v in args.variant] or [Variant("recipe", {}, {})]
+    results_file = out / "results.jsonl"
+    rows = []
+    for variant in variants:
+        for steps in [int(s) for s in args.steps.split(",")]:
+            draft, config, timing = train_draft(variant, steps, recipe, facts, mapping, train_set, draft_head, embed,
+                                                log)
+            k = recipe.eval.num_speculative_tokens
+            if args.engine == "vllm":
+                tau = vllm_tau(draft, config, mapping, model_path, recipe, out, ["mt-bench"])
+            else:
+                tau = {name: simulated_tau(draft, config, rows_, embed, k) for name, rows_ in evals.items()}
+            row = {"variant": variant.name, "settings": {**variant.train, **{f"draft.{k_}": v for k_, v in
+                                                                             variant.draft.items()}},
+                   "steps": steps, "epochs": round(timing["epochs"], 2), "tokens": timing["tokens"],
+                   "train_cpu_min": round(timing["cpu_s"] / 60, 2), "train_wall_min": round(timing["wall_s"] / 60, 2),
+                   "online_cpu_min": round(steps * online_s / 60, 2), "engine": args.engine, "tau": tau}
+            rows.append(row)
+            with open(results_file, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+            log(f"{variant.name} {steps} steps: " + ", ".join(
+                f"{n} tau {t['acceptance_length']:.3f} {t['per_position']}" for n, t in tau.items())
+                + f" ({timing['wall_s']:.0f} s)")
+    table = ["| variant | steps | epochs | tokens | online CPU-min | " + " | ".join(f"tau {n}" for n in rows[0]["tau"])
+             + " |", "|---|---|---|---|---|" + "---|" * len(rows[0]["tau"])]
+    for row in rows:
+        table.append(f"| {row['variant']} | {row['steps']} | {row['epochs']} | {row['tokens']} | "
+                     f"{row['online_cpu_min']} | " + " | ".join(f"{t['acceptance_length']:.3f}" for t in
+                                                               row["tau"].values()) + " |")
+    (out / "learning_curve.md").write_text("\n".join(table) + "\n")
+    print("\n".join(table))
+    if args.engine == "simulated":
+        plot(rows, out / "learning_curve.png")
+
+
+if __name__ == "__main__":
+    main()
