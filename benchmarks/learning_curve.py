@@ -18,7 +18,8 @@ the run's held-out conversations:
   real vLLM instead (about 2 minutes each on 2 cores).
 
 Writes `<out>/results.jsonl` (one line per trained draft), `<out>/learning_curve.md` and `<out>/learning_curve.png`
-(tau against training tokens and against CPU-minutes). Variant keys: any `[train]` field of the recipe
+(tau against training tokens and against CPU-minutes of training; capturing the features is a one-time cost,
+printed when they are captured). Variant keys: any `[train]` field of the recipe
 (lr, ttt_steps, ttt_decay, warmup_ratio, schedule, weight_decay, loss_on) and `draft.<override>`.
 """
 
@@ -217,20 +218,24 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name in dict.fromkeys(r["variant"] for r in rows):
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    names = [n for n in dict.fromkeys(r["variant"] for r in rows) if sum(r["variant"] == n for r in rows) > 1]
+    for name in names:  # curves only: one-point variants are in the table
         mine = sorted((r for r in rows if r["variant"] == name), key=lambda r: r["steps"])
         for split, style in (("mt-bench", "-o"), ("holdout", "--s")):
             taus = [r["tau"][split]["acceptance_length"] for r in mine]
             axes[0].plot([r["tokens"] for r in mine], taus, style, label=f"{name}, {split}")
-            axes[1].plot([r["online_cpu_min"] for r in mine], taus, style, label=f"{name}, {split}")
+            axes[1].plot([r["train_cpu_min"] for r in mine], taus, style, label=f"{name}, {split}")
+            for row, tau in zip(mine, taus):
+                axes[0].annotate(str(row["steps"]), (row["tokens"], tau), fontsize=7, xytext=(3, 3),
+                                 textcoords="offset points")
     axes[0].set_xscale("log")
-    axes[0].set_xlabel("training tokens (sequence tokens seen)")
-    axes[1].set_xlabel("CPU-minutes of online training (2 cores: divide by 2 for wall minutes)")
+    axes[0].set_xlabel("training tokens seen (labels: optimizer steps)")
+    axes[1].set_xlabel("CPU-minutes of training from cached features")
     for axis in axes:
-        axis.set_ylabel("acceptance length tau (k = 5, greedy)")
+        axis.set_ylabel("tau (k = 5, greedy)")
         axis.grid(alpha=0.3)
-    axes[1].legend(fontsize=7)
+    axes[0].legend(fontsize=7)
     figure.suptitle("learning curve: tau against training tokens and compute")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -246,7 +251,12 @@ def main() -> None:
     parser.add_argument("--engine", choices=["simulated", "vllm"], default="simulated")
     parser.add_argument("--out", default=str(PROJECT / "benchmarks" / "out" / "learning_curve"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the table and the figure from <out>/results.jsonl (every run so far), train nothing")
     args = parser.parse_args()
+    if args.report_only:
+        report(Path(args.out))
+        return
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -322,16 +332,23 @@ def main() -> None:
             log(f"{variant.name} {steps} steps: " + ", ".join(
                 f"{n} tau {t['acceptance_length']:.3f} {t['per_position']}" for n, t in tau.items())
                 + f" ({timing['wall_s']:.0f} s)")
-    table = ["| variant | steps | epochs | tokens | online CPU-min | " + " | ".join(f"tau {n}" for n in rows[0]["tau"])
-             + " |", "|---|---|---|---|---|" + "---|" * len(rows[0]["tau"])]
+    report(out)
+
+
+def report(out: Path) -> None:
+    """The table and the figure over every run in <out>/results.jsonl."""
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    sets = list(rows[0]["tau"])
+    table = ["| variant | settings | steps | epochs | tokens | train CPU-min | " + " | ".join(f"tau {n}" for n in sets)
+             + " |", "|---|---|---|---|---|---|" + "---|" * len(sets)]
     for row in rows:
-        table.append(f"| {row['variant']} | {row['steps']} | {row['epochs']} | {row['tokens']} | "
-                     f"{row['online_cpu_min']} | " + " | ".join(f"{t['acceptance_length']:.3f}" for t in
-                                                               row["tau"].values()) + " |")
+        settings = ", ".join(f"{k}={v}" for k, v in row["settings"].items()) or "the recipe"
+        table.append(f"| {row['variant']} | {settings} | {row['steps']} | {row['epochs']} | {row['tokens']} | "
+                     f"{row['train_cpu_min']} | " + " | ".join(f"{row['tau'][n]['acceptance_length']:.3f}"
+                                                               for n in sets) + " |")
     (out / "learning_curve.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
-    if args.engine == "simulated":
-        plot(rows, out / "learning_curve.png")
+    plot([r for r in rows if r["engine"] == "simulated"], out / "learning_curve.png")
 
 
 if __name__ == "__main__":

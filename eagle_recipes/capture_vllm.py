@@ -64,6 +64,8 @@ class VLLMCaptureEngine:
         from vllm.distributed.kv_transfer.kv_connector.v1.example_hidden_states_connector import (
             cleanup_hidden_states, load_hidden_states)
 
+        from eagle_recipes.stages.capture import top_tokens
+
         outputs = self.llm.generate([{"prompt_token_ids": ids.tolist()} for ids in sequences],
                                     SamplingParams(max_tokens=1), use_tqdm=False)
         rows = []
@@ -76,7 +78,7 @@ class VLLMCaptureEngine:
             raw_final = states[:, -1].to(self.device, torch.float32)
             final = raw_final * torch.rsqrt(raw_final.pow(2).mean(-1, keepdim=True) + self.eps) * self.norm
             final = final.to(self.compute)
-            top = (final @ self.lm_head.T).argmax(-1)
+            top = top_tokens(lambda x: x @ self.lm_head.T, final)
             hidden = states[:, :-1].reshape(len(ids), -1) if self.spec.algorithm == "eagle3" else final
             rows.append({"hidden": hidden.cpu(), "final": final.cpu(), "top": top.cpu()})
         return rows

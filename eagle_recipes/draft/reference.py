@@ -126,17 +126,18 @@ def reference_generate(target, draft: EagleDraft, config: DraftConfig, d2t: torc
     return generated[:max_tokens], stats
 
 
-def simulate_greedy_chain(correct: torch.Tensor, first: int, end: int) -> Acceptance:
+def simulate_greedy_chain(correct: torch.Tensor, first: int, end: int, stop: int | None = None) -> Acceptance:
     """Acceptance of greedy chain drafting over one sequence whose tokens after the prompt are the target's own
     greedy output. `correct` [k, T]: teacher-forced step correctness (`ttt.step_correctness`); `first`: the
-    last prompt position (the first bonus token is x[first + 1]); `end`: the sequence length.
+    last prompt position (the first bonus token is x[first + 1]); `end`: the sequence length; `stop`: no verify
+    step starts once the sequence reaches this length (generation's max_tokens; default `end`).
 
     Each verify step starts after verified position t, accepts the leading correct draft steps (m of them) and
     moves to t + m + 1, exactly as the engine does when drafts are compared with the target's greedy tokens."""
     k = correct.shape[0]
     stats = Acceptance(accepted_per_position=[0] * k)
-    t = first
-    while t + 2 < end:  # a bonus token x[t+1] and at least one token after it to draft
+    t, stop = first, end if stop is None else stop
+    while t + 2 < stop:  # a bonus token x[t+1] and at least one token after it to draft
         room = min(k, end - t - 2)
         accepted = 0
         while accepted < room and bool(correct[accepted, t]):

@@ -35,15 +35,26 @@ TOKENS_PER_FORWARD = 4096  # sequences are batched up to this many (padded) toke
 
 
 def batches_by_tokens(lengths: list[int], budget: int = TOKENS_PER_FORWARD) -> Iterator[list[int]]:
-    """Consecutive sequence positions grouped so that each padded batch stays within `budget` tokens."""
+    """Sequence positions grouped so that each padded batch stays within `budget` tokens; longest first, so a
+    batch holds sequences of about one length and padding wastes little compute."""
     batch: list[int] = []
-    for position, length in enumerate(lengths):
+    for position in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
         if batch and max(lengths[i] for i in batch + [position]) * (len(batch) + 1) > budget:
             yield batch
             batch = []
         batch.append(position)
     if batch:
         yield batch
+
+
+def top_tokens(lm_head, final, chunk: int = 1024):
+    """The base model's top token at every position, scoring `chunk` positions at a time (full-vocabulary logits
+    of a whole batch would take tokens x vocabulary x 4 bytes at once)."""
+    import torch
+
+    flat = final.reshape(-1, final.shape[-1])
+    top = torch.cat([lm_head(flat[i: i + chunk]).argmax(-1) for i in range(0, flat.shape[0], chunk)])
+    return top.reshape(final.shape[:-1])
 
 
 @dataclass(frozen=True)
@@ -93,7 +104,7 @@ class HFCaptureEngine:
             out = self.model.base_model(input_ids=input_ids.to(self.device), attention_mask=padding.to(self.device),
                                         output_hidden_states=True)
             final = out.last_hidden_state
-            top = self.model.get_output_embeddings()(final).argmax(-1)
+            top = top_tokens(self.model.get_output_embeddings(), final)
             hidden = target_features(out.hidden_states, self.spec.algorithm, self.spec.aux_layer_ids)
         return [{"hidden": hidden[row, : len(ids)].cpu(), "final": final[row, : len(ids)].cpu(),
                  "top": top[row, : len(ids)].cpu()} for row, ids in enumerate(sequences)]
@@ -128,9 +139,10 @@ class CaptureWorker:
         started = time.perf_counter()
         offsets, ids = self.data["offsets"], self.data["ids"]
         sequences = [ids[offsets[i]: offsets[i + 1]] for i in range(first, first + count)]
-        rows: list[dict] = []
+        rows: list[dict | None] = [None] * len(sequences)
         for positions in batches_by_tokens([len(s) for s in sequences]):
-            rows += self.engine.features([sequences[p] for p in positions])
+            for position, row in zip(positions, self.engine.features([sequences[p] for p in positions])):
+                rows[position] = row
         stored = getattr(torch, self.spec.dtype)
         tensors = {"hidden": torch.cat([r["hidden"] for r in rows]).to(stored),
                    "top": torch.cat([r["top"] for r in rows]).to(torch.int32),
