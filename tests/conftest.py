@@ -24,9 +24,20 @@ def smollm2_path() -> str:
     return resolve_model(SMOLLM2)
 
 
+def small_conversations(count: int = 40) -> list[dict]:
+    """The small recipe's training data (tests/test_graph.py): short arithmetic exchanges."""
+    return [{"conversations": [{"role": "user", "content": f"Question {i}: what is {i} plus {i}?"},
+                               {"role": "assistant", "content": f"{i} plus {i} is {2 * i}. " * 3}]}
+            for i in range(count)]
+
+
 @pytest.fixture(scope="session")
 def tiny_llama(tmp_path_factory, smollm2_path) -> str:
-    """A randomly initialised 6-layer, 64-wide Llama with SmolLM2's tokenizer and chat template."""
+    """A randomly initialised 6-layer, 64-wide Llama with SmolLM2's tokenizer and chat template.
+
+    Its top token is always one of the small recipe's reply tokens (the other LM head rows are zero, the kept
+    ones scaled up), so a draft vocabulary calibrated on that data holds the target's choices: training then
+    has labels to learn (positions whose top token is not a draft token carry no loss)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -38,8 +49,14 @@ def tiny_llama(tmp_path_factory, smollm2_path) -> str:
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=1)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
+    from eagle_recipes.data.chat import render_batch
+
+    rendered = render_batch(tokenizer, [c["conversations"] for c in small_conversations()])
+    reply_tokens = sorted({t for r in rendered for t, m in zip(r.input_ids, r.loss_mask) if m})
     with torch.no_grad():  # peaked next-token distributions: something a draft can learn (not near-uniform noise)
-        model.lm_head.weight.mul_(40.0)
+        kept = model.lm_head.weight[reply_tokens].clone()
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[reply_tokens] = kept * 40.0  # the largest of ~60 random logits is positive
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PROJECT, write_recipe
+from tests.conftest import PROJECT, small_conversations, write_recipe
 
 CLI = [sys.executable, "-m", "eagle_recipes.cli"]
 
@@ -45,10 +45,7 @@ def test_plan_every_shipped_recipe_offline(tmp_path):
 def small_recipe(folder: Path, model: str, steps: int = 6, lr: str = "0.001", extra: str = "") -> Path:
     prompts = folder / "prompts.jsonl"
     if not prompts.exists():
-        rows = [{"conversations": [{"role": "user", "content": f"Question {i}: what is {i} plus {i}?"},
-                                   {"role": "assistant", "content": f"{i} plus {i} is {2 * i}. " * 3}]}
-                for i in range(40)]
-        prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        prompts.write_text("".join(json.dumps(r) + "\n" for r in small_conversations()))
     return write_recipe(folder, f"""
 name = "graph"
 output_dir = "out"
