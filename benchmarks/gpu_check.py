@@ -106,7 +106,6 @@ def main() -> None:
 
     measure("synthesize (vLLM, 128 prompts)", recipe("base"), "synthesize", "tokens_per_s", "--only", "synthesize")
     run(recipe("base"), "--only", "calibrate")
-    import torch
     from safetensors.torch import load_file
 
     captures = {}

@@ -120,7 +120,6 @@ def holdout_replies(recipe, run: Path, model_path: str) -> list[tuple[list[int],
 
 # ---------------------------------------------------------------- train one draft, evaluate it
 def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, draft_head, embed, log):
-    import numpy as np
     import torch
 
     from eagle_recipes.draft.config import build_draft_config
@@ -175,7 +174,7 @@ def simulated_tau(draft, config, eval_set, embed, k: int) -> dict:
             "per_position": [round(p, 4) for p in total.per_position], "drafts": total.drafts}
 
 
-def vllm_tau(draft, config, mapping, model_path, recipe, out: Path, sets: list[str]) -> dict:
+def vllm_tau(draft, config, mapping, model_path, recipe, out: Path) -> dict:
     from eagle_recipes.stages.evaluate import evaluate_vllm, resolve_sets
     from eagle_recipes.stages.export import write_draft
 
@@ -192,9 +191,8 @@ def vllm_tau(draft, config, mapping, model_path, recipe, out: Path, sets: list[s
                    "per_position": [round(p, 4) for p in e["per_position"]]} for name, e in report.items()}
 
 
-def online_step_seconds(target, draft_head, captured, recipe, facts, mapping, embed, aux_ids, draft_ids) -> float:
+def online_step_seconds(target, captured, recipe, facts, mapping, embed, aux_ids, draft_ids) -> float:
     """CPU-seconds of one online step (base forward + draft), averaged over 20 sequences, for the minutes column."""
-    import torch
 
     from eagle_recipes.draft.config import build_draft_config
     from eagle_recipes.draft.model import build_draft
@@ -265,7 +263,7 @@ def main() -> None:
     from eagle_recipes.draft.vocab import load_d2t
     from eagle_recipes.models import load_base_config
     from eagle_recipes.recipe import load_recipe
-    from eagle_recipes.stages.common import base_model_path, read_conversations
+    from eagle_recipes.stages.common import base_model_path
     from eagle_recipes.stages.train import draft_config_for, tokenize_training_data
 
     torch.set_num_threads(args.threads)
@@ -306,7 +304,7 @@ def main() -> None:
         cache = {"train": train_set, "evals": evals, "capture_cpu_s": capture_s}
         torch.save(cache, features_file)
     train_set, evals = cache["train"], cache["evals"]
-    online_s = online_step_seconds(target, draft_head, train_set, recipe, facts, mapping, embed, aux_ids, draft_ids)
+    online_s = online_step_seconds(target, train_set, recipe, facts, mapping, embed, aux_ids, draft_ids)
     log(f"{len(train_set)} training sequences; eval: " + ", ".join(f"{n} {len(v)}" for n, v in evals.items())
         + f"; online step {online_s:.2f} CPU-s")
     variants = [parse_variant(v) for v in args.variant] or [Variant("recipe", {}, {})]
@@ -318,7 +316,7 @@ def main() -> None:
                                                 log)
             k = recipe.eval.num_speculative_tokens
             if args.engine == "vllm":
-                tau = vllm_tau(draft, config, mapping, model_path, recipe, out, ["mt-bench"])
+                tau = vllm_tau(draft, config, mapping, model_path, recipe, out)
             else:
                 tau = {name: simulated_tau(draft, config, rows_, embed, k) for name, rows_ in evals.items()}
             row = {"variant": variant.name, "settings": {**variant.train, **{f"draft.{k_}": v for k_, v in
