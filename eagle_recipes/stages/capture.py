@@ -178,7 +178,9 @@ def capture_spec(recipe: Recipe, model_path: str, out: Path) -> CaptureSpec:
     from eagle_recipes.stages.train import draft_config_for
 
     draft_config = draft_config_for(recipe, model_path, draft_vocab_size=1)
-    return CaptureSpec(model_path=model_path, data_file=str(out / "data.npz"), out=str(out),
+    from eagle_recipes.stages.train import DATA
+
+    return CaptureSpec(model_path=model_path, data_file=str(out / DATA), out=str(out),
                        algorithm=recipe.draft.algorithm, aux_layer_ids=tuple(draft_config.aux_layer_ids),
                        dtype=recipe.capture.dtype, engine=recipe.capture.engine,
                        tensor_parallel_size=recipe.capture.tensor_parallel_size,
@@ -237,19 +239,19 @@ class CaptureStage(Stage):
     def run(ctx: StageContext) -> dict[str, Any]:
         import torch
 
-        from eagle_recipes.stages.train import tokenize_training_data
+        from eagle_recipes.stages.train import DATA, tokenize_training_data
 
         recipe, capture = ctx.recipe, ctx.recipe.capture
         model_path = base_model_path(recipe)
         count = tokenize_training_data(recipe, conversation_files(recipe, ctx.inputs), model_path, ctx.out)
         spec = capture_spec(recipe, model_path, ctx.out)
-        data = np.load(ctx.out / "data.npz")
+        data = np.load(ctx.out / DATA)
         offsets, ids = data["offsets"], data["ids"]
         if not (ctx.out / HEAD).exists():
             write_head(ctx.out, model_path, getattr(torch, capture.dtype))
-        _check_disk_room(ctx.out, bytes_per_token(_hidden_size(model_path), len(spec.aux_layer_ids),
-                                                  getattr(torch, capture.dtype).itemsize, spec.algorithm)
-                         * int(offsets[-1]))
+        per_token = bytes_per_token(_hidden_size(model_path), len(spec.aux_layer_ids),
+                                    getattr(torch, capture.dtype).itemsize, spec.algorithm)
+        _check_disk_room(ctx.out, per_token * int(offsets[-1]))
         tasks, done_before = [], 0
         for index, (first, size) in enumerate(shard_ranges(count, capture.sequences_per_shard)):
             if shard_is_whole(shard_path(ctx.out, index), first, ids[offsets[first]: offsets[first + size]]):
@@ -265,8 +267,6 @@ class CaptureStage(Stage):
             tokens += result["tokens"]
             ctx.progress(done_before + captured, count, "conversations")
         wall = time.time() - started
-        per_token = bytes_per_token(_hidden_size(model_path), len(spec.aux_layer_ids),
-                                    getattr(torch, capture.dtype).itemsize, spec.algorithm)
         shards = len(shard_ranges(count, capture.sequences_per_shard))
         return {"counts": {"sequences": count, "tokens": int(offsets[-1]), "captured_this_run": captured,
                            "resumed_from_earlier_run": done_before, "shards": shards},
