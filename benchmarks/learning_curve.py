@@ -78,16 +78,19 @@ def mt_bench_replies(model_path: str, max_tokens: int, cache: Path) -> list[tupl
     """(token ids of prompt + the target's greedy reply, prompt length) for MT-bench's first turns (vLLM once)."""
     if cache.exists():
         return [tuple(row) for row in json.loads(cache.read_text())]
-    from eagle_recipes.stages.evaluate import _engine, _generate, mt_bench
+    from eagle_recipes.evaluation.prompt_sets import mt_bench
+    from eagle_recipes.evaluation.vllm_path import engine, generate
 
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from eagle_recipes.engines import cpu_max_model_len
     from transformers import AutoTokenizer
 
+    from eagle_recipes.engines import cpu_engine_env
+
+    for key, value in cpu_engine_env().items():
+        os.environ.setdefault(key, value)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     prompts = mt_bench().prompts
-    llm = _engine(model_path, None, "eagle3", 1, "auto", cpu_max_model_len(model_path))
-    replies, _, _ = _generate(llm, prompts, max_tokens)
+    llm = engine(model_path, None, "eagle3", 1, "auto")
+    replies, _, _ = generate(llm, prompts, max_tokens)
     del llm
     rows = []
     for messages, reply in zip(prompts, replies):
@@ -175,7 +178,8 @@ def simulated_tau(draft, config, eval_set, embed, k: int) -> dict:
 
 
 def vllm_tau(draft, config, mapping, model_path, recipe, out: Path) -> dict:
-    from eagle_recipes.stages.evaluate import evaluate_vllm, resolve_sets
+    from eagle_recipes.evaluation.prompt_sets import mt_bench
+    from eagle_recipes.evaluation.vllm_path import evaluate_vllm
     from eagle_recipes.stages.export import write_draft
 
     folder = out / "draft"
@@ -185,10 +189,10 @@ def vllm_tau(draft, config, mapping, model_path, recipe, out: Path) -> dict:
         shutil.rmtree(folder)
     k = recipe.eval.num_speculative_tokens
     write_draft(folder, draft.state_dict(), config, "flat", "float32", model_path, k, mapping.d2t, mapping.t2d)
-    prompt_sets = resolve_sets(["mt-bench"], None, {}, 0, "first")
+    prompt_sets = [mt_bench()]
     report = evaluate_vllm(model_path, str(folder), "eagle3", k, prompt_sets, recipe.eval.max_tokens)
-    return {name: {"acceptance_length": round(e["acceptance_length"], 4),
-                   "per_position": [round(p, 4) for p in e["per_position"]]} for name, e in report.items()}
+    return {name: {"acceptance_length": round(e.acceptance_length, 4),
+                   "per_position": [round(p, 4) for p in e.per_position]} for name, e in report.items()}
 
 
 def online_step_seconds(target, captured, recipe, facts, mapping, embed, aux_ids, draft_ids) -> float:

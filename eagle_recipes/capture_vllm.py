@@ -29,11 +29,10 @@ class VLLMCaptureEngine:
         from vllm.config import KVTransferConfig
 
         from eagle_recipes.data.features import head_tensors
-        from eagle_recipes.draft.config import BaseModelFacts
         from eagle_recipes.engines import has_gpu_here
-        from eagle_recipes.models import load_base_config
+        from eagle_recipes.models import base_model_facts
 
-        facts = BaseModelFacts.from_config(load_base_config(spec.model_path))
+        facts = base_model_facts(spec.model_path)
         self.spec, self.eps = spec, facts.rms_norm_eps
         self.layer_ids = (list(spec.aux_layer_ids) if spec.algorithm == "eagle3" else []) + [facts.num_hidden_layers]
         self.storage = Path(tempfile.mkdtemp(prefix="eagle-recipes-states-"))  # the engine's files, read at once
@@ -62,7 +61,9 @@ class VLLMCaptureEngine:
     def features(self, sequences: list[np.ndarray]) -> list[dict]:
         from vllm import SamplingParams
         from vllm.distributed.kv_transfer.kv_connector.v1.example_hidden_states_connector import (
-            cleanup_hidden_states, load_hidden_states)
+            cleanup_hidden_states,
+            load_hidden_states,
+        )
 
         from eagle_recipes.stages.capture import top_tokens
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from eagle_recipes.atomic import write_text
+from eagle_recipes.errors import UserError
 from eagle_recipes.paths import CATALOG_DIR, SCHEMA_PATH
-from eagle_recipes.recipe.loader import tomllib
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
-class CatalogError(ValueError):
+class CatalogError(UserError):
     pass
 
 
@@ -64,8 +66,11 @@ def copy(name: str, destination: Path | None, force: bool = False, root: Path = 
         raise CatalogError(f"{destination} exists; pass --force to overwrite it")
     text = entry.path.read_text(encoding="utf-8")
     text = _rebase_paths(text, entry.path.parent, destination.resolve().parent)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    destination.write_text(text, encoding="utf-8")
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        write_text(destination, text)
+    except OSError as error:
+        raise CatalogError(f"{destination}: cannot write it ({error.strerror or error}); choose a writable path")
     return destination
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from eagle_recipes import __version__
+from eagle_recipes.errors import UserError
 
 EXAMPLES = """examples:
   eagle-recipes validate recipes/quickstart.toml
@@ -109,8 +111,8 @@ def cmd_plan(args) -> int:
         return 0
     rows = []
     for stage in plan.stages:
-        reads = ", ".join(stage.depends_on + [Path(f).name for f in stage.inputs]) or "-"
-        resources = "; ".join(_describe_resources(k, v) for k, v in stage.resources.items())
+        reads = ", ".join(stage.depends_on + [Path(f).name for f in stage.input_files]) or "-"
+        resources = "; ".join([_describe_task(stage.ray_options), *stage.resources])
         rows.append([stage.name, stage.status, stage.reason, reads, ", ".join(stage.outputs), resources])
     print_table(f"{recipe.name}: {recipe.output_dir}", ["stage", "status", "why", "reads", "writes", "resources"],
                 rows)
@@ -119,11 +121,9 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def _describe_resources(kind: str, value) -> str:
-    if kind == "driver":  # the stage's own Ray task
-        gpus = f", {value['num_gpus']} GPU" if value.get("num_gpus") else ""
-        return f"task {value.get('num_cpus', 0.1)} CPU{gpus}"
-    return f"{kind}: {value}"
+def _describe_task(options: dict) -> str:
+    gpus = f", {options['num_gpus']} GPU" if options.get("num_gpus") else ""
+    return f"task {options.get('num_cpus', 0.1)} CPU{gpus}"
 
 
 def cmd_run(args) -> int:
@@ -143,17 +143,9 @@ def cmd_run(args) -> int:
 
 
 def _print_outcome(recipe, summary: dict) -> None:
-    evaluate = summary["stages"].get("evaluate", {})
-    report = evaluate.get("metrics", {})
     console.print(f"run finished in {summary['wall_s']:.1f}s; artifacts under {recipe.output_dir}", markup=False)
-    if "acceptance_length" in report:
-        console.print(f"acceptance length tau = {report['acceptance_length']:.3f} at k = "
-                      f"{report.get('num_speculative_tokens')} draft tokens "
-                      f"(per position: {', '.join(f'{p:.2f}' for p in report.get('per_position', []))})",
-                      markup=False)
-    export = summary["stages"].get("export", {})
-    if export:
-        console.print(f"draft: {Path(recipe.output_dir) / 'export' / 'draft'}", markup=False)
+    for line in summary["outcome"]:
+        console.print(line, markup=False)
 
 
 def cmd_submit(args) -> int:
@@ -183,7 +175,7 @@ def cmd_catalog(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from eagle_recipes.stages.export import inspect_draft
+    from eagle_recipes.draft.inspect import inspect_draft
 
     report = inspect_draft(Path(args.draft))
     for line in report.lines():
@@ -192,9 +184,46 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from eagle_recipes.stages.evaluate import evaluate_cli
+    """Acceptance length of any draft folder on any base model."""
+    from eagle_recipes.draft.inspect import inspect_draft
+    from eagle_recipes.draft.layouts import algorithm_of, speculative_method
+    from eagle_recipes.engines import cpu_engine_env, has_gpu_here
+    from eagle_recipes.evaluation import measure
+    from eagle_recipes.evaluation.prompt_sets import resolve_sets
+    from eagle_recipes.evaluation.report import EvalReport
+    from eagle_recipes.models import resolve_model
 
-    return evaluate_cli(args, console)
+    draft = Path(args.draft)
+    check = inspect_draft(draft)
+    for line in check.lines():
+        console.print(line, markup=False, highlight=False)
+    if not check.ok:
+        raise UserError(f"{draft}: engines would not load this draft as it is (problems above); "
+                        "fix it or export it again")
+    base = resolve_model(args.base)
+    out = Path(args.out or draft.parent / "eval")
+    _check_writable(out)
+    sets = resolve_sets([args.prompts], lambda spec: Path(spec), None, args.max_prompts, "first")
+    if not has_gpu_here():
+        for key, value in cpu_engine_env().items():
+            os.environ.setdefault(key, value)
+    method = speculative_method(algorithm_of(check.layout))
+    measured = measure(base, draft, method, args.num_speculative_tokens, sets, args.max_tokens, args.engine,
+                       log=lambda message: console.print(message, markup=False))
+    report = EvalReport(measured, {k: v for k, v in vars(args).items() if k != "func"})
+    report.write(out)
+    console.print(f"tau = {report.headline.acceptance_length:.3f}; report: {out / 'report.json'}", markup=False)
+    return 0
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"{folder}: cannot write there ({error.strerror or error}); pass --out a writable folder")
 
 
 def cmd_draft_fields(args) -> int:
@@ -279,7 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # argparse: usage errors exit 2, --help and --version 0
+        return int(exit_.code or 0)
     try:
         return int(args.func(args) or 0)
     except SystemExit as exit_:
@@ -287,6 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         errors.print("interrupted", markup=False)
         return 130
+    except UserError as error:
+        errors.print(f"error: {error}", markup=False, highlight=False)
+        return 1
+    except Exception as error:  # noqa: BLE001 - the last net: one line, the traceback only on request
+        if os.environ.get("EAGLE_RECIPES_DEBUG"):
+            raise
+        errors.print(f"error: {type(error).__name__}: {str(error)[-2000:]} (set EAGLE_RECIPES_DEBUG=1 for the "
+                     "traceback)", markup=False, highlight=False)
+        return 1
 
 
 if __name__ == "__main__":

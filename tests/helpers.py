@@ -1,7 +1,9 @@
-"""Run one stage of a recipe in-process (on the test session's Ray), and start servers on loopback."""
+"""What several test modules (and the synthesis benchmark) share: the small recipe and its data, the command
+line in a subprocess, one stage run in-process (on the test session's Ray), and servers on loopback."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -14,6 +16,62 @@ from eagle_recipes.graph.plan import compile_plan
 from eagle_recipes.graph.progress import ProgressHub
 from eagle_recipes.graph.runner import execute_stage
 from eagle_recipes.recipe import load_recipe
+
+PROJECT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "eagle_recipes.cli"]
+
+
+def cli(*args, env=None, check=True, timeout=900) -> subprocess.CompletedProcess:
+    result = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def plan_status(recipe: Path) -> dict[str, str]:
+    plan = json.loads(cli("plan", recipe, "--json").stdout)
+    return {stage["name"]: stage["status"] for stage in plan["stages"]}
+
+
+def small_conversations(count: int = 40) -> list[dict]:
+    """The small recipe's training data: short arithmetic exchanges."""
+    return [{"conversations": [{"role": "user", "content": f"Question {i}: what is {i} plus {i}?"},
+                               {"role": "assistant", "content": f"{i} plus {i} is {2 * i}. " * 3}]}
+            for i in range(count)]
+
+
+def write_recipe(folder: Path, text: str, name: str = "recipe.toml") -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def small_recipe(folder: Path, model: str, steps: int = 6, lr: str = "0.001", extra: str = "") -> Path:
+    prompts = folder / "prompts.jsonl"
+    if not prompts.exists():
+        prompts.write_text("".join(json.dumps(r) + "\n" for r in small_conversations()))
+    return write_recipe(folder, f"""
+name = "graph"
+output_dir = "out"
+[model]
+path = "{model}"
+[data]
+prompts = ["prompts.jsonl"]
+[synthesis]
+engine = "none"
+batch_size = 8
+[vocab]
+draft_vocab_size = 300
+[train]
+max_steps = {steps}
+lr = {lr}
+ttt_steps = 2
+max_seq_len = 128
+checkpoint_every = 5
+[eval]
+enabled = false
+{extra}
+""")
 
 
 def run_stage(recipe_path: Path, stage: str) -> dict:

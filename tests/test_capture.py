@@ -16,8 +16,7 @@ from safetensors.torch import load_file
 
 from eagle_recipes.data.features import FeatureStore
 from eagle_recipes.graph.manifest import IN_PROGRESS, MANIFEST
-from tests.helpers import run_stage
-from tests.test_graph import small_recipe
+from tests.helpers import run_stage, small_recipe
 
 
 def _recipe(folder, model, features: str, steps: int = 12, shard: int = 8):

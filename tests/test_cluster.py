@@ -7,14 +7,13 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
-from tests.test_graph import small_recipe
+from tests.helpers import free_port, small_recipe
 
 RAY = str(Path(sys.executable).parent / "ray")
 

@@ -8,13 +8,18 @@ import json
 import pytest
 import torch
 
-from eagle_recipes.draft.config import (BaseModelFacts, DraftConfigError, build_draft_config, default_aux_layer_ids,
-                                        valid_fields)
+from eagle_recipes.draft.config import (
+    BaseModelFacts,
+    DraftConfigError,
+    build_draft_config,
+    default_aux_layer_ids,
+    valid_fields,
+)
 from eagle_recipes.draft.model import Attention, TTTCache, build_draft, ttt_attention_mask
 from eagle_recipes.draft.ttt import TargetOutputs, ttt_loss
 from eagle_recipes.recipe import load_recipe
-from eagle_recipes.stages.export import draft_state_for_layout, expected_tensors, export_config, config_facts
-from tests.conftest import PROJECT
+from eagle_recipes.draft.layouts import config_facts, layout_config, optional_tensors, required_tensors, to_layout
+from tests.helpers import PROJECT
 
 SMOL = json.loads((PROJECT / "catalog/smollm2/configs/SmolLM2-135M-Instruct.json").read_text())
 
@@ -151,12 +156,15 @@ def test_catalog_draft_builds_at_full_size_on_meta(path):
     with torch.device("meta"):
         draft = build_draft(config)
     layout = "eagle1" if config.algorithm == "eagle1" else "flat"
-    state = draft_state_for_layout(draft.state_dict(), layout)
+    state = to_layout(draft.state_dict(), layout)
     if config.draft_vocab_size != config.vocab_size:
         state["d2t"] = torch.empty(config.draft_vocab_size, dtype=torch.int64, device="meta")
         state["t2d"] = torch.empty(config.vocab_size, dtype=torch.bool, device="meta")
-    written = export_config(config, layout, "bfloat16", recipe.model.path, 5)
-    expected = expected_tensors(layout, config_facts(written))
+    written = layout_config(config, layout, "bfloat16", recipe.model.path, 5)
+    facts = config_facts(written)
+    # everything the engine needs, plus the optional t2d we write beside d2t (never an embed_tokens copy)
+    expected = {**required_tensors(layout, facts),
+                **{k: v for k, v in optional_tensors(layout, facts).items() if k == "t2d"}}
     assert {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v[0]) for k, v in expected.items()}
     assert written["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == list(config.aux_layer_ids)
     assert written["num_attention_heads"] == base.num_attention_heads and written["vocab_size"] == base.vocab_size

@@ -13,9 +13,10 @@ from safetensors.torch import load_file, save_file
 from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
 from eagle_recipes.draft.model import build_draft
 from eagle_recipes.draft.vocab import mapping_from_ids
-from eagle_recipes.stages.evaluate import load_exported_draft
-from eagle_recipes.stages.export import inspect_draft, write_draft
-from tests.conftest import PROJECT
+from eagle_recipes.draft.inspect import inspect_draft
+from eagle_recipes.draft.layouts import load_draft_module
+from eagle_recipes.stages.export import write_draft
+from tests.helpers import PROJECT
 
 SMOL = json.loads((PROJECT / "catalog/smollm2/configs/SmolLM2-135M-Instruct.json").read_text())
 SMALL = {**SMOL, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
@@ -38,7 +39,7 @@ def test_round_trip_gives_the_same_weights(tmp_path, algorithm, layout, layers):
                          mapping.d2t, mapping.t2d)
     assert report.ok, report.lines()
     assert report.layout == layout
-    loaded, loaded_config, d2t = load_exported_draft(tmp_path / "draft")
+    loaded, loaded_config, d2t = load_draft_module(tmp_path / "draft")
     original = draft.state_dict()
     assert set(loaded.state_dict()) == set(original)
     for name, tensor in loaded.state_dict().items():

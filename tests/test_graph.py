@@ -7,28 +7,9 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-import pytest
-
-from tests.conftest import PROJECT, small_conversations, write_recipe
-
-CLI = [sys.executable, "-m", "eagle_recipes.cli"]
-
-
-def cli(*args, env=None, check=True, timeout=900) -> subprocess.CompletedProcess:
-    result = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
-
-
-def plan_status(recipe: Path) -> dict[str, str]:
-    plan = json.loads(cli("plan", recipe, "--json").stdout)
-    return {stage["name"]: stage["status"] for stage in plan["stages"]}
-
+from tests.helpers import CLI, PROJECT, cli, plan_status, small_recipe
 
 ALL_RECIPES = sorted((PROJECT / "recipes").glob("*.toml")) + sorted((PROJECT / "catalog").glob("*/*.toml"))
 
@@ -40,34 +21,6 @@ def test_plan_every_shipped_recipe_offline(tmp_path):
         for stage in ("synthesize", "calibrate", "train", "export", "evaluate"):
             assert stage in out.stdout, f"{recipe.name}: {stage} missing from the plan"
     assert not any((tmp_path / "empty-cache").rglob("*.safetensors")), "plan downloaded a model"
-
-
-def small_recipe(folder: Path, model: str, steps: int = 6, lr: str = "0.001", extra: str = "") -> Path:
-    prompts = folder / "prompts.jsonl"
-    if not prompts.exists():
-        prompts.write_text("".join(json.dumps(r) + "\n" for r in small_conversations()))
-    return write_recipe(folder, f"""
-name = "graph"
-output_dir = "out"
-[model]
-path = "{model}"
-[data]
-prompts = ["prompts.jsonl"]
-[synthesis]
-engine = "none"
-batch_size = 8
-[vocab]
-draft_vocab_size = 300
-[train]
-max_steps = {steps}
-lr = {lr}
-ttt_steps = 2
-max_seq_len = 128
-checkpoint_every = 5
-[eval]
-enabled = false
-{extra}
-""")
 
 
 def test_cache_skip_and_exactly_the_affected_stages_rerun(tmp_path, tiny_llama):

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from tests.conftest import PROJECT
+from tests.helpers import PROJECT
 
 CLI = [sys.executable, "-m", "eagle_recipes.cli"]
 

@@ -7,7 +7,9 @@ import os
 
 import pytest
 
-from eagle_recipes.stages.evaluate import evaluate_reference, evaluate_vllm, prompts_from_file
+from eagle_recipes.evaluation.prompt_sets import prompts_from_file
+from eagle_recipes.evaluation.reference_path import evaluate_reference
+from eagle_recipes.evaluation.vllm_path import evaluate_vllm
 from tests.builders import build_permutation_target, export_copy_draft, permutation, prompts_file
 
 K = 3
@@ -32,21 +34,21 @@ def test_copy_draft_reaches_k_plus_one_in_both_paths(permutation_setup):
     reference = evaluate_reference(str(target), exact, K, [prompts], MAX_TOKENS)[prompts.name]
     vllm = evaluate_vllm(str(target), str(exact), "eagle3", K, [prompts], MAX_TOKENS)[prompts.name]
     # every draft accepted: only the last verify step of each prompt may be cut short by max_tokens
-    assert reference["per_position"] == [1.0] * K
-    assert reference["acceptance_length"] == K + 1
-    assert all(rate > 0.9 for rate in vllm["per_position"]), vllm
-    assert vllm["acceptance_length"] > K + 1 - 0.3, vllm
-    assert reference["lossless"] and vllm["lossless"]
+    assert reference.per_position == [1.0] * K
+    assert reference.acceptance_length == K + 1
+    assert all(rate > 0.9 for rate in vllm.per_position), vllm
+    assert vllm.acceptance_length > K + 1 - 0.3, vllm
+    assert reference.lossless and vllm.lossless
 
 
 def test_vllm_and_reference_agree_on_a_partial_draft(permutation_setup):
     target, _, partial, prompts = permutation_setup
     reference = evaluate_reference(str(target), partial, K, [prompts], MAX_TOKENS)[prompts.name]
     vllm = evaluate_vllm(str(target), str(partial), "eagle3", K, [prompts], MAX_TOKENS)[prompts.name]
-    assert 1.3 < reference["acceptance_length"] < K + 0.7  # partial acceptance, not a trivial case
-    assert abs(vllm["acceptance_length"] - reference["acceptance_length"]) < 0.15, (vllm, reference)
-    assert vllm["lossless"], vllm["identical_outputs"]
-    assert vllm["tokens_per_s_with_draft"] > 0 and vllm["tokens_per_s_target_alone"] > 0
+    assert 1.3 < reference.acceptance_length < K + 0.7  # partial acceptance, not a trivial case
+    assert abs(vllm.acceptance_length - reference.acceptance_length) < 0.15, (vllm, reference)
+    assert vllm.lossless, vllm.identical_outputs
+    assert vllm.tokens_per_s_with_draft > 0 and vllm.tokens_per_s_target_alone > 0
 
 
 def test_eval_command_on_any_draft_folder(permutation_setup, tmp_path):

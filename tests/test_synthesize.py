@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-import urllib.request
 
 import pytest
 
-from tests.conftest import write_recipe
-from tests.helpers import VLLMServer, run_stage
+from tests.helpers import VLLMServer, run_stage, write_recipe
 
 API_KEY = "sk-test-not-a-real-key-0123456789"
 

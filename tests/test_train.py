@@ -8,8 +8,7 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import run_stage
-from tests.test_graph import small_recipe
+from tests.helpers import run_stage, small_recipe
 
 
 def _metrics(folder):

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from eagle_recipes.errors import UserError
+
 FORMATS = ("sharegpt", "openai", "seed", "prompt")
 ROLE_NAMES = {
     "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
@@ -24,7 +26,7 @@ ROLE_NAMES = {
 DETECT_LINES = 50
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError):
     pass
 
 

@@ -29,6 +29,14 @@ GPT2_ASCII_PATTERN = (rf"""'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]+| ?[^{_AS
                       rf"""|[{_ASCII_SPACE}]+(?![^{_ASCII_SPACE}])|[{_ASCII_SPACE}]+""")
 
 
+def bincount(token_ids: np.ndarray, vocab_size: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """Counts per token id over the model's vocabulary; ids the model cannot produce (a tokenizer's added tokens
+    beyond its embedding table) are not counted."""
+    inside = token_ids < vocab_size
+    kept_weights = None if weights is None else weights[inside]
+    return np.bincount(token_ids[inside], weights=kept_weights, minlength=vocab_size).astype(np.int64)
+
+
 @dataclass
 class PreTokenizer:
     """Splits text into the pieces the tokenizer runs BPE on; added tokens stay whole pieces."""
@@ -137,11 +145,11 @@ class PieceVocabulary:
             encodings = self.tokenizer.backend_tokenizer.encode_batch(new, add_special_tokens=False)
             self.ids.update((piece, np.asarray(e.ids, dtype=np.int64)) for piece, e in zip(new, encodings))
 
-    def bincount(self, piece_counts: dict[str, int], vocab_size: int) -> np.ndarray:
+    def count_tokens(self, piece_counts: dict[str, int], vocab_size: int) -> np.ndarray:
         """Token counts, given how often each piece occurs."""
         if not piece_counts:
             return np.zeros(vocab_size, dtype=np.int64)
         token_ids = [self.ids[p] for p in piece_counts]
         repeats = np.repeat(np.fromiter(piece_counts.values(), dtype=np.int64, count=len(piece_counts)),
                             [len(t) for t in token_ids])
-        return np.bincount(np.concatenate(token_ids), weights=repeats, minlength=vocab_size).astype(np.int64)
+        return bincount(np.concatenate(token_ids), vocab_size, weights=repeats)

@@ -40,6 +40,11 @@ class DraftConfigError(ValueError):
         super().__init__(f"{key}: {message}" + (f" ({hint})" if hint else ""))
 
 
+def text_config(config: dict) -> dict:
+    """The language model's part of a config.json: multimodal families (Gemma 3) nest it in `text_config`."""
+    return config.get("text_config") or config
+
+
 @dataclass(frozen=True)
 class BaseModelFacts:
     """What the draft needs to know about the base model (read from its config.json)."""
@@ -61,7 +66,7 @@ class BaseModelFacts:
 
     @classmethod
     def from_config(cls, config: dict) -> "BaseModelFacts":
-        text = config.get("text_config") or config  # multimodal families (Gemma 3) nest the language model
+        text = text_config(config)
         heads = text["num_attention_heads"]
         rope = text.get("rope_parameters") or {}
         rope_scaling = text.get("rope_scaling") or ({k: v for k, v in rope.items() if k != "rope_theta"} or None)

@@ -1,8 +1,8 @@
 """The EAGLE-3 and EAGLE-1 drafts as plain nn.Modules, with the training-time-test (TTT) unroll.
 
-Parameter names follow the flat layout serving engines load: EAGLE-3 `fc`, `midlayer.*` (first decoder layer),
-`layers.{i}.*` (extra layers), `norm`, `lm_head`; EAGLE-1 `fc`, `layers.{i}.*`. Export renames them for the
-other layouts.
+Parameter names: EAGLE-3 `fc`, `midlayer.*` (first decoder layer), `layers.{i}.*` (extra layers, from 0),
+`norm`, `lm_head`; EAGLE-1 `fc`, `layers.{i}.*`. Serving layouts number EAGLE-3's extra layers from 1:
+draft/layouts.py renames in both directions (`to_layout`, `from_layout`).
 
 TTT attention: at unroll step j the query of column t attends to the step-0 keys at positions <= t (causal) and
 to its own keys from steps 1..j (the diagonal), as the draft sees at inference; the caller rotates step j at

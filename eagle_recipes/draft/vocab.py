@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from eagle_recipes.errors import UserError
 
-class VocabError(ValueError):
+
+class VocabError(UserError):
     pass
 
 

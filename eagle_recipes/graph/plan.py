@@ -10,7 +10,7 @@ from typing import Any
 from eagle_recipes.graph.fingerprint import fingerprint
 from eagle_recipes.graph.manifest import read_manifest
 from eagle_recipes.recipe import Recipe
-from eagle_recipes.stages import STAGE_NAMES, STAGES, Stage
+from eagle_recipes.stages import STAGES, Stage
 
 
 @dataclass
@@ -18,9 +18,10 @@ class PlannedStage:
     name: str
     description: str
     depends_on: list[str]
-    inputs: list[str]  # files outside the run directory
+    input_files: list[str]  # files outside the run directory
     outputs: list[str]
-    resources: dict[str, Any]
+    ray_options: dict[str, Any]  # the stage's own Ray task
+    resources: list[str]  # what its work asks for beyond that, in words
     fingerprint: str
     status: str  # "up to date" | "run" | "skipped"
     reason: str
@@ -97,10 +98,9 @@ def compile_plan(recipe: Recipe, force: set[str] = frozenset(), only: str | None
         if status == "run":
             must_run.add(stage.name)
         plan.stages.append(PlannedStage(
-            name=stage.name, description=stage.description, depends_on=deps, inputs=[str(f) for f in files],
-            outputs=stage.outputs(recipe), resources=stage.resources(recipe), fingerprint=fp,
+            name=stage.name, description=stage.description, depends_on=deps, input_files=[str(f) for f in files],
+            outputs=stage.outputs(recipe), ray_options=stage.ray_options(recipe),
+            resources=stage.describe_resources(recipe), fingerprint=fp,
             status=status, reason=reason))
     return plan
 
-
-__all__ = ["Plan", "PlannedStage", "compile_plan", "STAGE_NAMES"]

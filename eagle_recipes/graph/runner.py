@@ -44,7 +44,7 @@ def init_ray(recipe: Recipe, address: str | None, worker_logs: bool = True) -> N
                  runtime_env={"env_vars": env}, log_to_driver=worker_logs)
 
 
-def execute_stage(recipe: Recipe, name: str, fingerprint: str, inputs: dict[str, str], hub: Any) -> dict:
+def execute_stage(recipe: Recipe, name: str, fingerprint: str, upstream: dict[str, str], hub: Any) -> dict:
     """Body of a stage's Ray task: prepare its folder (resume or wipe), run it, write its manifest last."""
     stage = STAGE_BY_NAME[name]
     out = Path(recipe.output_dir) / name
@@ -57,7 +57,7 @@ def execute_stage(recipe: Recipe, name: str, fingerprint: str, inputs: dict[str,
         hub.log.remote(name, message)
 
     started = time.time()
-    context = StageContext(recipe=recipe, out=out, inputs={k: Path(v) for k, v in inputs.items()},
+    context = StageContext(recipe=recipe, out=out, upstream={k: Path(v) for k, v in upstream.items()},
                            resumed=resumed, progress=progress, log=log)
     result = stage.run(context) or {}
     finished = time.time()
@@ -68,16 +68,6 @@ def execute_stage(recipe: Recipe, name: str, fingerprint: str, inputs: dict[str,
     return asdict(manifest)
 
 
-def _headline(manifest: dict) -> str:
-    metrics = manifest.get("metrics", {})
-    for key in ("acceptance_length", "final_loss", "coverage", "tokens_per_s", "conversations"):
-        if key in metrics:
-            value = metrics[key]
-            return f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
-    counts = manifest.get("counts", {})
-    return ", ".join(f"{k}={v}" for k, v in list(counts.items())[:2])
-
-
 def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Display | None = None) -> dict:
     """Run every stage that must run; return the run summary (also written to <output_dir>/run.json)."""
     display = display or Display([s.name for s in plan.stages])
@@ -86,7 +76,7 @@ def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Di
         init_ray(recipe, address, worker_logs=not display.interactive)
         hub = ProgressHub.remote()
     output_dir = Path(recipe.output_dir)
-    stage_inputs = {s.name: {d: str(output_dir / d) for d in s.depends_on} for s in plan.stages}
+    upstream_folders = {s.name: {d: str(output_dir / d) for d in s.depends_on} for s in plan.stages}
     refs: dict[str, ray.ObjectRef] = {}
     pending: dict[ray.ObjectRef, str] = {}
     summary: dict[str, Any] = {"recipe": plan.recipe, "output_dir": plan.output_dir, "stages": {}}
@@ -96,7 +86,8 @@ def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Di
             if not planned.must_run:
                 manifest = read_manifest(output_dir / planned.name)
                 if planned.status == "up to date" and manifest:
-                    display.set_status(planned.name, "up to date", _headline(asdict(manifest)), manifest.wall_s)
+                    display.set_status(planned.name, "up to date", STAGE_BY_NAME[planned.name].headline(asdict(manifest)),
+                                       manifest.wall_s)
                     summary["stages"][planned.name] = {"status": "up to date", **asdict(manifest)}
                 else:
                     display.set_status(planned.name, "skipped")
@@ -105,10 +96,10 @@ def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Di
             missing = [d for d in planned.depends_on if d not in refs and read_manifest(output_dir / d) is None]
             if missing:
                 raise RuntimeError(f"stage {planned.name} needs {', '.join(missing)} to have run first")
-            upstream = [refs[d] for d in planned.depends_on if d in refs]
-            task = ray.remote(_stage_task).options(name=f"stage:{planned.name}", max_retries=0,
-                                                   **_task_resources(planned.resources))
-            ref = task.remote(recipe, planned.name, planned.fingerprint, stage_inputs[planned.name], hub, *upstream)
+            upstream_refs = [refs[d] for d in planned.depends_on if d in refs]
+            task = ray.remote(_stage_task).options(name=f"stage:{planned.name}", max_retries=0, **planned.ray_options)
+            ref = task.remote(recipe, planned.name, planned.fingerprint, upstream_folders[planned.name], hub,
+                              *upstream_refs)
             refs[planned.name] = ref
             pending[ref] = planned.name
         running: set[str] = set()
@@ -136,10 +127,13 @@ def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Di
                     display.set_status(stage_name, "failed", _error_line(error))
                     summary["stages"][stage_name] = {"status": "failed", "error": str(error)[-2000:]}
                     continue
-                display.set_status(stage_name, "done", _headline(manifest), manifest["wall_s"])
+                display.set_status(stage_name, "done", STAGE_BY_NAME[stage_name].headline(manifest), manifest["wall_s"])
                 summary["stages"][stage_name] = {"status": "done", **manifest}
     summary["wall_s"] = round(time.time() - started, 3)
     summary["ok"] = failure is None
+    summary["outcome"] = [line for name, entry in summary["stages"].items()
+                          if entry["status"] in ("done", "up to date")
+                          for line in STAGE_BY_NAME[name].outcome(recipe, entry)]
     write_json(output_dir / "run.json", summary)
     if failure is not None:
         raise failure
@@ -152,12 +146,9 @@ def _error_line(error: BaseException) -> str:
     return lines[-1][:200] if lines else type(error).__name__
 
 
-def _stage_task(recipe: Recipe, name: str, fingerprint: str, inputs: dict[str, str], hub: Any, *upstream: Any) -> dict:
-    # `upstream` holds the manifests of the stages this one waits on: passing their ObjectRefs makes Ray
+def _stage_task(recipe: Recipe, name: str, fingerprint: str, upstream: dict[str, str], hub: Any,
+                *upstream_manifests: Any) -> dict:
+    # `upstream_manifests` are the manifests of the stages this one waits on: passing their ObjectRefs makes Ray
     # start this task only after they finished (and fail it if they failed).
-    return execute_stage(recipe, name, fingerprint, inputs, hub)
+    return execute_stage(recipe, name, fingerprint, upstream, hub)
 
-
-def _task_resources(resources: dict[str, Any]) -> dict[str, Any]:
-    driver = resources.get("driver", {})
-    return {"num_cpus": driver.get("num_cpus", 0.1), "num_gpus": driver.get("num_gpus", 0)}

@@ -14,15 +14,11 @@ from pathlib import Path
 from rich.console import Console
 
 from eagle_recipes.recipe import Recipe
-from eagle_recipes.recipe.loader import NAMED_PROMPT_SETS
 
 
 def named_files(recipe: Recipe) -> list[Path]:
     """Every file the recipe names (they must travel with the job)."""
-    paths = [*recipe.inputs.prompts, *recipe.inputs.conversations,
-             *[p for p in recipe.eval.prompts if p not in NAMED_PROMPT_SETS],
-             recipe.vocab.draft_vocab_cache, recipe.model.config, recipe.model.chat_template]
-    return [recipe.resolve(p) for p in paths if p]
+    return [recipe.resolve(path) for _, path in recipe.named_files()]
 
 
 def stage_job_folder(recipe: Recipe) -> tuple[Path, str]:

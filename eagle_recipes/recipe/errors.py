@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from eagle_recipes.errors import UserError
+
 
 @dataclass(frozen=True)
 class Problem:
@@ -20,7 +22,7 @@ class Problem:
         return f"{where}:{key} {self.message}{hint}"
 
 
-class RecipeError(Exception):
+class RecipeError(UserError):
     """A recipe (or a file it names) is wrong; carries every problem found, not just the first."""
 
     def __init__(self, problems: list[Problem]):

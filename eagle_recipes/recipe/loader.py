@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 import re
-import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,6 @@ from eagle_recipes.recipe.schema import apply_defaults, field_names, load_schema
 from eagle_recipes.recipe.toml_lines import key_lines, line_of
 from eagle_recipes.recipe.view import Recipe
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-# Eval prompt sets that are not files.
-NAMED_PROMPT_SETS = ("mt-bench", "holdout")
 
 
 def _key_path(parts: Any) -> str:
@@ -91,14 +84,8 @@ def _check_schema(data: dict, file: str, lines: dict[str, int]) -> list[Problem]
 def _check_files(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
     """Files the recipe names must exist."""
     file = str(recipe.path)
-    named: list[tuple[str, str]] = [(f"data.prompts.{i}", p) for i, p in enumerate(recipe.inputs.prompts)]
-    named += [(f"data.conversations.{i}", p) for i, p in enumerate(recipe.inputs.conversations)]
-    named += [(f"eval.prompts.{i}", p) for i, p in enumerate(recipe.eval.prompts) if p not in NAMED_PROMPT_SETS]
-    named += [(key, value) for key, value in (("vocab.draft_vocab_cache", recipe.vocab.draft_vocab_cache),
-                                              ("model.config", recipe.model.config),
-                                              ("model.chat_template", recipe.model.chat_template)) if value]
     problems = []
-    for key, relative in named:
+    for key, relative in recipe.named_files():
         if not recipe.resolve(relative).exists():
             problems.append(Problem(file, line_of(lines, key), re.sub(r"\.\d+$", "", key),
                                     f"file not found: {relative}", f"paths are relative to {recipe.folder}"))
@@ -156,7 +143,7 @@ def _check_worker_memory(recipe: Recipe, lines: dict[str, int]) -> list[Problem]
 def _check_consistency(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
     file = str(recipe.path)
     problems = []
-    has_data = recipe.inputs.prompts or recipe.inputs.conversations or recipe.synthesis.self_prompts
+    has_data = recipe.dataset.prompts or recipe.dataset.conversations or recipe.synthesis.self_prompts
     if not has_data:
         problems.append(Problem(file, line_of(lines, "data"), "data.prompts", "no training data",
                                 "name prompt files in data.prompts, conversations in data.conversations, "

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 FREE_FORM_TABLES = ("overrides", "engine_kwargs")  # tables whose keys the schema does not fix
+NAMED_PROMPT_SETS = ("mt-bench", "holdout")  # eval prompt sets that are not files
 
 
 class Section:
@@ -49,11 +49,25 @@ class Recipe:
     def output_dir(self) -> Path:
         return self.resolve(self.data["output_dir"].format(name=self.name))
 
+    @property
+    def eval_prompt_files(self) -> list[str]:
+        return [p for p in self.eval.prompts if p not in NAMED_PROMPT_SETS]
+
+    def named_files(self) -> list[tuple[str, str]]:
+        """Every file the recipe names, as (TOML key, path as written): checked by validate, sent by submit."""
+        named = [(f"data.prompts.{i}", p) for i, p in enumerate(self.dataset.prompts)]
+        named += [(f"data.conversations.{i}", p) for i, p in enumerate(self.dataset.conversations)]
+        named += [(f"eval.prompts.{self.eval.prompts.index(p)}", p) for p in self.eval_prompt_files]
+        named += [(key, value) for key, value in (("vocab.draft_vocab_cache", self.vocab.draft_vocab_cache),
+                                                  ("model.config", self.model.config),
+                                                  ("model.chat_template", self.model.chat_template)) if value]
+        return named
+
     def section(self, name: str) -> Section:
         return Section(self.data[name])
 
     model = property(lambda self: self.section("model"))
-    inputs = property(lambda self: self.section("data"))  # `data` is the raw dict
+    dataset = property(lambda self: self.section("data"))  # the [data] table; `data` is the whole raw dict
     synthesis = property(lambda self: self.section("synthesis"))
     vocab = property(lambda self: self.section("vocab"))
     draft = property(lambda self: self.section("draft"))

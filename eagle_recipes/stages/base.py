@@ -16,7 +16,7 @@ ProgressFn = Callable[[int, "int | None", str], None]
 class StageContext:
     recipe: Recipe
     out: Path  # this stage's folder: <output_dir>/<stage>
-    inputs: dict[str, Path]  # upstream stage name -> its folder
+    upstream: dict[str, Path]  # upstream stage name -> its folder
     resumed: bool = False  # partial work from an interrupted run with the same fingerprint is in `out`
     progress: ProgressFn = field(default=lambda done, total, unit: None)
     log: Callable[[str], None] = field(default=print)
@@ -27,6 +27,7 @@ class Stage:
 
     name: ClassVar[str]
     description: ClassVar[str]
+    headline_metric: ClassVar[str] = ""  # the manifest metric the run table shows
 
     @staticmethod
     def enabled(recipe: Recipe) -> tuple[bool, str]:
@@ -44,7 +45,7 @@ class Stage:
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:
-        """Files outside the run directory whose content decides this stage's output."""
+        """Files outside the run directory (named by the recipe) whose content decides this stage's output."""
         return []
 
     @staticmethod
@@ -52,9 +53,27 @@ class Stage:
         return []
 
     @staticmethod
-    def resources(recipe: Recipe) -> dict[str, Any]:
-        """What the stage's work asks Ray for (shown by `plan`)."""
-        return {}
+    def ray_options(recipe: Recipe) -> dict[str, Any]:
+        """Ray options of the stage's own task (its workers, engines and actors ask for their own)."""
+        return {"num_cpus": 0.1}
+
+    @staticmethod
+    def describe_resources(recipe: Recipe) -> list[str]:
+        """What the stage's work asks Ray for beyond its own task, in words (shown by `plan`)."""
+        return []
+
+    @classmethod
+    def headline(cls, manifest: dict[str, Any]) -> str:
+        """One short figure for the run table: the headline metric, else the first counts."""
+        value = manifest.get("metrics", {}).get(cls.headline_metric)
+        if value is not None:
+            return f"{cls.headline_metric}={value:.3g}" if isinstance(value, float) else f"{cls.headline_metric}={value}"
+        return ", ".join(f"{k}={v}" for k, v in list(manifest.get("counts", {}).items())[:2])
+
+    @staticmethod
+    def outcome(recipe: Recipe, manifest: dict[str, Any]) -> list[str]:
+        """Lines printed when a run ends with this stage done or up to date."""
+        return []
 
     @staticmethod
     def run(ctx: StageContext) -> dict[str, Any]:

@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from eagle_recipes.data.pretokens import bincount
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.stages.base import Stage, StageContext
-from eagle_recipes.stages.common import (base_model_path, chat_template_file, conversation_files, split_of)
+from eagle_recipes.stages.common import base_model_path, chat_template_file, conversation_files
 
 COVERAGE_WARNING = 0.95
 # below this much conversation data, counting in-process beats starting Ray Data's actors
@@ -84,9 +85,9 @@ class TokenCounter:
                     continue
             piece_counts.update(piece for (piece, _, _), keep in zip(pieces, counted) if keep)
         self.vocabulary.learn(piece_counts)
-        counts = self.vocabulary.bincount(piece_counts, self.vocab_size) + self._tokenize_and_count(unsettled)
+        counts = self.vocabulary.count_tokens(piece_counts, self.vocab_size) + self._tokenize_and_count(unsettled)
         if truncated_ids:
-            counts += np.bincount(np.concatenate(truncated_ids), minlength=self.vocab_size)
+            counts += bincount(np.concatenate(truncated_ids), self.vocab_size)
         return counts
 
     def _first_tokens(self, pieces: list[tuple[str, int, int]], counted: list[bool]) -> np.ndarray | None:
@@ -110,7 +111,7 @@ class TokenCounter:
         for rendered in render_batch(self.tokenizer, conversations, self.max_len,
                                      with_mask=self.count == "assistant"):
             ids = np.asarray(rendered.input_ids, dtype=np.int64)
-            counts += np.bincount(ids[np.asarray(rendered.loss_mask, dtype=bool)], minlength=self.vocab_size)
+            counts += bincount(ids[np.asarray(rendered.loss_mask, dtype=bool)], self.vocab_size)
         return counts
 
 
@@ -176,9 +177,12 @@ def _local_batches(files: list[Path], counter: TokenCounter, batch_size: int):
 class CalibrateStage(Stage):
     name = "calibrate"
     description = "count token frequencies, keep the top-K as the draft vocabulary (d2t/t2d)"
+    headline_metric = "coverage"
 
     @staticmethod
     def enabled(recipe: Recipe) -> tuple[bool, str]:
+        if recipe.draft.algorithm == "eagle1":
+            return False, "EAGLE-1 drafts predict over the base model's whole vocabulary"
         if recipe.vocab.draft_vocab_cache:
             return False, f"vocab.draft_vocab_cache gives the mapping ({recipe.vocab.draft_vocab_cache})"
         return True, ""
@@ -190,37 +194,38 @@ class CalibrateStage(Stage):
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:
         return {"vocab": recipe.data["vocab"], "model": recipe.data["model"],
-                "max_seq_len": recipe.train.max_seq_len, "holdout_fraction": recipe.inputs.holdout_fraction}
+                "max_seq_len": recipe.train.max_seq_len, "holdout_fraction": recipe.dataset.holdout_fraction}
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:
-        return [recipe.resolve(p) for p in recipe.inputs.conversations]
+        return [recipe.resolve(p) for p in recipe.dataset.conversations]
 
     @staticmethod
     def outputs(recipe: Recipe) -> list[str]:
         return ["calibrate/d2t.pt", "calibrate/t2d.pt", "calibrate/counts.npy"]
 
     @staticmethod
-    def resources(recipe: Recipe) -> dict[str, Any]:
-        return {"driver": {"num_cpus": 1},
-                "ray_data": f"2 counting actors x 1 CPU when the conversations total {RAY_DATA_MIN_BYTES >> 20} MiB "
-                            "or more (else counted in the stage's own task)"}
+    def ray_options(recipe: Recipe) -> dict[str, Any]:
+        return {"num_cpus": 1}
+
+    @staticmethod
+    def describe_resources(recipe: Recipe) -> list[str]:
+        return [f"Ray Data: 2 counting actors x 1 CPU when the conversations total {RAY_DATA_MIN_BYTES >> 20} MiB "
+                "or more (else counted in the stage's own task)"]
 
     @staticmethod
     def run(ctx: StageContext) -> dict[str, Any]:
         from eagle_recipes.atomic import atomic_path
-        from eagle_recipes.data.chat import load_tokenizer
         from eagle_recipes.draft.vocab import identity_mapping, mapping_from_ids, save_mapping, top_k_ids
-        from eagle_recipes.models import load_base_config
+        from eagle_recipes.models import base_model_facts
 
         recipe = ctx.recipe
         model_path = base_model_path(recipe)
-        # the embedding table may be padded beyond the tokenizer's ids: the mapping spans the model's vocabulary
-        vocab_size = max(len(load_tokenizer(model_path, chat_template_file(recipe))),
-                         load_base_config(model_path)["vocab_size"])
-        files = conversation_files(recipe, ctx.inputs)
+        # the mapping spans the model's vocabulary (its embedding table, often padded beyond the tokenizer's ids)
+        vocab_size = base_model_facts(model_path).vocab_size
+        files = conversation_files(recipe, ctx.upstream)
         counts = count_tokens(files, model_path, chat_template_file(recipe), vocab_size, recipe.vocab.count,
-                              recipe.train.max_seq_len, recipe.inputs.holdout_fraction, progress=ctx.progress)
+                              recipe.train.max_seq_len, recipe.dataset.holdout_fraction, progress=ctx.progress)
         train = counts["train"]
         requested = recipe.vocab.draft_vocab_size
         distinct = int(np.count_nonzero(train))

@@ -25,8 +25,15 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from eagle_recipes.data.features import (HEAD, bytes_per_token, shard_is_whole, shard_path, shard_ranges,
-                                         write_head, write_shard)
+from eagle_recipes.data.features import (
+    HEAD,
+    bytes_per_token,
+    shard_is_whole,
+    shard_path,
+    shard_ranges,
+    write_head,
+    write_shard,
+)
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.stages.base import Stage, StageContext
 from eagle_recipes.stages.common import base_model_path, conversation_files, torch_threads
@@ -190,6 +197,7 @@ def capture_spec(recipe: Recipe, model_path: str, out: Path) -> CaptureSpec:
 class CaptureStage(Stage):
     name = "capture"
     description = "run the base model once over the training conversations and store its features"
+    headline_metric = "tokens_per_s"
 
     @staticmethod
     def enabled(recipe: Recipe) -> tuple[bool, str]:
@@ -205,13 +213,13 @@ class CaptureStage(Stage):
     def settings(recipe: Recipe) -> dict[str, Any]:
         draft = recipe.data["draft"]
         return {"capture": recipe.data["capture"], "model": recipe.data["model"],
-                "max_seq_len": recipe.train.max_seq_len, "holdout_fraction": recipe.inputs.holdout_fraction,
+                "max_seq_len": recipe.train.max_seq_len, "holdout_fraction": recipe.dataset.holdout_fraction,
                 "draft": {"algorithm": draft["algorithm"],
                           "aux_layer_ids": draft.get("overrides", {}).get("aux_layer_ids")}}
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:
-        files = [recipe.resolve(p) for p in recipe.inputs.conversations]
+        files = [recipe.resolve(p) for p in recipe.dataset.conversations]
         if recipe.model.chat_template:
             files.append(recipe.resolve(recipe.model.chat_template))
         return files
@@ -221,19 +229,18 @@ class CaptureStage(Stage):
         return ["capture/data.npz", "capture/head.safetensors", "capture/shards/*.safetensors"]
 
     @staticmethod
-    def resources(recipe: Recipe) -> dict[str, Any]:
-        capture = recipe.capture
-        per_engine = f"{capture.tensor_parallel_size} GPU" if capture.engine == "vllm" else "1 GPU (or the CPU)"
-        resources = {"driver": {"num_cpus": 0.1},
-                     "engines": f"{capture.replicas} x {capture.engine}, {per_engine} each"}
+    def describe_resources(recipe: Recipe) -> list[str]:
         from eagle_recipes.sizes import gib, training_sizes
 
+        capture = recipe.capture
+        per_engine = f"{capture.tensor_parallel_size} GPU" if capture.engine == "vllm" else "1 GPU (or the CPU)"
+        lines = [f"engines: {capture.replicas} x {capture.engine}, {per_engine} each"]
         sizes = training_sizes(recipe)
         if sizes:
             bound = "" if sizes["tokens_exact"] else "at most "
-            resources["cache"] = (f"{bound}{sizes['tokens']:,} tokens x {sizes['bytes_per_token']:,} B = "
-                                  f"{bound}{gib(sizes['cache_bytes'])}")
-        return resources
+            lines.append(f"cache: {bound}{sizes['tokens']:,} tokens x {sizes['bytes_per_token']:,} B = "
+                         f"{bound}{gib(sizes['cache_bytes'])}")
+        return lines
 
     @staticmethod
     def run(ctx: StageContext) -> dict[str, Any]:
@@ -243,7 +250,7 @@ class CaptureStage(Stage):
 
         recipe, capture = ctx.recipe, ctx.recipe.capture
         model_path = base_model_path(recipe)
-        count = tokenize_training_data(recipe, conversation_files(recipe, ctx.inputs), model_path, ctx.out)
+        count = tokenize_training_data(recipe, conversation_files(recipe, ctx.upstream), model_path, ctx.out)
         spec = capture_spec(recipe, model_path, ctx.out)
         data = np.load(ctx.out / DATA)
         offsets, ids = data["offsets"], data["ids"]
@@ -290,7 +297,6 @@ def _check_disk_room(out: Path, cache_bytes: int) -> None:
 
 
 def _hidden_size(model_path: str) -> int:
-    from eagle_recipes.draft.config import BaseModelFacts
-    from eagle_recipes.models import load_base_config
+    from eagle_recipes.models import base_model_facts
 
-    return BaseModelFacts.from_config(load_base_config(model_path)).hidden_size
+    return base_model_facts(model_path).hidden_size

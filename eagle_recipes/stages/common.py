@@ -11,15 +11,18 @@ from eagle_recipes.recipe import Recipe
 SHARDS = "shards"
 
 
-def conversation_files(recipe: Recipe, inputs: dict[str, Path]) -> list[Path]:
-    """Seed-format JSONL files holding every conversation (training and held-out)."""
-    if "synthesize" in inputs:
-        return sorted((inputs["synthesize"] / SHARDS).glob("*.jsonl"))
-    return [recipe.resolve(p) for p in recipe.inputs.conversations]
+def conversation_files(recipe: Recipe, upstream: dict[str, Path]) -> list[Path]:
+    """Conversation JSONL files holding every conversation (training and held-out): synthesize's shards when
+    the recipe synthesizes, else the recipe's own data.conversations."""
+    from eagle_recipes.stages.synthesize import SynthesizeStage
+
+    if SynthesizeStage.enabled(recipe)[0]:
+        return sorted((upstream["synthesize"] / SHARDS).glob("*.jsonl"))
+    return [recipe.resolve(p) for p in recipe.dataset.conversations]
 
 
 def split_of(conversation: dict, recipe: Recipe) -> str:
-    return "holdout" if is_holdout(conversation["conversation_id"], recipe.inputs.holdout_fraction) else "train"
+    return "holdout" if is_holdout(conversation["conversation_id"], recipe.dataset.holdout_fraction) else "train"
 
 
 def read_conversations(files: list[Path], recipe: Recipe, split: str | None = "train") -> list[dict]:
@@ -36,9 +39,12 @@ def chat_template_file(recipe: Recipe) -> str:
     return str(recipe.resolve(recipe.model.chat_template)) if recipe.model.chat_template else ""
 
 
-def vocab_file(recipe: Recipe, inputs: dict[str, Path]) -> Path:
-    if "calibrate" in inputs:
-        return inputs["calibrate"] / "d2t.pt"
+def vocab_file(recipe: Recipe, upstream: dict[str, Path]) -> Path:
+    """The d2t.pt of the draft vocabulary: calibrate's when it runs, else the recipe's vocab.draft_vocab_cache."""
+    from eagle_recipes.stages.calibrate import CalibrateStage
+
+    if CalibrateStage.enabled(recipe)[0]:
+        return upstream["calibrate"] / "d2t.pt"
     return recipe.resolve(recipe.vocab.draft_vocab_cache)
 
 

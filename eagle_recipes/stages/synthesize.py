@@ -99,10 +99,10 @@ class SynthesisWorker:
     """Ray Data actor: holds one vLLM engine for the whole pass and runs the tasks of its batches on it."""
 
     def __init__(self, engine_args: dict, model_path: str, template_file: str, trust_remote_code: bool):
+        import ray
+
         from eagle_recipes.data.chat import load_tokenizer
         from eagle_recipes.engines import VLLMGenerator
-
-        import ray
 
         self.engine = VLLMGenerator(**engine_args)
         self.tokenizer = load_tokenizer(model_path, template_file, trust_remote_code)
@@ -211,10 +211,11 @@ def _make_runner(recipe: Recipe, model_path: str, tokenizer) -> TaskRunner:
 class SynthesizeStage(Stage):
     name = "synthesize"
     description = "the base model regenerates the assistant turns (and writes self prompts)"
+    headline_metric = "conversations"
 
     @staticmethod
     def enabled(recipe: Recipe) -> tuple[bool, str]:
-        if recipe.inputs.conversations:
+        if recipe.dataset.conversations:
             return False, "data.conversations supplies the training conversations"
         return True, ""
 
@@ -228,29 +229,29 @@ class SynthesizeStage(Stage):
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:
-        return [recipe.resolve(p) for p in recipe.inputs.prompts]
+        return [recipe.resolve(p) for p in recipe.dataset.prompts]
 
     @staticmethod
     def outputs(recipe: Recipe) -> list[str]:
         return ["synthesize/shards/*.jsonl"]
 
     @staticmethod
-    def resources(recipe: Recipe) -> dict[str, Any]:
+    def describe_resources(recipe: Recipe) -> list[str]:
         synthesis = recipe.synthesis
         if synthesis.engine == "vllm":
             per_engine = f"{synthesis.tensor_parallel_size} GPU (or 1 CPU)"
-            return {"driver": {"num_cpus": 0.1}, "engines": f"{synthesis.replicas} x vLLM, {per_engine} each"}
+            return [f"engines: {synthesis.replicas} x vLLM, {per_engine} each"]
         if synthesis.engine == "openai":
-            return {"driver": {"num_cpus": 0.1}, "server": synthesis.openai.base_url}
-        return {"driver": {"num_cpus": 0.1}}
+            return [f"server: {synthesis.openai.base_url}"]
+        return []
 
     @staticmethod
     def run(ctx: StageContext) -> dict[str, Any]:
         from eagle_recipes.data.chat import load_tokenizer
 
         recipe, synthesis = ctx.recipe, ctx.recipe.synthesis
-        loaded = load_conversations([recipe.resolve(p) for p in recipe.inputs.prompts], recipe.inputs.format,
-                                    recipe.inputs.max_samples, recipe.inputs.shuffle_seed)
+        loaded = load_conversations([recipe.resolve(p) for p in recipe.dataset.prompts], recipe.dataset.format,
+                                    recipe.dataset.max_samples, recipe.dataset.shuffle_seed)
         for reason, count in loaded.skipped.items():
             ctx.log(f"skipped {count} input rows: {reason}")
         shards_dir = ctx.out / SHARDS

@@ -28,8 +28,14 @@ import numpy as np
 from eagle_recipes.atomic import atomic_path, write_json
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.stages.base import Stage, StageContext
-from eagle_recipes.stages.common import (base_model_path, chat_template_file, conversation_files,
-                                         read_conversations, torch_threads, vocab_file)
+from eagle_recipes.stages.common import (
+    base_model_path,
+    chat_template_file,
+    conversation_files,
+    read_conversations,
+    torch_threads,
+    vocab_file,
+)
 
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
@@ -445,22 +451,21 @@ def plot_metrics(metrics_file: Path, out: Path) -> list[str]:
 
 # ---------------------------------------------------------------- the stage
 def draft_config_for(recipe: Recipe, model_path: str, draft_vocab_size: int):
-    from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
-    from eagle_recipes.models import load_base_config
+    from eagle_recipes.draft.config import build_draft_config
+    from eagle_recipes.models import base_model_facts
 
-    facts = BaseModelFacts.from_config(load_base_config(model_path))
+    facts = base_model_facts(model_path)
     return build_draft_config(recipe.draft.algorithm, recipe.draft.overrides, facts, draft_vocab_size)
 
 
-def vocab_mapping(recipe: Recipe, inputs: dict[str, Path], model_path: str):
+def vocab_mapping(recipe: Recipe, upstream: dict[str, Path], model_path: str):
     """The draft vocabulary: calibrate's (or the recipe's cache) for EAGLE-3, the whole vocabulary for EAGLE-1."""
-    from eagle_recipes.draft.config import BaseModelFacts
     from eagle_recipes.draft.vocab import identity_mapping, load_d2t
-    from eagle_recipes.models import load_base_config
+    from eagle_recipes.models import base_model_facts
 
-    vocab_size = BaseModelFacts.from_config(load_base_config(model_path)).vocab_size
+    vocab_size = base_model_facts(model_path).vocab_size
     if recipe.draft.algorithm == "eagle3":
-        return load_d2t(vocab_file(recipe, inputs), vocab_size)
+        return load_d2t(vocab_file(recipe, upstream), vocab_size)
     return identity_mapping(vocab_size)
 
 
@@ -477,6 +482,7 @@ def summarize(metrics_file: Path, final_step: int, count: int, resumed_step: int
 class TrainStage(Stage):
     name = "train"
     description = "train the draft on Ray Train (base model features online in each worker, or cached)"
+    headline_metric = "final_loss"
 
     @staticmethod
     def depends_on(recipe: Recipe, enabled: set[str]) -> list[str]:
@@ -485,11 +491,11 @@ class TrainStage(Stage):
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:
         return {"train": recipe.data["train"], "draft": recipe.data["draft"], "model": recipe.data["model"],
-                "holdout_fraction": recipe.inputs.holdout_fraction}
+                "holdout_fraction": recipe.dataset.holdout_fraction}
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:
-        files = [recipe.resolve(p) for p in recipe.inputs.conversations]
+        files = [recipe.resolve(p) for p in recipe.dataset.conversations]
         if recipe.vocab.draft_vocab_cache:
             files.append(recipe.resolve(recipe.vocab.draft_vocab_cache))
         return files
@@ -499,21 +505,20 @@ class TrainStage(Stage):
         return ["train/final/", "train/metrics.jsonl", "train/loss.png", "train/accuracy.png"]
 
     @staticmethod
-    def resources(recipe: Recipe) -> dict[str, Any]:
-        train = recipe.train
-        per_worker = "1 GPU" if train.use_gpu else f"{train.cpus_per_worker} CPU"
-        resources = {"driver": {"num_cpus": 0.1},
-                     "workers": f"{train.num_workers} x {per_worker} ({train.strategy}, features {train.features})"}
+    def describe_resources(recipe: Recipe) -> list[str]:
         from eagle_recipes.sizes import gib, training_sizes
 
+        train = recipe.train
+        per_worker = "1 GPU" if train.use_gpu else f"{train.cpus_per_worker} CPU"
+        lines = [f"workers: {train.num_workers} x {per_worker} ({train.strategy}, features {train.features})"]
         sizes = training_sizes(recipe)
         if sizes:
             online, cached = sizes["online"], sizes["cached"]
-            resources["memory per worker"] = (
-                f"online {gib(online.total)} (base {gib(online.base)}, draft state {gib(online.draft)}, "
+            lines.append(
+                f"memory per worker: online {gib(online.total)} (base {gib(online.base)}, draft state {gib(online.draft)}, "
                 f"activations {gib(online.activations)}), cached {gib(cached.total)} (embeddings and LM head "
                 f"{gib(cached.base)}, draft state {gib(cached.draft)}, activations {gib(cached.activations)})")
-        return resources
+        return lines
 
     @staticmethod
     def run(ctx: StageContext) -> dict[str, Any]:
@@ -521,16 +526,16 @@ class TrainStage(Stage):
 
         recipe, train = ctx.recipe, ctx.recipe.train
         model_path = base_model_path(recipe)
-        mapping = vocab_mapping(recipe, ctx.inputs, model_path)
+        mapping = vocab_mapping(recipe, ctx.upstream, model_path)
         draft_config = draft_config_for(recipe, model_path, mapping.draft_vocab_size)
         with atomic_path(ctx.out / "d2t.pt") as tmp:
             torch.save(mapping.d2t, tmp)
         if train.features == "cached":
-            data_folder = ctx.inputs["capture"]
+            data_folder = ctx.upstream["capture"]
             count = int(np.load(data_folder / DATA)["offsets"].shape[0] - 1)
         else:
             data_folder = ctx.out
-            count = tokenize_training_data(recipe, conversation_files(recipe, ctx.inputs), model_path, ctx.out)
+            count = tokenize_training_data(recipe, conversation_files(recipe, ctx.upstream), model_path, ctx.out)
         if steps_per_epoch(count, train.num_workers, train.grad_accum, train.batch_size) == 0:
             raise ValueError(f"{count} training sequences are fewer than one global batch "
                              f"({train.num_workers} workers x {train.grad_accum} x {train.batch_size}); add data")
@@ -543,7 +548,7 @@ class TrainStage(Stage):
         config = TrainConfig.from_recipe(
             recipe, model_path=model_path, draft_config=draft_config.to_dict(), vocab_file=str(ctx.out / "d2t.pt"),
             data_file=str(data_folder / DATA), checkpoint_dir=str(checkpoint_dir), metrics_file=str(metrics_file),
-            capture_dir=str(ctx.inputs.get("capture", "")))
+            capture_dir=str(ctx.upstream.get("capture", "")))
         started = time.time()
         fit(config, train.num_workers, ctx)
         wall = time.time() - started

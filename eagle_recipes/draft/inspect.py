@@ -1,0 +1,114 @@
+"""Check a draft folder against what the serving engines load, tensor by tensor.
+
+Engines do not check completeness (a missing tensor keeps its random init, a stray bias is dropped without a
+word), so every name, shape and dtype is compared with draft/layouts.py's lists. The export stage runs this on
+its own output; `eagle-recipes inspect DRAFT_DIR` runs it on drafts made anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eagle_recipes.draft.layouts import (
+    FLOAT_DTYPES,
+    LayoutError,
+    config_facts,
+    first_layer_prefix,
+    layout_of,
+    optional_tensors,
+    read_config,
+    required_tensors,
+)
+
+
+@dataclass
+class InspectReport:
+    folder: Path
+    layout: str = "?"
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    tensors: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def lines(self) -> list[str]:
+        head = f"{self.folder}: layout {self.layout}, {self.tensors} tensors: " + ("OK" if self.ok else "BROKEN")
+        return [head] + [f"  problem: {p}" for p in self.problems] + [f"  note: {n}" for n in self.notes]
+
+
+def tensor_headers(files: list[Path]) -> tuple[dict[str, tuple[tuple[int, ...], str]], list[str]]:
+    """{name: (shape, dtype)} from the safetensors headers (no data read), and a problem per unreadable file."""
+    from safetensors import safe_open
+
+    found: dict[str, tuple[tuple[int, ...], str]] = {}
+    problems = []
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                for name in handle.keys():
+                    tensor_slice = handle.get_slice(name)
+                    found[name] = (tuple(tensor_slice.get_shape()), tensor_slice.get_dtype())
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types for bad files
+            problems.append(f"{path.name}: not a readable safetensors file ({str(error)[:200]}); "
+                            "it may be truncated: copy or export it again")
+    return found, problems
+
+
+def _expected_problems(found: dict, required: dict, optional: dict) -> list[str]:
+    problems = []
+    float_dtypes = {dtype for name, (_, dtype) in found.items()
+                    if name in required and required[name][1] is None}
+    if len(float_dtypes) > 1:
+        problems.append(f"weights mix dtypes {sorted(float_dtypes)}")
+    for name, (shape, dtype) in sorted(required.items()):
+        if name not in found:
+            problems.append(f"missing tensor {name} {list(shape)} (the engine would keep its random init)")
+    for name, (shape, dtype) in sorted({**optional, **required}.items()):
+        if name not in found:
+            continue
+        got_shape, got_dtype = found[name]
+        if got_shape != tuple(shape):
+            problems.append(f"tensor {name} has shape {list(got_shape)}, expected {list(shape)}")
+        if dtype and got_dtype != dtype:
+            problems.append(f"tensor {name} has dtype {got_dtype}, expected {dtype}")
+        elif dtype is None and got_dtype not in FLOAT_DTYPES:
+            problems.append(f"tensor {name} has dtype {got_dtype}, expected a float type")
+    for name in sorted(set(found) - set(required) - set(optional)):
+        why = ("a bias the engine would drop silently" if name.endswith(".bias")
+               else "engines refuse d2t with a full draft vocabulary" if name == "d2t" else "not read by the engine")
+        problems.append(f"unexpected tensor {name} ({why})")
+    return problems
+
+
+def inspect_draft(folder: Path) -> InspectReport:
+    report = InspectReport(folder=folder)
+    if not folder.is_dir():
+        report.problems.append(f"{folder}: not a folder" + ("" if folder.exists() else " (it does not exist)"))
+        return report
+    try:
+        config = read_config(folder)
+        report.layout = layout_of(config)
+        facts = config_facts(config)
+    except LayoutError as error:
+        report.problems.append(str(error))
+        return report
+    if report.layout != "eagle1" and not facts["aux_ids_written"]:
+        report.problems.append("config.json: eagle_aux_hidden_state_layer_ids not written; engines then guess "
+                               "(2, L//2, L-3), which repeats ids on small targets and fails at the first draft step")
+    files = sorted(p for p in folder.glob("*.safetensors") if p.is_file())
+    if not files:
+        report.problems.append(f"{folder}: no *.safetensors file")
+        return report
+    found, unreadable = tensor_headers(files)
+    report.tensors = len(found)
+    report.problems += unreadable
+    if unreadable:
+        return report
+    required = required_tensors(report.layout, facts, first_layer_prefix(report.layout, set(found)))
+    report.problems += _expected_problems(found, required, optional_tensors(report.layout, facts))
+    if report.layout == "flat" and "norm_before_residual" not in config:
+        report.notes.append("norm_before_residual not written: vLLM assumes False for this layout")
+    return report

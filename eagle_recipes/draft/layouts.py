@@ -1,0 +1,266 @@
+"""Draft folder layouts: what each one names, holds and writes in config.json, and the renames to and from ours.
+
+Our modules (draft/model.py) use the flat names: EAGLE-3 `fc`, `midlayer.*` (first decoder layer), `layers.{i}.*`
+(extra layers, from 0), `norm`, `lm_head`; EAGLE-1 `fc`, `layers.{i}.*`. The layouts engines load:
+
+- flat (EAGLE-3 `LlamaForCausalLMEagle3`, as the EAGLE authors, SpecForge and ModelOpt write it): first layer
+  `midlayer.*` or `layers.0.*` (vLLM maps `midlayer.` to `layers.0.`; ModelOpt writes `layers.0.`), extra layers
+  `layers.{i}.*` from 1;
+- speculators (`Eagle3Speculator`): first layer `layers.0.*`, extra layers from 1, the Llama fields nested in
+  `transformer_layer_config`;
+- eagle1 (`LlamaForCausalLM` + `fc`): our names.
+
+Engines read `d2t` when the draft vocabulary is smaller, never `t2d`, and take an `embed_tokens` copy when one is
+there (SpecForge and speculators write it). Anything else they drop or leave at its random init.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from eagle_recipes.draft.config import DraftConfig
+from eagle_recipes.errors import UserError
+
+LAYOUTS = ("flat", "speculators", "eagle1")
+DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+FLOAT_DTYPES = {"F32", "BF16", "F16"}
+
+
+def speculative_method(algorithm: str) -> str:
+    """vLLM's `speculative_config.method` for a draft algorithm."""
+    return "eagle3" if algorithm == "eagle3" else "eagle"
+
+
+def sglang_algorithm(algorithm: str) -> str:
+    """SGLang's `--speculative-algorithm` for a draft algorithm."""
+    return "EAGLE3" if algorithm == "eagle3" else "EAGLE"
+
+
+def layout_of(config: dict) -> str:
+    if config.get("speculators_model_type"):
+        return "speculators"
+    if "Eagle3" in " ".join(config.get("architectures", [])) or "eagle_config" in config:
+        return "flat"
+    return "eagle1"
+
+
+def algorithm_of(layout: str) -> str:
+    return "eagle1" if layout == "eagle1" else "eagle3"
+
+
+# ---------------------------------------------------------------- config.json
+class LayoutError(UserError):
+    """A draft folder that cannot be read as any layout (names the file and the field)."""
+
+
+def config_facts(config: dict) -> dict[str, Any]:
+    """The architecture values of any layout's config.json (raises LayoutError naming a missing field)."""
+    layout = layout_of(config)
+    body = config.get("transformer_layer_config") if layout == "speculators" else config
+    if not isinstance(body, dict):
+        raise LayoutError("config.json: transformer_layer_config is missing or not a table")
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                           "vocab_size") if not isinstance(body.get(k), int)]
+    if missing:
+        raise LayoutError(f"config.json: missing or non-integer field(s) {', '.join(missing)}")
+    heads = body["num_attention_heads"]
+    facts = {k: body[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                                  "vocab_size")}
+    facts["num_key_value_heads"] = body.get("num_key_value_heads") or heads
+    facts["head_dim"] = body.get("head_dim") or body["hidden_size"] // heads
+    for key, default in (("hidden_act", "silu"), ("rms_norm_eps", 1e-6), ("rope_theta", 10000.0),
+                         ("rope_scaling", None), ("max_position_embeddings", 4096)):
+        facts[key] = body.get(key, default)
+    if layout != "eagle1":
+        facts["draft_vocab_size"] = config.get("draft_vocab_size") or body["vocab_size"]
+        facts["target_hidden_size"] = config.get("target_hidden_size") or body["hidden_size"]
+        ids = (config.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids") \
+            or config.get("eagle_aux_hidden_state_layer_ids")
+        facts["aux_layer_ids"] = list(ids or [0, 0, 0])  # engines default to 3 layers
+        facts["aux_ids_written"] = bool(ids)
+        facts["norm_before_residual"] = bool(config.get("norm_before_residual", layout == "speculators"))
+    return facts
+
+
+def _llama_fields(config: DraftConfig, dtype: str) -> dict[str, Any]:
+    return {
+        "model_type": "llama", "hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_hidden_layers, "num_attention_heads": config.num_attention_heads,
+        "num_key_value_heads": config.num_key_value_heads, "head_dim": config.head_dim,
+        "hidden_act": config.hidden_act, "rms_norm_eps": config.rms_norm_eps, "rope_theta": config.rope_theta,
+        "rope_scaling": config.rope_scaling, "max_position_embeddings": config.max_position_embeddings,
+        "vocab_size": config.vocab_size, "tie_word_embeddings": False, "attention_bias": False,
+        "mlp_bias": False, "torch_dtype": dtype,
+    }
+
+
+def layout_config(config: DraftConfig, layout: str, dtype: str, base_model: str, k: int) -> dict[str, Any]:
+    """The config.json a layout's loader reads."""
+    llama = _llama_fields(config, dtype)
+    if layout == "eagle1":
+        return {**llama, "architectures": ["LlamaForCausalLM"]}
+    eagle3 = {"draft_vocab_size": config.draft_vocab_size, "target_hidden_size": config.hidden_size,
+              "norm_before_residual": config.norm_before_residual}
+    if layout == "flat":
+        return {**llama, **eagle3, "architectures": ["LlamaForCausalLMEagle3"],
+                "eagle_config": {"eagle_aux_hidden_state_layer_ids": list(config.aux_layer_ids),
+                                 "use_aux_hidden_state": True}}
+    return {"architectures": ["Eagle3Speculator"], "speculators_model_type": "eagle3",
+            "transformer_layer_config": {**llama, "architectures": ["LlamaForCausalLM"]}, **eagle3,
+            "eagle_aux_hidden_state_layer_ids": list(config.aux_layer_ids),
+            "speculators_config": {"algorithm": "eagle3", "default_proposal_method": "greedy",
+                                   "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": k}],
+                                   "verifier": {"name_or_path": base_model, "architectures": ["LlamaForCausalLM"]}},
+            "torch_dtype": dtype}
+
+
+def draft_config_from_facts(facts: dict[str, Any], layout: str) -> DraftConfig:
+    """Our DraftConfig for a folder's config.json (target_num_layers is unknown there: 0)."""
+    return DraftConfig(
+        algorithm=algorithm_of(layout), hidden_size=facts["hidden_size"], vocab_size=facts["vocab_size"],
+        draft_vocab_size=facts.get("draft_vocab_size", facts["vocab_size"]), target_num_layers=0,
+        num_hidden_layers=facts["num_hidden_layers"], intermediate_size=facts["intermediate_size"],
+        num_attention_heads=facts["num_attention_heads"], num_key_value_heads=facts["num_key_value_heads"],
+        head_dim=facts["head_dim"], hidden_act=facts["hidden_act"], rms_norm_eps=facts["rms_norm_eps"],
+        rope_theta=facts["rope_theta"], rope_scaling=facts["rope_scaling"],
+        max_position_embeddings=facts["max_position_embeddings"],
+        aux_layer_ids=tuple(facts.get("aux_layer_ids", ())),
+        norm_before_residual=facts.get("norm_before_residual", False))
+
+
+# ---------------------------------------------------------------- tensors each layout holds
+def _layer(prefix: str, c: dict, input_width: int, input_norm: bool, hidden_norm: bool) -> dict[str, tuple]:
+    hidden, heads, kv, head_dim = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
+    inter = c["intermediate_size"]
+    tensors = {
+        f"{prefix}.self_attn.q_proj.weight": (heads * head_dim, input_width),
+        f"{prefix}.self_attn.k_proj.weight": (kv * head_dim, input_width),
+        f"{prefix}.self_attn.v_proj.weight": (kv * head_dim, input_width),
+        f"{prefix}.self_attn.o_proj.weight": (hidden, heads * head_dim),
+        f"{prefix}.mlp.gate_proj.weight": (inter, hidden),
+        f"{prefix}.mlp.up_proj.weight": (inter, hidden),
+        f"{prefix}.mlp.down_proj.weight": (hidden, inter),
+        f"{prefix}.post_attention_layernorm.weight": (hidden,),
+    }
+    if input_norm:
+        tensors[f"{prefix}.input_layernorm.weight"] = (hidden,)
+    if hidden_norm:
+        tensors[f"{prefix}.hidden_norm.weight"] = (hidden,)
+    return tensors
+
+
+def required_tensors(layout: str, c: dict, first_layer: str | None = None) -> dict[str, tuple[tuple[int, ...], str | None]]:
+    """{name: (shape, dtype or None for 'the weights' dtype')} that the engine must find, for config facts `c`.
+
+    first_layer: the prefix of EAGLE-3's first layer ("midlayer" or "layers.0"); default: the layout's own."""
+    hidden, layers = c["hidden_size"], c["num_hidden_layers"]
+    out: dict[str, tuple] = {}
+    if layout == "eagle1":
+        out["fc.weight"] = (hidden, 2 * hidden)
+        for i in range(layers):
+            out.update(_layer(f"layers.{i}", c, hidden, input_norm=i > 0, hidden_norm=False))
+        return {k: (v, None) for k, v in out.items()}
+    first = first_layer or ("midlayer" if layout == "flat" else "layers.0")
+    out.update(_layer(first, c, 2 * hidden, input_norm=True, hidden_norm=True))
+    for i in range(1, layers):
+        out.update(_layer(f"layers.{i}", c, hidden, input_norm=True, hidden_norm=False))
+    out["fc.weight"] = (hidden, len(c["aux_layer_ids"]) * c["target_hidden_size"])
+    out["norm.weight"] = (hidden,)
+    out["lm_head.weight"] = (c["draft_vocab_size"], hidden)
+    result = {k: (v, None) for k, v in out.items()}
+    if c["draft_vocab_size"] != c["vocab_size"]:
+        result["d2t"] = ((c["draft_vocab_size"],), "I64")  # without it vLLM maps draft ids with zeros
+    return result
+
+
+def optional_tensors(layout: str, c: dict) -> dict[str, tuple[tuple[int, ...], str | None]]:
+    """Tensors an engine reads when present (or skips without harm), with the shape they must have."""
+    if layout == "eagle1":
+        return {}
+    optional: dict[str, tuple] = {"embed_tokens.weight": ((c["vocab_size"], c["hidden_size"]), None)}
+    if c["draft_vocab_size"] != c["vocab_size"]:
+        optional["t2d"] = ((c["vocab_size"],), "BOOL")  # never read by vLLM or SGLang; we write it for tools
+    return optional
+
+
+def first_layer_prefix(layout: str, names: set[str]) -> str:
+    """Which name a folder gives EAGLE-3's first layer (flat accepts both, as vLLM does)."""
+    if layout == "flat" and not any(n.startswith("midlayer.") for n in names) \
+            and any(n.startswith("layers.0.") for n in names):
+        return "layers.0"
+    return "midlayer" if layout == "flat" else "layers.0"
+
+
+# ---------------------------------------------------------------- renames
+def to_layout(state: dict, layout: str) -> dict:
+    """Our module names -> the layout's names (EAGLE-3 extra layers are numbered from 1)."""
+    renamed = {}
+    for name, tensor in state.items():
+        if layout in ("flat", "speculators") and name.startswith("layers."):
+            index, rest = name.split(".", 2)[1:]
+            name = f"layers.{int(index) + 1}.{rest}"
+        if layout == "speculators" and name.startswith("midlayer."):
+            name = "layers.0." + name[len("midlayer."):]
+        renamed[name] = tensor
+    return renamed
+
+
+def from_layout(tensors: dict, layout: str) -> dict:
+    """A layout's names -> our module names; tensors our modules do not hold (d2t, t2d, embed_tokens) dropped."""
+    state = {}
+    for name, tensor in tensors.items():
+        if name in ("d2t", "t2d", "embed_tokens.weight"):
+            continue
+        if layout != "eagle1" and name.startswith("layers."):
+            index, rest = name.split(".", 2)[1:]
+            name = f"midlayer.{rest}" if index == "0" else f"layers.{int(index) - 1}.{rest}"
+        state[name] = tensor
+    return state
+
+
+# ---------------------------------------------------------------- folders
+def read_config(folder: Path) -> dict:
+    """config.json of a draft folder (raises LayoutError naming the file)."""
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LayoutError(f"{path}: not found (is {folder} a draft folder?)") from None
+    except IsADirectoryError:
+        raise LayoutError(f"{path}: is a directory, expected a JSON file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise LayoutError(f"{path}: cannot read it ({error})") from None
+    except ValueError as error:
+        raise LayoutError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise LayoutError(f"{path}: expected a JSON object, found {type(config).__name__}")
+    return config
+
+
+def read_tensors(folder: Path) -> dict:
+    """Every tensor of a draft folder's *.safetensors files, names as written."""
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(str(path)))
+    return tensors
+
+
+def load_draft_module(folder: Path):
+    """Our nn.Module, its DraftConfig and d2t, from a draft folder in any layout (ours or a peer's)."""
+    import torch
+
+    from eagle_recipes.draft.model import build_draft
+
+    config_json = read_config(folder)
+    layout = layout_of(config_json)
+    config = draft_config_from_facts(config_facts(config_json), layout)
+    tensors = read_tensors(folder)
+    state = {name: tensor.float() for name, tensor in from_layout(tensors, layout).items()}
+    draft = build_draft(config)
+    draft.load_state_dict(state, strict=True)
+    d2t = tensors.get("d2t", torch.zeros(config.draft_vocab_size, dtype=torch.int64))
+    return draft.eval(), config, d2t.to(torch.int64)

@@ -1,0 +1,108 @@
+"""Measure with real vLLM: the base engine first (reference outputs and tokens/s), then the speculative engine on
+the same prompts; tau and per-position acceptance from vLLM's own spec-decode counters, per prompt category."""
+
+from __future__ import annotations
+
+import gc
+import os
+import time
+from collections import defaultdict
+from typing import Any
+
+from eagle_recipes.draft.reference import Acceptance
+from eagle_recipes.evaluation.prompt_sets import PromptSet
+from eagle_recipes.evaluation.report import SetReport
+
+
+def _counters(llm) -> tuple[int, list[int]]:
+    drafts, per_position = 0, []
+    for metric in llm.get_metrics():
+        if metric.name == "vllm:spec_decode_num_drafts":
+            drafts = int(metric.value)
+        elif metric.name == "vllm:spec_decode_num_accepted_tokens_per_pos":
+            per_position = [int(v) for v in metric.values]
+    return drafts, per_position
+
+
+def engine(base: str, draft: str | None, method: str, k: int, dtype: str):
+    """A vLLM engine for the base model, speculative when a draft folder is given."""
+    from vllm import LLM
+
+    from eagle_recipes.engines import cpu_max_model_len, vllm_engine_kwargs
+
+    # a context of at most 4,096 tokens on GPUs too: evaluation prompts are short, the KV cache stays small
+    kwargs: dict[str, Any] = dict(model=base, seed=0, disable_log_stats=False,
+                                  **{**vllm_engine_kwargs(base, dtype), "max_model_len": cpu_max_model_len(base)})
+    if draft:
+        kwargs["speculative_config"] = {"method": method, "model": draft, "num_speculative_tokens": k}
+    return LLM(**kwargs)
+
+
+def generate(llm, prompts: list[list[dict]], max_tokens: int) -> tuple[list[list[int]], list[str], float]:
+    """Greedy replies to chat prompts: (token ids, texts, wall seconds)."""
+    from vllm import SamplingParams
+
+    started = time.time()
+    outputs = llm.chat(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens), use_tqdm=False)
+    wall = time.time() - started
+    return [list(o.outputs[0].token_ids) for o in outputs], [o.outputs[0].text for o in outputs], wall
+
+
+def _fill_second_turns(llm, prompt_set: PromptSet, max_tokens: int) -> None:
+    pending = [p for p in prompt_set.prompts if any(m.get("content") is None for m in p)]
+    _, texts, _ = generate(llm, [p[:1] for p in pending], max_tokens)
+    for prompt, text in zip(pending, texts):
+        prompt[1]["content"] = text
+
+
+def _measure_set(llm, prompt_set: PromptSet, k: int, max_tokens: int, base_ids: list[list[int]],
+                 base_wall: float) -> SetReport:
+    total = Acceptance(accepted_per_position=[0] * k)
+    by_category: dict[str, Acceptance] = defaultdict(lambda: Acceptance(accepted_per_position=[0] * k))
+    spec_ids: list[list[int]] = [[] for _ in prompt_set.prompts]
+    spec_wall = 0.0
+    for category in sorted(set(prompt_set.categories)):
+        indices = [i for i, c in enumerate(prompt_set.categories) if c == category]
+        drafts0, per_pos0 = _counters(llm)
+        ids, _, wall = generate(llm, [prompt_set.prompts[i] for i in indices], max_tokens)
+        drafts1, per_pos1 = _counters(llm)
+        spec_wall += wall
+        for i, row in zip(indices, ids):
+            spec_ids[i] = row
+        per_pos0 = per_pos0 or [0] * len(per_pos1)
+        delta = Acceptance(drafts1 - drafts0, [b - a for a, b in zip(per_pos0, per_pos1)])
+        by_category[category].add(delta)
+        total.add(delta)
+    base_tokens, spec_tokens = sum(map(len, base_ids)), sum(map(len, spec_ids))
+    return SetReport.from_acceptance(
+        len(prompt_set.prompts), total, sum(a == b for a, b in zip(base_ids, spec_ids)),
+        by_category={c: {"acceptance_length": a.acceptance_length, "per_position": a.per_position}
+                     for c, a in by_category.items()},
+        tokens_per_s_target_alone=base_tokens / base_wall if base_wall else 0.0,
+        tokens_per_s_with_draft=spec_tokens / spec_wall if spec_wall else 0.0)
+
+
+def evaluate_vllm(base: str, draft: str, method: str, k: int, sets: list[PromptSet], max_tokens: int,
+                  dtype: str = "auto", log=print) -> dict[str, SetReport]:
+    from eagle_recipes.engines import cpu_engine_env, has_gpu_here
+
+    if not has_gpu_here():
+        for key, value in cpu_engine_env().items():
+            os.environ.setdefault(key, value)
+    llm = engine(base, None, method, k, dtype)
+    baseline: dict[str, tuple] = {}
+    for prompt_set in sets:
+        if any(m.get("content") is None for p in prompt_set.prompts for m in p):
+            _fill_second_turns(llm, prompt_set, max_tokens)
+        baseline[prompt_set.name] = generate(llm, prompt_set.prompts, max_tokens)
+    del llm
+    gc.collect()
+    llm = engine(base, draft, method, k, dtype)
+    report: dict[str, SetReport] = {}
+    for prompt_set in sets:
+        base_ids, _, base_wall = baseline[prompt_set.name]
+        report[prompt_set.name] = _measure_set(llm, prompt_set, k, max_tokens, base_ids, base_wall)
+        log(report[prompt_set.name].summary(prompt_set.name))
+    del llm
+    gc.collect()
+    return report
