@@ -78,12 +78,11 @@ def mt_bench_replies(model_path: str, max_tokens: int, cache: Path) -> list[tupl
     """(token ids of prompt + the target's greedy reply, prompt length) for MT-bench's first turns (vLLM once)."""
     if cache.exists():
         return [tuple(row) for row in json.loads(cache.read_text())]
-    from eagle_recipes.evaluation.prompt_sets import mt_bench
-    from eagle_recipes.evaluation.vllm_path import engine, generate
-
     from transformers import AutoTokenizer
 
     from eagle_recipes.engines import cpu_engine_env
+    from eagle_recipes.evaluation.prompt_sets import mt_bench
+    from eagle_recipes.evaluation.vllm_path import engine, generate
 
     for key, value in cpu_engine_env().items():
         os.environ.setdefault(key, value)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -147,8 +146,6 @@ class OpenAIEngine:
         self.timeout_s, self.max_retries, self.concurrency = timeout_s, max_retries, concurrency
         self.tokenizer = tokenizer
         self.model = model or self._first_model()
-        self.retries = 0
-        self._lock = threading.Lock()
 
     def _request(self, path: str, body: dict | None) -> dict:
         headers = {"Content-Type": "application/json"}
@@ -167,8 +164,6 @@ class OpenAIEngine:
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
                 if attempt == self.max_retries:
                     raise ServerError(f"{self.base_url}{path}: {error}") from None
-            with self._lock:
-                self.retries += 1
             time.sleep(min(30.0, 0.5 * 2 ** attempt) * (0.5 + random.random()))
         raise AssertionError("unreachable")
 
@@ -192,6 +187,3 @@ class OpenAIEngine:
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(lambda item: self._one(item[1], replace(sampling, seed=sampling.seed + item[0])),
                                  enumerate(prompt_token_ids)))
-
-    def close(self) -> None:
-        pass

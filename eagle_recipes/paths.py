@@ -1,4 +1,4 @@
-"""Where the project's own files live (schemas, catalog, starter recipes) and where caches go."""
+"""Where the project's own files live (schemas, catalog) and where caches go."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = PROJECT_ROOT / "schemas" / "recipe.schema.json"
 CATALOG_DIR = PROJECT_ROOT / "catalog"
-RECIPES_DIR = PROJECT_ROOT / "recipes"
 
 
 def cache_dir() -> Path:

@@ -15,10 +15,10 @@ from eagle_recipes.draft.config import (
     default_aux_layer_ids,
     valid_fields,
 )
-from eagle_recipes.draft.model import Attention, TTTCache, build_draft, ttt_attention_mask
+from eagle_recipes.draft.layouts import config_facts, layout_config, optional_tensors, required_tensors, to_layout
+from eagle_recipes.draft.model import Attention, TTTCache, build_draft
 from eagle_recipes.draft.ttt import TargetOutputs, ttt_loss
 from eagle_recipes.recipe import load_recipe
-from eagle_recipes.draft.layouts import config_facts, layout_config, optional_tensors, required_tensors, to_layout
 from tests.helpers import PROJECT
 
 SMOL = json.loads((PROJECT / "catalog/smollm2/configs/SmolLM2-135M-Instruct.json").read_text())
@@ -59,6 +59,13 @@ def test_small_targets_get_distinct_aux_ids():
     with pytest.raises(DraftConfigError, match="repeat a layer"):
         build_draft_config("eagle3", {"aux_layer_ids": [1, 1, 2]}, facts(), 10)
     assert default_aux_layer_ids(6) == [2, 3]
+
+
+def ttt_attention_mask(seq_len: int, step: int, device=None) -> torch.Tensor:
+    """Boolean [T, T + step] mask: which keys position t may see at unroll step `step` (the specification the attention is tested against)."""
+    causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
+    diagonal = torch.ones(seq_len, step, dtype=torch.bool, device=device)  # one own key per earlier step
+    return torch.cat([causal, diagonal], dim=1)
 
 
 def test_ttt_mask_matches_a_hand_computed_case():

@@ -100,7 +100,7 @@ def test_shuffle_and_limit_are_deterministic_and_order_free(tmp_path):
 
 def test_detect_format():
     assert detect_format({"conversations": [{"from": "human", "value": "x"}]}) == "sharegpt"
-    assert detect_format({"conversations": [{"role": "user", "content": "x"}]}) == "seed"
+    assert detect_format({"conversations": [{"role": "user", "content": "x"}]}) == "conversations"
     assert detect_format({"messages": []}) == "openai"
     assert detect_format({"text": "x"}) == "prompt"
     assert detect_format([1]) is None

@@ -1,6 +1,6 @@
-"""Read prompt data in the formats people have, and write conversations in the seed's format.
+"""Read prompt data in the formats people have, and write conversations in the "conversations" format.
 
-In: ShareGPT (`conversations: [{from, value}]`), OpenAI chat (`messages: [{role, content}]`), the seed's
+In: ShareGPT (`conversations: [{from, value}]`), OpenAI chat (`messages: [{role, content}]`), conversations
 (`conversations: [{role, content}]`, optional `conversation_id`), prompt-only rows (`prompt` or `text`);
 JSONL or Parquet. Out: `{"conversation_id", "conversations": [{"role", "content"}], ...}`.
 Bad rows are skipped and counted by reason, never a crash.
@@ -18,7 +18,6 @@ from typing import Any, Iterator
 
 from eagle_recipes.errors import UserError
 
-FORMATS = ("sharegpt", "openai", "seed", "prompt")
 ROLE_NAMES = {
     "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
     "bing": "assistant", "bard": "assistant", "model": "assistant", "system": "system",
@@ -45,7 +44,7 @@ def detect_format(record: Any) -> str | None:
         if "from" in turns[0]:
             return "sharegpt"
         if "role" in turns[0]:
-            return "seed"
+            return "conversations"
     if isinstance(record.get("messages"), list):
         return "openai"
     if isinstance(record.get("prompt"), str) or isinstance(record.get("text"), str):
@@ -79,7 +78,7 @@ def conversation_id(turns: list[dict], given: Any = None) -> str:
 
 
 def normalize(record: dict, fmt: str) -> tuple[dict | None, str]:
-    """One input row -> a seed-format conversation, or (None, reason it was skipped)."""
+    """One input row -> a conversation in the conversations format, or (None, reason it was skipped)."""
     if fmt == "prompt":
         text = record.get("prompt") if isinstance(record.get("prompt"), str) else record.get("text")
         if not isinstance(text, str) or not text.strip():
@@ -130,7 +129,7 @@ def _file_format(path: Path, fmt: str) -> str:
             return found
     raise DataFormatError(
         f"{path}: no known conversation format in its first {DETECT_LINES} rows; expected JSONL or Parquet rows "
-        "with 'conversations' [{from, value}] (ShareGPT) or [{role, content}] (seed), 'messages' [{role, "
+        "with 'conversations' [{from, value}] (ShareGPT) or [{role, content}] (conversations), 'messages' [{role, "
         "content}] (OpenAI), or a 'prompt'/'text' string; or set data.format")
 
 
@@ -183,7 +182,7 @@ def is_holdout(conversation_id_: str, fraction: float) -> bool:
     return bucket < fraction
 
 
-def read_seed_jsonl(paths: list[Path]) -> Iterator[dict]:
+def read_conversation_jsonl(paths: list[Path]) -> Iterator[dict]:
     for path in paths:
         with open(path, encoding="utf-8") as handle:
             for line in handle:

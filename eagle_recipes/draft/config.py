@@ -49,7 +49,6 @@ def text_config(config: dict) -> dict:
 class BaseModelFacts:
     """What the draft needs to know about the base model (read from its config.json)."""
 
-    model_type: str
     num_hidden_layers: int
     hidden_size: int
     intermediate_size: int
@@ -62,7 +61,6 @@ class BaseModelFacts:
     rope_scaling: dict | None
     max_position_embeddings: int
     hidden_act: str
-    tie_word_embeddings: bool
 
     @classmethod
     def from_config(cls, config: dict) -> "BaseModelFacts":
@@ -74,7 +72,6 @@ class BaseModelFacts:
             rope_scaling = None
         intermediate = text.get("intermediate_size") or text.get("moe_intermediate_size")
         return cls(
-            model_type=text.get("model_type", config.get("model_type", "llama")),
             num_hidden_layers=text["num_hidden_layers"],
             hidden_size=text["hidden_size"],
             intermediate_size=intermediate,
@@ -87,7 +84,6 @@ class BaseModelFacts:
             rope_scaling=rope_scaling,
             max_position_embeddings=text.get("max_position_embeddings", 4096),
             hidden_act=text.get("hidden_act", text.get("hidden_activation", "silu")),
-            tie_word_embeddings=bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
         )
 
 

@@ -23,8 +23,6 @@ from typing import Any
 from eagle_recipes.draft.config import DraftConfig
 from eagle_recipes.errors import UserError
 
-LAYOUTS = ("flat", "speculators", "eagle1")
-DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 FLOAT_DTYPES = {"F32", "BF16", "F16"}
 
 
@@ -151,8 +149,11 @@ def _layer(prefix: str, c: dict, input_width: int, input_norm: bool, hidden_norm
     return tensors
 
 
-def required_tensors(layout: str, c: dict, first_layer: str | None = None) -> dict[str, tuple[tuple[int, ...], str | None]]:
-    """{name: (shape, dtype or None for 'the weights' dtype')} that the engine must find, for config facts `c`.
+TensorSpec = tuple[tuple[int, ...], "str | None"]  # (shape, safetensors dtype, or None for the weights' dtype)
+
+
+def required_tensors(layout: str, c: dict, first_layer: str | None = None) -> dict[str, TensorSpec]:
+    """{name: TensorSpec} that the engine must find, for config facts `c`.
 
     first_layer: the prefix of EAGLE-3's first layer ("midlayer" or "layers.0"); default: the layout's own."""
     hidden, layers = c["hidden_size"], c["num_hidden_layers"]
@@ -175,7 +176,7 @@ def required_tensors(layout: str, c: dict, first_layer: str | None = None) -> di
     return result
 
 
-def optional_tensors(layout: str, c: dict) -> dict[str, tuple[tuple[int, ...], str | None]]:
+def optional_tensors(layout: str, c: dict) -> dict[str, TensorSpec]:
     """Tensors an engine reads when present (or skips without harm), with the shape they must have."""
     if layout == "eagle1":
         return {}

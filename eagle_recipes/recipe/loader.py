@@ -19,7 +19,6 @@ from eagle_recipes.recipe.toml_lines import key_lines, line_of
 from eagle_recipes.recipe.view import Recipe
 
 
-
 def _key_path(parts: Any) -> str:
     return ".".join(str(part) for part in parts)
 

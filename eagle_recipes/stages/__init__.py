@@ -1,6 +1,6 @@
 """The pipeline's stages, in order. Each module says what it reads, what it writes and how it runs."""
 
-from eagle_recipes.stages.base import Stage, StageContext
+from eagle_recipes.stages.base import Stage
 from eagle_recipes.stages.calibrate import CalibrateStage
 from eagle_recipes.stages.capture import CaptureStage
 from eagle_recipes.stages.evaluate import EvaluateStage
@@ -10,5 +10,3 @@ from eagle_recipes.stages.train import TrainStage
 
 STAGES: list[type[Stage]] = [SynthesizeStage, CalibrateStage, CaptureStage, TrainStage, ExportStage, EvaluateStage]
 STAGE_NAMES = [stage.name for stage in STAGES]
-
-__all__ = ["STAGES", "STAGE_NAMES", "Stage", "StageContext"]

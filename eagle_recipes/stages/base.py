@@ -67,7 +67,8 @@ class Stage:
         """One short figure for the run table: the headline metric, else the first counts."""
         value = manifest.get("metrics", {}).get(cls.headline_metric)
         if value is not None:
-            return f"{cls.headline_metric}={value:.3g}" if isinstance(value, float) else f"{cls.headline_metric}={value}"
+            shown = f"{value:.3g}" if isinstance(value, float) else value
+            return f"{cls.headline_metric}={shown}"
         return ", ".join(f"{k}={v}" for k, v in list(manifest.get("counts", {}).items())[:2])
 
     @staticmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from eagle_recipes.data.formats import is_holdout, read_seed_jsonl
+from eagle_recipes.data.formats import is_holdout, read_conversation_jsonl
 from eagle_recipes.recipe import Recipe
 
 SHARDS = "shards"
@@ -26,7 +26,7 @@ def split_of(conversation: dict, recipe: Recipe) -> str:
 
 
 def read_conversations(files: list[Path], recipe: Recipe, split: str | None = "train") -> list[dict]:
-    return [row for row in read_seed_jsonl(files) if split is None or split_of(row, recipe) == split]
+    return [row for row in read_conversation_jsonl(files) if split is None or split_of(row, recipe) == split]
 
 
 def base_model_path(recipe: Recipe) -> str:

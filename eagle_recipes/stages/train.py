@@ -515,7 +515,8 @@ class TrainStage(Stage):
         if sizes:
             online, cached = sizes["online"], sizes["cached"]
             lines.append(
-                f"memory per worker: online {gib(online.total)} (base {gib(online.base)}, draft state {gib(online.draft)}, "
+                f"memory per worker: online {gib(online.total)} (base {gib(online.base)}, "
+                f"draft state {gib(online.draft)}, "
                 f"activations {gib(online.activations)}), cached {gib(cached.total)} (embeddings and LM head "
                 f"{gib(cached.base)}, draft state {gib(cached.draft)}, activations {gib(cached.activations)})")
         return lines
