@@ -127,7 +127,7 @@ def _describe_task(options: dict) -> str:
 
 
 def cmd_run(args) -> int:
-    from eagle_recipes.graph.runner import run_plan
+    from eagle_recipes.graph.runner import failure_line, run_plan
 
     recipe, plan = _plan(args)
     try:
@@ -136,7 +136,9 @@ def cmd_run(args) -> int:
         errors.print("interrupted: finished work is kept; run the same command again to resume", markup=False)
         return 130
     except Exception as error:  # noqa: BLE001 - the runner already showed which stage failed
-        errors.print(f"run failed: {type(error).__name__}: {str(error)[-3000:]}", markup=False)
+        errors.print(f"error: {failure_line(error)}", markup=False, highlight=False)
+        errors.print(f"(the whole traceback is in {recipe.output_dir / 'run.json'}; finished stages are kept: "
+                     "run the same command again after fixing it)", markup=False, highlight=False)
         return 1
     _print_outcome(recipe, summary)
     return 0
@@ -192,6 +194,7 @@ def cmd_eval(args) -> int:
     from eagle_recipes.evaluation.prompt_sets import resolve_sets
     from eagle_recipes.evaluation.report import EvalReport
     from eagle_recipes.models import resolve_model
+    from eagle_recipes.paths import ensure_writable_folder
 
     draft = Path(args.draft)
     check = inspect_draft(draft)
@@ -202,7 +205,7 @@ def cmd_eval(args) -> int:
                         "fix it or export it again")
     base = resolve_model(args.base)
     out = Path(args.out or draft.parent / "eval")
-    _check_writable(out)
+    ensure_writable_folder(out, "pass --out a writable folder")
     sets = resolve_sets([args.prompts], lambda spec: Path(spec), None, args.max_prompts, "first")
     if not has_gpu_here():
         for key, value in cpu_engine_env().items():
@@ -216,16 +219,6 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        raise UserError(f"{folder}: cannot write there ({error.strerror or error}); pass --out a writable folder")
-
-
 def cmd_draft_fields(args) -> int:
     from eagle_recipes.draft.config import DEFAULTS
 
@@ -235,6 +228,19 @@ def cmd_draft_fields(args) -> int:
             console.print(f"  {name} = {value!r}" + ("  (from the base model)" if value is None else ""),
                           markup=False)
     return 0
+
+
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -295,9 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", required=True)
     p.add_argument("--draft", required=True)
     p.add_argument("--prompts", default="mt-bench", help="mt-bench or a JSONL file")
-    p.add_argument("-k", "--num-speculative-tokens", type=int, default=5)
-    p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--max-prompts", type=int, default=0)
+    p.add_argument("-k", "--num-speculative-tokens", type=_at_least(1), default=5)
+    p.add_argument("--max-tokens", type=_at_least(1), default=128)
+    p.add_argument("--max-prompts", type=_at_least(0), default=0, help="0: every prompt")
     p.add_argument("--engine", choices=["vllm", "reference"], default="vllm")
     p.add_argument("--out", help="folder for report.json and the chart")
     p.set_defaults(func=cmd_eval)

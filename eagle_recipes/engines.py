@@ -13,8 +13,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
-import ray
-
 # vLLM's CPU build reserves its KV cache from RAM: 1 GiB is plenty for small models and fits a laptop.
 CPU_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
                   # in-process engine: no separate scheduler process needs a core of its own
@@ -79,6 +77,7 @@ def engine_placement(tensor_parallel_size: int, on_gpus: bool) -> dict[str, Any]
         return {"num_gpus": 1}
 
     def placement_group_strategy() -> dict[str, Any]:
+        import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         group = ray.util.placement_group([{"GPU": 1, "CPU": 1}] * tensor_parallel_size, strategy="PACK")
@@ -107,6 +106,8 @@ def vllm_engine_kwargs(model: str, dtype: str) -> dict[str, Any]:
 
 
 def cluster_has_gpus() -> bool:
+    import ray
+
     return bool(ray.cluster_resources().get("GPU", 0))
 
 

@@ -124,18 +124,27 @@ def resolve_model(spec: str, recipe_folder: Path | None = None, fetch: bool = Tr
     return spec  # a Hub id
 
 
+def read_config_json(path: Path) -> dict:
+    """A config.json as a dict (raises ModelError naming the file)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ModelError(f"{path}: not a readable JSON file ({error})") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{path}: expected a JSON object, found {type(config).__name__}")
+    return config
+
+
 def load_base_config(spec: str, config_file: str = "", recipe_folder: Path | None = None) -> dict:
     """The base model's config.json, without downloading anything when `config_file` is given."""
     if config_file:
         path = Path(config_file)
-        path = path if path.is_absolute() or recipe_folder is None else recipe_folder / path
-        with open(path, encoding="utf-8") as handle:
-            return json.load(handle)
+        return read_config_json(path if path.is_absolute() or recipe_folder is None else recipe_folder / path)
     resolved = resolve_model(spec, recipe_folder, fetch=False)
     local = Path(resolved) / "config.json"
     if local.exists():
-        with open(local, encoding="utf-8") as handle:
-            return json.load(handle)
+        return read_config_json(local)
     from transformers import AutoConfig  # a Hub id: needs the hub (or its local cache)
 
     try:

@@ -18,3 +18,16 @@ def cache_dir() -> Path:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def ensure_writable_folder(folder: Path, how_to_fix: str) -> None:
+    """Create `folder` if needed and prove it takes a file (raises UserError naming it and how to fix it)."""
+    from eagle_recipes.errors import UserError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"{folder}: cannot write there ({error.strerror or error}); {how_to_fix}") from None

@@ -100,3 +100,99 @@ def test_inspect_flags_missing_aux_ids(tmp_path):
     path.write_text(json.dumps(data))
     report = inspect_draft(tmp_path / "draft")
     assert any("eagle_aux_hidden_state_layer_ids not written" in p for p in report.problems)
+
+
+# ---------------------------------------------------------------- peers' layouts, built from their documented names
+def _peer_folder(folder, config: dict, tensors: dict) -> None:
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"))
+
+
+def _llama_config(config) -> dict:
+    return {"model_type": "llama", "hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
+            "num_hidden_layers": config.num_hidden_layers, "num_attention_heads": config.num_attention_heads,
+            "num_key_value_heads": config.num_key_value_heads, "head_dim": config.head_dim, "hidden_act": "silu",
+            "rms_norm_eps": config.rms_norm_eps, "rope_theta": config.rope_theta,
+            "max_position_embeddings": config.max_position_embeddings, "vocab_size": config.vocab_size,
+            "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
+
+
+def modelopt_draft(folder, draft, config, mapping) -> None:
+    """As NVIDIA ModelOpt 0.47 exports an EAGLE-3 draft for vLLM: the first layer under `layers.0.`, `d2t` and no
+    `t2d`, the aux layer ids and ModelOpt's layer-norm switches in `eagle_config`."""
+    tensors = {("layers.0." + k[len("midlayer."):]) if k.startswith("midlayer.") else k: v.to(torch.bfloat16)
+               for k, v in draft.state_dict().items()}
+    tensors["d2t"] = mapping.d2t
+    _peer_folder(folder, {**_llama_config(config), "architectures": ["LlamaForCausalLMEagle3"],
+                          "draft_vocab_size": config.draft_vocab_size, "eagle_config": {
+                              "eagle_aux_hidden_state_layer_ids": list(config.aux_layer_ids),
+                              "use_aux_hidden_state": True, "use_input_layernorm_in_first_layer": True,
+                              "use_last_layernorm": True, "use_mtp_layernorm": False}}, tensors)
+
+
+def specforge_draft(folder, draft, config, mapping) -> None:
+    """As SpecForge saves an EAGLE-3 draft: `midlayer.*`, `d2t` and `t2d`, and the frozen `embed_tokens` copy."""
+    tensors = {k: v.to(torch.bfloat16) for k, v in draft.state_dict().items()}
+    tensors.update(d2t=mapping.d2t, t2d=mapping.t2d,
+                   **{"embed_tokens.weight": torch.zeros(config.vocab_size, config.hidden_size, dtype=torch.bfloat16)})
+    _peer_folder(folder, {**_llama_config(config), "architectures": ["LlamaForCausalLMEagle3"],
+                          "draft_vocab_size": config.draft_vocab_size,
+                          "eagle_config": {"eagle_aux_hidden_state_layer_ids": list(config.aux_layer_ids)}}, tensors)
+
+
+def speculators_draft(folder, draft, config, mapping) -> None:
+    """As vLLM's speculators library saves an Eagle3Speculator: `layers.0.` first layer, the Llama fields nested
+    in `transformer_layer_config`, `d2t`, `t2d` and `embed_tokens`."""
+    tensors = {("layers.0." + k[len("midlayer."):]) if k.startswith("midlayer.") else k: v.to(torch.bfloat16)
+               for k, v in draft.state_dict().items()}
+    tensors.update(d2t=mapping.d2t, t2d=mapping.t2d,
+                   **{"embed_tokens.weight": torch.zeros(config.vocab_size, config.hidden_size, dtype=torch.bfloat16)})
+    _peer_folder(folder, {"architectures": ["Eagle3Speculator"], "speculators_model_type": "eagle3",
+                          "transformer_layer_config": _llama_config(config), "draft_vocab_size":
+                          config.draft_vocab_size, "norm_before_residual": False, "target_hidden_size": None,
+                          "eagle_aux_hidden_state_layer_ids": list(config.aux_layer_ids),
+                          "speculators_config": {"algorithm": "eagle3", "default_proposal_method": "greedy",
+                                                 "proposal_methods": [{"proposal_type": "greedy",
+                                                                       "speculative_tokens": 3}],
+                                                 "verifier": {"name_or_path": "base",
+                                                              "architectures": ["LlamaForCausalLM"]}}}, tensors)
+
+
+PEERS = {"modelopt": (modelopt_draft, "flat"), "specforge": (specforge_draft, "flat"),
+         "speculators": (speculators_draft, "speculators")}
+
+
+@pytest.mark.parametrize("peer", PEERS)
+def test_peer_drafts_pass_inspect_and_load_with_their_weights(tmp_path, peer):
+    write, layout = PEERS[peer]
+    draft, config = _draft()
+    mapping = mapping_from_ids(torch.arange(100) * 3, 500)
+    write(tmp_path / peer, draft, config, mapping)
+    report = inspect_draft(tmp_path / peer)
+    assert report.ok and report.layout == layout, report.lines()
+    loaded, loaded_config, d2t = load_draft_module(tmp_path / peer)
+    assert torch.equal(d2t, mapping.d2t) and loaded_config.aux_layer_ids == config.aux_layer_ids
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, draft.state_dict()[name].to(torch.bfloat16).float()), name
+
+
+@pytest.mark.parametrize("peer,breakage,words", [
+    ("modelopt", lambda t: t.pop("d2t"), "missing tensor d2t"),
+    ("modelopt", lambda t: t.pop("layers.0.hidden_norm.weight"), "missing tensor layers.0.hidden_norm.weight"),
+    ("specforge", lambda t: t.__setitem__("embed_tokens.weight", torch.zeros(7, 64, dtype=torch.bfloat16)),
+     "tensor embed_tokens.weight has shape [7, 64], expected [500, 64]"),
+    ("specforge", lambda t: t.__setitem__("layers.0.mlp.up_proj.weight", torch.zeros(128, 64, dtype=torch.bfloat16)),
+     "unexpected tensor layers.0.mlp.up_proj.weight"),  # beside midlayer.*: vLLM would load one over the other
+    ("speculators", lambda t: t.pop("layers.0.input_layernorm.weight"), "missing tensor layers.0.input_layernorm"),
+])
+def test_peer_drafts_still_fail_by_name_when_broken(tmp_path, peer, breakage, words):
+    write, _ = PEERS[peer]
+    draft, config = _draft()
+    write(tmp_path / peer, draft, config, mapping_from_ids(torch.arange(100) * 3, 500))
+    path = tmp_path / peer / "model.safetensors"
+    tensors = load_file(str(path))
+    breakage(tensors)
+    save_file(tensors, str(path))
+    report = inspect_draft(tmp_path / peer)
+    assert not report.ok and any(words in problem for problem in report.problems), report.problems

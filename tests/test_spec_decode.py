@@ -65,3 +65,27 @@ def test_eval_command_on_any_draft_folder(permutation_setup, tmp_path):
     assert f"tau = {K + 1:.3f}" in out.stdout
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["acceptance_length"] == K + 1 and (tmp_path / "eval" / "per_position.png").exists()
+
+
+def test_vllm_serves_a_draft_in_modelopts_layout(permutation_setup, tmp_path):
+    """The exact draft re-laid out as ModelOpt 0.47 writes it (first layer `layers.0.`, no `t2d`): inspect passes
+    it and real vLLM loads it with every weight in place (tau stays k + 1)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from eagle_recipes.draft.inspect import inspect_draft
+
+    target, exact, _, prompts = permutation_setup
+    folder = tmp_path / "modelopt"
+    folder.mkdir()
+    tensors = load_file(str(exact / "model.safetensors"))
+    tensors = {("layers.0." + k[len("midlayer."):]) if k.startswith("midlayer.") else k: v
+               for k, v in tensors.items() if k != "t2d"}
+    save_file(tensors, str(folder / "model.safetensors"))
+    config = json.loads((exact / "config.json").read_text())
+    config["eagle_config"].update(use_input_layernorm_in_first_layer=True, use_last_layernorm=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    assert inspect_draft(folder).ok, inspect_draft(folder).lines()
+    vllm = evaluate_vllm(str(target), str(folder), "eagle3", K, [prompts], MAX_TOKENS)[prompts.name]
+    assert vllm.acceptance_length > K + 1 - 0.3 and vllm.lossless, vllm

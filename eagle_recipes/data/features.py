@@ -22,9 +22,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: the capture stage's planning needs none
+    import torch
 
 SHARDS = "shards"
 HEAD = "head.safetensors"
@@ -105,6 +108,8 @@ class FeatureStore:
 
     def batch(self, indices: list[int], length: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(hidden [B, T, F], final [B, T, H], top [B, T]) for these sequences, zero-padded to `length`."""
+        import torch
+
         hidden_rows = [self._rows(i, "hidden") for i in indices]
         final_rows = [self._rows(i, "final") for i in indices] if self.has_final else hidden_rows
         top_rows = [self._rows(i, "top") for i in indices]
@@ -120,6 +125,7 @@ class FeatureStore:
     def head_modules(self, draft_ids: torch.Tensor, device, dtype):
         """(embedding, LM head's draft rows as a Linear, final norm weight holder): all a cached worker holds of
         the base model."""
+        import torch
         from safetensors import safe_open
 
         with safe_open(str(self.folder / HEAD), framework="pt") as handle:
@@ -135,6 +141,7 @@ class FeatureStore:
 
     def draft_mask(self, draft_ids: torch.Tensor, device) -> torch.Tensor:
         """[V] bool: which base-model tokens are draft tokens (indexes `top`)."""
+        import torch
         from safetensors import safe_open
 
         with safe_open(str(self.folder / HEAD), framework="pt") as handle:
@@ -181,3 +188,14 @@ def write_head(folder: Path, model_path: str, dtype: torch.dtype) -> None:
     tensors = {name: tensor.to(dtype).contiguous().clone() for name, tensor in head_tensors(model_path).items()}
     with atomic_path(folder / HEAD) as tmp:
         save_file(tensors, str(tmp))
+
+
+def head_is_whole(folder: Path) -> bool:
+    """head.safetensors opens and holds the three tensors (a cut or foreign file is written again)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(folder / HEAD), framework="pt") as handle:
+            return {"embed", "lm_head", "norm"} <= set(handle.keys())
+    except Exception:  # noqa: BLE001 - missing, truncated or not safetensors: safetensors raises several types
+        return False

@@ -33,7 +33,17 @@ class DataFormatError(UserError):
 class LoadedData:
     conversations: list[dict]
     skipped: Counter = field(default_factory=Counter)  # reason -> count
+    first_skipped: dict[str, str] = field(default_factory=dict)  # reason -> "file line N" of its first row
     formats: dict[str, str] = field(default_factory=dict)  # file -> detected format
+
+    def skip(self, reason: str, path: Path, line: int) -> None:
+        self.skipped[reason] += 1
+        self.first_skipped.setdefault(reason, f"{path.name} line {line}")
+
+    def skipped_lines(self) -> list[str]:
+        """One line per reason: how many rows, and where the first one is."""
+        return [f"skipped {count} input rows: {reason} (first: {self.first_skipped[reason]})"
+                for reason, count in self.skipped.items()]
 
 
 def detect_format(record: Any) -> str | None:
@@ -57,17 +67,29 @@ def _read_rows(path: Path) -> Iterator[tuple[int, Any]]:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-            yield number, row
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a damaged file
+            raise DataFormatError(f"{path}: not a readable Parquet file ({str(error)[:200]})") from None
+        yield from enumerate(rows, start=1)
         return
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as error:
-                yield number, error
+    number = 0
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as error:
+                    yield number, error
+    except UnicodeDecodeError:
+        raise DataFormatError(f"{path}: not UTF-8 text (after line {number}); data files are JSONL (one JSON object "
+                              "per line) or Parquet") from None
+    except IsADirectoryError:
+        raise DataFormatError(f"{path}: a directory, expected a JSONL or Parquet file") from None
+    except OSError as error:
+        raise DataFormatError(f"{path}: cannot read it ({error.strerror or error})") from None
 
 
 def conversation_id(turns: list[dict], given: Any = None) -> str:
@@ -123,10 +145,17 @@ def merge_consecutive(turns: list[dict]) -> list[dict]:
 def _file_format(path: Path, fmt: str) -> str:
     if fmt != "auto":
         return fmt
-    for _, row in list(_take(_read_rows(path), DETECT_LINES)):
+    rows = list(_take(_read_rows(path), DETECT_LINES))
+    if not rows:
+        raise DataFormatError(f"{path}: the file has no rows")
+    for _, row in rows:
         found = detect_format(row)
         if found:
             return found
+    broken = next((number for number, row in rows if isinstance(row, Exception)), None)
+    if broken is not None:
+        raise DataFormatError(f"{path}: line {broken} is not valid JSON, and no row before line {rows[-1][0] + 1} "
+                              "is in a known format; each line must be one whole JSON object")
     raise DataFormatError(
         f"{path}: no known conversation format in its first {DETECT_LINES} rows; expected JSONL or Parquet rows "
         "with 'conversations' [{from, value}] (ShareGPT) or [{role, content}] (conversations), 'messages' [{role, "
@@ -149,9 +178,9 @@ def load_conversations(paths: list[Path], fmt: str = "auto", max_samples: int = 
             raise DataFormatError(f"{path}: file not found")
         file_format = _file_format(path, fmt)
         data.formats[str(path)] = file_format
-        for _, row in _read_rows(path):
+        for number, row in _read_rows(path):
             if isinstance(row, Exception):
-                data.skipped["malformed JSON"] += 1
+                data.skip("malformed JSON", path, number)
                 continue
             if detect_format(row) not in (file_format, None) and fmt == "auto":
                 file_row_format = detect_format(row)
@@ -159,10 +188,10 @@ def load_conversations(paths: list[Path], fmt: str = "auto", max_samples: int = 
             else:
                 conversation, reason = normalize(row, file_format) if isinstance(row, dict) else (None, "not an object")
             if conversation is None:
-                data.skipped[reason] += 1
+                data.skip(reason, path, number)
                 continue
             if conversation["conversation_id"] in seen:
-                data.skipped["duplicate id"] += 1
+                data.skip("duplicate id", path, number)
                 continue
             seen.add(conversation["conversation_id"])
             conversation["source"] = path.name
@@ -183,8 +212,38 @@ def is_holdout(conversation_id_: str, fraction: float) -> bool:
 
 
 def read_conversation_jsonl(paths: list[Path]) -> Iterator[dict]:
+    """Rows of files in the conversations format, checked (raises DataFormatError naming the file and line)."""
     for path in paths:
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    yield json.loads(line)
+        for number, row in _read_rows(path):
+            problem = _conversation_row_problem(row)
+            if problem:
+                raise DataFormatError(f"{path}: line {number}: {problem}; each line must be a JSON object with "
+                                      "'conversation_id' and 'conversations' [{role, content}]")
+            yield row
+
+
+def _conversation_row_problem(row: Any) -> str:
+    if isinstance(row, Exception):
+        return f"not valid JSON ({row})"
+    if not isinstance(row, dict):
+        return "not a JSON object"
+    if not isinstance(row.get("conversation_id"), str):
+        return "no 'conversation_id' string"
+    turns = row.get("conversations")
+    if not isinstance(turns, list) or not all(isinstance(t, dict) and isinstance(t.get("role"), str)
+                                              and isinstance(t.get("content"), str) for t in turns):
+        return "'conversations' is not a list of {role, content} objects"
+    return ""
+
+
+def check_data_file(path: Path, fmt: str, conversations_format: bool) -> str:
+    """A cheap look at a data file's first rows (for validate): '' when it looks usable, else what is wrong."""
+    try:
+        if conversations_format:
+            for _ in _take(read_conversation_jsonl([path]), DETECT_LINES):
+                pass
+        else:
+            _file_format(path, fmt)
+    except DataFormatError as error:
+        return str(error)
+    return ""

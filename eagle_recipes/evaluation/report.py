@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from eagle_recipes.atomic import atomic_path, write_json
-from eagle_recipes.draft.reference import Acceptance
+
+if TYPE_CHECKING:  # the reference decoder's module imports torch: not needed to read or write a report
+    from eagle_recipes.draft.reference import Acceptance
 
 
 @dataclass

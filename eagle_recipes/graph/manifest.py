@@ -50,6 +50,7 @@ def prepare_folder(folder: Path, fingerprint: str) -> bool:
     marker = folder / IN_PROGRESS
     previous = marker.read_text().strip() if marker.exists() else None
     if previous == fingerprint:
+        marker.touch()  # its time says when the stage last started
         return True
     for child in folder.iterdir():
         shutil.rmtree(child) if child.is_dir() else child.unlink()

@@ -11,9 +11,16 @@ from typing import Any
 import ray
 
 from eagle_recipes.atomic import write_json
-from eagle_recipes.graph.manifest import Manifest, prepare_folder, read_manifest, write_manifest
+from eagle_recipes.errors import UserError
+from eagle_recipes.graph.manifest import (
+    Manifest,
+    prepare_folder,
+    read_manifest,
+    write_manifest,
+)
 from eagle_recipes.graph.plan import Plan
 from eagle_recipes.graph.progress import Display, ProgressHub
+from eagle_recipes.paths import ensure_writable_folder
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.stages import STAGES
 from eagle_recipes.stages.base import StageContext
@@ -38,11 +45,29 @@ def init_ray(recipe: Recipe, address: str | None, worker_logs: bool = True) -> N
     address = address or recipe.ray.address or None
     env = {"TOKENIZERS_PARALLELISM": "false"}
     if address:
+        check_reachable(address)
         ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=worker_logs)
     else:
         # address="local": always a fresh embedded Ray, never a cluster that `ray start` left on this machine
         ray.init(address="local", num_cpus=embedded_cpus(recipe.ray.num_cpus), include_dashboard=False,
                  runtime_env={"env_vars": env}, log_to_driver=worker_logs)
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, by name, when nothing listens at a cluster address (ray.init would wait minutes)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if address == "auto":
+        return
+    parts = urlsplit(address if "://" in address else f"ray://{address}")
+    if parts.hostname is None or parts.port is None:
+        raise UserError(f"Ray address '{address}' has no host:port (e.g. HEAD:6379, ray://HEAD:10001 or auto)")
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=timeout_s).close()
+    except OSError as error:
+        raise UserError(f"cannot reach the Ray cluster at {address} ({error.strerror or error}); start it with "
+                        "`ray start --head` there, or run without --address for an embedded Ray") from None
 
 
 def execute_stage(recipe: Recipe, name: str, fingerprint: str, upstream: dict[str, str], hub: Any) -> dict:
@@ -71,12 +96,14 @@ def execute_stage(recipe: Recipe, name: str, fingerprint: str, upstream: dict[st
 
 def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Display | None = None) -> dict:
     """Run every stage that must run; return the run summary (also written to <output_dir>/run.json)."""
+    output_dir = Path(recipe.output_dir)
+    _check_upstream(plan, output_dir)
+    ensure_writable_folder(output_dir, "set output_dir (or --output-dir) to a writable folder")
     display = display or Display([s.name for s in plan.stages])
     hub = None
     if any(stage.must_run for stage in plan.stages):  # nothing to do: no Ray to start, seconds not minutes
         init_ray(recipe, address, worker_logs=not display.interactive)
         hub = ProgressHub.remote()
-    output_dir = Path(recipe.output_dir)
     upstream_folders = {s.name: {d: str(output_dir / d) for d in s.depends_on} for s in plan.stages}
     refs: dict[str, ray.ObjectRef] = {}
     pending: dict[ray.ObjectRef, str] = {}
@@ -94,9 +121,6 @@ def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Di
                     display.set_status(planned.name, "skipped")
                     summary["stages"][planned.name] = {"status": "skipped", "reason": planned.reason}
                 continue
-            missing = [d for d in planned.depends_on if d not in refs and read_manifest(output_dir / d) is None]
-            if missing:
-                raise RuntimeError(f"stage {planned.name} needs {', '.join(missing)} to have run first")
             upstream_refs = [refs[d] for d in planned.depends_on if d in refs]
             task = ray.remote(_stage_task).options(name=f"stage:{planned.name}", max_retries=0, **planned.ray_options)
             ref = task.remote(recipe, planned.name, planned.fingerprint, upstream_folders[planned.name], hub,
@@ -125,7 +149,7 @@ def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Di
                         summary["stages"][stage_name] = {"status": "not run"}
                         continue
                     failure = error
-                    display.set_status(stage_name, "failed", _error_line(error))
+                    display.set_status(stage_name, "failed", failure_line(error))
                     summary["stages"][stage_name] = {"status": "failed", "error": str(error)[-2000:]}
                     continue
                 display.set_status(stage_name, "done", STAGE_BY_NAME[stage_name].headline(manifest), manifest["wall_s"])
@@ -141,10 +165,33 @@ def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Di
     return summary
 
 
-def _error_line(error: BaseException) -> str:
-    """The last line of a (remote) traceback: what went wrong, without the Ray wrapping."""
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1][:200] if lines else type(error).__name__
+def _check_upstream(plan: Plan, output_dir: Path) -> None:
+    """Every stage that runs reads upstream stages that run before it or finished earlier."""
+    running = {stage.name for stage in plan.stages if stage.must_run}
+    for stage in plan.stages:
+        missing = [d for d in stage.depends_on if d not in running and read_manifest(output_dir / d) is None]
+        if stage.must_run and missing:
+            raise UserError(f"stage {stage.name} reads {', '.join(missing)}, which has not run yet: run without "
+                            f"--only, or with --from {missing[0]}")
+
+
+def failure_line(error: BaseException) -> str:
+    """What went wrong in a stage's Ray task: a user error's own message, else the innermost `SomeError: message`
+    line of the (remote) traceback, past Ray's and Ray Data's own wrappers."""
+    import re
+
+    cause = error
+    while getattr(cause, "cause", None) is not None:  # RayTaskError, and Ray Data's wrapping of it
+        cause = cause.cause
+    if isinstance(cause, UserError):
+        return str(cause)
+    text = str(error)
+    raised = [line for line in text.splitlines()
+              if re.match(r"^[A-Za-z_][\w.]*(Error|Exception): ", line) and not line.startswith("ray.")]
+    if raised:
+        return raised[-1][:500]
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:500] if lines else type(error).__name__
 
 
 def _stage_task(recipe: Recipe, name: str, fingerprint: str, upstream: dict[str, str], hub: Any,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from eagle_recipes.errors import UserError
 from eagle_recipes.recipe import Recipe
 
 
@@ -38,8 +39,12 @@ def submit(recipe: Recipe, address: str, follow: bool, output_dir: str | None, c
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     output = Path(output_dir).resolve() if output_dir else recipe.output_dir
+    try:
+        client = JobSubmissionClient(address)
+    except ConnectionError as error:
+        raise UserError(f"cannot reach the Ray dashboard at {address} ({error}); start the cluster with "
+                        "`ray start --head --dashboard-host 0.0.0.0` or check --address") from None
     folder, recipe_in_job = stage_job_folder(recipe)
-    client = JobSubmissionClient(address)
     # the nodes run the Python that started Ray; eagle-recipes must be installed there (like any job's code)
     entrypoint = f"python -m eagle_recipes.cli run {recipe_in_job} --address auto --output-dir {output}"
     job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(folder)},

@@ -91,18 +91,44 @@ def _check_files(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
     return problems
 
 
+def _check_data_files(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
+    """The first rows of each data file must be readable in their format (the stages read the rest)."""
+    from eagle_recipes.data.formats import check_data_file
+
+    problems = []
+    for key, relative in recipe.named_files():
+        if not key.startswith(("data.prompts", "data.conversations", "eval.prompts")):
+            continue
+        path = recipe.resolve(relative)
+        if not path.exists():
+            continue  # _check_files says so
+        problem = check_data_file(path, recipe.dataset.format if key.startswith("data.prompts") else "auto",
+                                  conversations_format=key.startswith("data.conversations"))
+        if problem:
+            problems.append(Problem(str(recipe.path), line_of(lines, key), re.sub(r"\.\d+$", "", key), problem))
+    return problems
+
+
 def _check_against_model(recipe: Recipe, raw: dict, lines: dict[str, int]) -> list[Problem]:
     """Rules that need the base model's architecture: vocabulary size and draft architecture."""
-    from eagle_recipes.draft.config import BaseModelFacts, DraftConfigError, build_draft_config
+    from eagle_recipes.draft.config import (
+        BaseModelFacts,
+        DraftConfigError,
+        build_draft_config,
+    )
     from eagle_recipes.models import ModelError, load_base_config
 
     file = str(recipe.path)
     try:
         config = load_base_config(recipe.model.path, recipe.model.config, recipe.folder)
         facts = BaseModelFacts.from_config(config)
-    except (ModelError, OSError, KeyError, ValueError) as error:
-        return [Problem(file, line_of(lines, "model.path"), "model.path",
-                        f"cannot read the base model's config: {error}",
+    except KeyError as error:
+        key = "model.config" if recipe.model.config else "model.path"
+        return [Problem(file, line_of(lines, key), key, f"the base model's config.json lacks the field {error}",
+                        "point model.config at the model's own config.json")]
+    except (ModelError, OSError, ValueError) as error:
+        key = "model.config" if recipe.model.config else "model.path"
+        return [Problem(file, line_of(lines, key), key, f"cannot read the base model's config: {error}",
                         "set model.config to its config.json to validate and plan offline")]
     problems = []
     written_vocab = raw.get("vocab", {}).get("draft_vocab_size")
@@ -168,7 +194,10 @@ def validate_file(path: str | Path, check_model: bool = True) -> tuple[Recipe | 
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
-        return None, [Problem(file, None, "", f"cannot read the recipe: {error.strerror}")]
+        return None, [Problem(file, None, "", f"cannot read the recipe: {error.strerror or error}",
+                              "give the path of a .toml recipe file")]
+    except UnicodeDecodeError:
+        return None, [Problem(file, None, "", "not UTF-8 text", "a recipe is a TOML text file")]
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
@@ -183,7 +212,7 @@ def validate_file(path: str | Path, check_model: bool = True) -> tuple[Recipe | 
     if problems:
         return None, problems
     recipe = Recipe(path=path.resolve(), data=apply_defaults(raw))
-    problems = _check_files(recipe, lines) + _check_consistency(recipe, lines)
+    problems = _check_files(recipe, lines) + _check_data_files(recipe, lines) + _check_consistency(recipe, lines)
     if check_model:
         problems += _check_against_model(recipe, raw, lines)
     return (None if problems else recipe), problems

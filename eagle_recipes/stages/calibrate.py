@@ -16,7 +16,11 @@ import numpy as np
 from eagle_recipes.data.pretokens import bincount
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.stages.base import Stage, StageContext
-from eagle_recipes.stages.common import base_model_path, chat_template_file, conversation_files
+from eagle_recipes.stages.common import (
+    base_model_path,
+    chat_template_file,
+    conversation_files,
+)
 
 COVERAGE_WARNING = 0.95
 # below this much conversation data, counting in-process beats starting Ray Data's actors
@@ -216,7 +220,12 @@ class CalibrateStage(Stage):
     @staticmethod
     def run(ctx: StageContext) -> dict[str, Any]:
         from eagle_recipes.atomic import atomic_path
-        from eagle_recipes.draft.vocab import identity_mapping, mapping_from_ids, save_mapping, top_k_ids
+        from eagle_recipes.draft.vocab import (
+            identity_mapping,
+            mapping_from_ids,
+            save_mapping,
+            top_k_ids,
+        )
         from eagle_recipes.models import base_model_facts
 
         recipe = ctx.recipe

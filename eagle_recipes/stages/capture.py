@@ -26,8 +26,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from eagle_recipes.data.features import (
-    HEAD,
     bytes_per_token,
+    head_is_whole,
     shard_is_whole,
     shard_path,
     shard_ranges,
@@ -36,7 +36,11 @@ from eagle_recipes.data.features import (
 )
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.stages.base import Stage, StageContext
-from eagle_recipes.stages.common import base_model_path, conversation_files, torch_threads
+from eagle_recipes.stages.common import (
+    base_model_path,
+    conversation_files,
+    torch_threads,
+)
 
 TOKENS_PER_FORWARD = 4096  # sequences are batched up to this many (padded) tokens per forward
 
@@ -254,7 +258,7 @@ class CaptureStage(Stage):
         spec = capture_spec(recipe, model_path, ctx.out)
         data = np.load(ctx.out / DATA)
         offsets, ids = data["offsets"], data["ids"]
-        if not (ctx.out / HEAD).exists():
+        if not head_is_whole(ctx.out):
             write_head(ctx.out, model_path, getattr(torch, capture.dtype))
         per_token = bytes_per_token(_hidden_size(model_path), len(spec.aux_layer_ids),
                                     getattr(torch, capture.dtype).itemsize, spec.algorithm)

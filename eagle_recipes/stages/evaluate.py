@@ -14,7 +14,11 @@ from eagle_recipes.draft.layouts import speculative_method
 from eagle_recipes.evaluation.report import EvalReport
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.stages.base import Stage, StageContext
-from eagle_recipes.stages.common import base_model_path, conversation_files, read_conversations
+from eagle_recipes.stages.common import (
+    base_model_path,
+    conversation_files,
+    read_conversations,
+)
 
 
 def _measure_task(base: str, draft: Path, method: str, k: int, sets: list, max_tokens: int, engine: str,
@@ -60,9 +64,9 @@ class EvaluateStage(Stage):
     @staticmethod
     def outcome(recipe: Recipe, manifest: dict) -> list[str]:
         metrics = manifest["metrics"]
-        return [f"acceptance length tau = {metrics['acceptance_length']:.3f} on {metrics['headline_set']} at k = "
+        return [f"acceptance length tau = {metrics['acceptance_length']:.3f} at k = "
                 f"{metrics['num_speculative_tokens']} draft tokens (per position: "
-                f"{', '.join(f'{p:.2f}' for p in metrics['per_position'])})"]
+                f"{', '.join(f'{p:.2f}' for p in metrics['per_position'])}; prompt set {metrics['headline_set']})"]
 
     @staticmethod
     def run(ctx: StageContext) -> dict[str, Any]:

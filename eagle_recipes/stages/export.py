@@ -10,7 +10,12 @@ from typing import Any
 from eagle_recipes.atomic import atomic_path, write_json, write_text
 from eagle_recipes.draft.config import DraftConfig
 from eagle_recipes.draft.inspect import InspectReport, inspect_draft
-from eagle_recipes.draft.layouts import layout_config, sglang_algorithm, speculative_method, to_layout
+from eagle_recipes.draft.layouts import (
+    layout_config,
+    sglang_algorithm,
+    speculative_method,
+    to_layout,
+)
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.stages.base import Stage, StageContext
 from eagle_recipes.stages.common import base_model_path

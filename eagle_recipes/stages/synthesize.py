@@ -19,7 +19,7 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 
 from eagle_recipes.atomic import write_jsonl
-from eagle_recipes.data.formats import load_conversations
+from eagle_recipes.data.formats import DataFormatError, load_conversations
 from eagle_recipes.engines import OpenAIEngine, Sampling
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.stages.base import Stage, StageContext
@@ -195,6 +195,22 @@ def shard_tasks(recipe: Recipe, conversations: list[dict], tokenizer) -> list[di
     return tasks
 
 
+def whole_shard_rows(path: Path, task: dict) -> int | None:
+    """Rows of a shard an earlier run wrote, or None when it is missing or not exactly the task's output (a cut
+    line, a conversation of another shard): such a shard is written again, never read as if whole."""
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        ids = [row["conversation_id"] for row in rows]
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError):
+        return None
+    suffix = task["id_suffix"]
+    if task["kind"] == "self_prompts":  # up to `count` prompts survive deduplication, numbered from first_id
+        expected = [f"self-{task['first_id'] + i:06d}{suffix}" for i in range(len(rows))]
+        return len(rows) if rows and ids == expected and len(rows) <= task["count"] else None
+    expected = [c["conversation_id"] + suffix for c in task["conversations"]]
+    return len(rows) if ids == expected else None
+
+
 def _make_runner(recipe: Recipe, model_path: str, tokenizer) -> TaskRunner:
     synthesis = recipe.synthesis
     if synthesis.engine == "vllm":
@@ -252,8 +268,11 @@ class SynthesizeStage(Stage):
         recipe, synthesis = ctx.recipe, ctx.recipe.synthesis
         loaded = load_conversations([recipe.resolve(p) for p in recipe.dataset.prompts], recipe.dataset.format,
                                     recipe.dataset.max_samples, recipe.dataset.shuffle_seed)
-        for reason, count in loaded.skipped.items():
-            ctx.log(f"skipped {count} input rows: {reason}")
+        for line in loaded.skipped_lines():
+            ctx.log(line)
+        if not loaded.conversations and not synthesis.self_prompts:
+            raise DataFormatError(f"{', '.join(recipe.dataset.prompts)}: no usable conversation ("
+                                  + "; ".join(loaded.skipped_lines()) + "); each row needs a user turn")
         shards_dir = ctx.out / SHARDS
         shards_dir.mkdir(parents=True, exist_ok=True)
         if synthesis.engine == "none":
@@ -267,9 +286,13 @@ class SynthesizeStage(Stage):
         for index, task in enumerate(planned):
             shard = shards_dir / f"{index:05d}.jsonl"
             total += task["expected"]
-            if shard.exists():  # written by an earlier run: resumed, not redone
-                done_before += sum(1 for line in shard.read_text(encoding="utf-8").splitlines() if line.strip())
+            rows = whole_shard_rows(shard, task)
+            if rows is not None:  # written whole by an earlier run: resumed, not redone
+                done_before += rows
             else:
+                if shard.exists():
+                    ctx.log(f"shard {shard.name} is damaged (a cut or foreign row): writing it again")
+                    shard.unlink()
                 tasks.append({**task, "shard": index})
         ctx.progress(done_before, total, "conversations")
         generated, tokens, truncated, engines = 0, 0, 0, set()

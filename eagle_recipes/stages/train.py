@@ -372,9 +372,29 @@ def train_loop(loop_config: dict) -> None:
 
 
 # ---------------------------------------------------------------- checkpoints
+CHECKPOINT_RECORD = "complete.json"  # written last inside a checkpoint: the size its state file must have
+
+
 def latest_checkpoint(folder: Path) -> Path | None:
     found = sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if folder.exists() else []
     return found[-1] if found else None
+
+
+def checkpoint_is_whole(path: Path) -> bool:
+    try:
+        record = json.loads((path / CHECKPOINT_RECORD).read_text(encoding="utf-8"))
+        return (path / "state.pt").stat().st_size == record["bytes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def discard_damaged_checkpoints(folder: Path, log: Callable[[str], None]) -> None:
+    """A checkpoint whose state file is cut short (or lacks its record) is removed, so training resumes from the
+    last whole one (or from the start) rather than failing on, or reading, a damaged file."""
+    for path in sorted(folder.glob("step-*")) if folder.exists() else []:
+        if not checkpoint_is_whole(path):
+            log(f"checkpoint {path.name} is damaged: removed, resuming from an earlier one")
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def full_state(objective, draft, optimizer, fsdp: bool) -> tuple[dict, dict]:
@@ -392,7 +412,10 @@ def load_optimizer_state(objective, optimizer, optimizer_state: dict, fsdp: bool
     if not fsdp:
         optimizer.load_state_dict(optimizer_state)
         return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
 
     set_optimizer_state_dict(objective, optimizer, optimizer_state, options=StateDictOptions(full_state_dict=True))
 
@@ -403,16 +426,24 @@ def save_checkpoint(folder: Path, step: int, draft_state: dict, optimizer_state:
     with atomic_path(folder / f"step-{step:07d}") as tmp:
         tmp.mkdir()
         torch.save({"draft": draft_state, "optimizer": optimizer_state, "step": step}, tmp / "state.pt")
+        write_json(tmp / CHECKPOINT_RECORD, {"step": step, "bytes": (tmp / "state.pt").stat().st_size})
     for old in sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _metrics_step(line: str) -> float:
+    """The step of a metrics line; a line cut by a kill (or blank) counts as after every step: dropped."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
     """After a resume, drop metric lines of steps that will be trained again."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] <= last_step]
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _metrics_step(line) <= last_step]
     from eagle_recipes.atomic import write_text
 
     write_text(path, "".join(line + "\n" for line in kept))
@@ -541,6 +572,7 @@ class TrainStage(Stage):
             raise ValueError(f"{count} training sequences are fewer than one global batch "
                              f"({train.num_workers} workers x {train.grad_accum} x {train.batch_size}); add data")
         checkpoint_dir, metrics_file = ctx.out / CHECKPOINTS, ctx.out / "metrics.jsonl"
+        discard_damaged_checkpoints(checkpoint_dir, ctx.log)
         latest = latest_checkpoint(checkpoint_dir)
         resumed_step = int(latest.name.split("-")[1]) if latest else 0
         truncate_metrics(metrics_file, resumed_step)
