@@ -33,6 +33,14 @@ def plan_status(recipe: Path) -> dict[str, str]:
     return {stage["name"]: stage["status"] for stage in plan["stages"]}
 
 
+def recipe_head(name: str, model: str, config: str = "", prompts: str = "prompts.jsonl") -> str:
+    """The top of a test recipe: its name, output folder `out`, base model (with an offline config.json) and
+    prompt file; the caller appends the tables it is about."""
+    config_line = f'config = "{config}"\n' if config else ""
+    return (f'name = "{name}"\noutput_dir = "out"\n[model]\npath = "{model}"\n{config_line}'
+            f'[data]\nprompts = ["{prompts}"]\n')
+
+
 def small_conversations(count: int = 40) -> list[dict]:
     """The small recipe's training data: short arithmetic exchanges."""
     return [{"conversations": [{"role": "user", "content": f"Question {i}: what is {i} plus {i}?"},

@@ -16,17 +16,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.builders import build_permutation_target, export_copy_draft, permutation
-from tests.helpers import CLI, PROJECT
+from tests.helpers import CLI, PROJECT, recipe_head
 
 SMOL_CONFIG = PROJECT / "catalog" / "smollm2" / "configs" / "SmolLM2-135M-Instruct.json"
-GOOD = """name = "bad-input"
-output_dir = "out"
-[model]
-path = "some/model"
-config = "config.json"
-[data]
-prompts = ["prompts.jsonl"]
-[synthesis]
+GOOD = recipe_head("bad-input", "some/model", config="config.json") + """[synthesis]
 engine = "none"
 """
 ASSISTANT_ONLY = '{"conversations": [{"role": "assistant", "content": "no question was asked"}]}\n'

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from eagle_recipes.data.features import shard_is_whole
 from eagle_recipes.draft.inspect import inspect_draft
-from tests.helpers import CLI, small_conversations, write_recipe
+from tests.helpers import CLI, recipe_head, small_conversations, write_recipe
 
 STAGES = ["synthesize", "calibrate", "capture", "train", "export", "evaluate"]
 
@@ -29,14 +29,7 @@ def kill_recipe(folder: Path, model: str) -> Path:
                                                   for c in small_conversations(40)))
     (folder / "eval.jsonl").write_text("".join(json.dumps({"prompt": f"Question {i}: what is {i} plus {i}?"}) + "\n"
                                                for i in range(3)))
-    return write_recipe(folder, f"""
-name = "kill"
-output_dir = "out"
-[model]
-path = "{model}"
-[data]
-prompts = ["prompts.jsonl"]
-holdout_fraction = 0.0
+    return write_recipe(folder, recipe_head("kill", model) + """holdout_fraction = 0.0
 [synthesis]
 batch_size = 8
 max_tokens = 16
@@ -157,10 +150,12 @@ def test_a_kill_inside_every_stage_loses_nothing(tmp_path, smollm2_path):
     matrix = []
     for stage in STAGES:
         delay = kill_inside(recipe, out, stage, ready.get(stage, lambda f: True), rng)
-        damaged = damage(out, stage)
-        matrix.append((stage, round(delay, 3), damaged))
+        matrix.append({"killed in": stage, "after ready (s)": round(delay, 3), "damage placed": damage(out, stage)})
     final = start(recipe)
     assert final.wait(timeout=1800) == 0, final.stderr.read().decode()[-5000:]
+    for row in matrix:  # what the rerun of each killed stage kept and redid (each later run finished it)
+        row["rerun"] = manifest(out, row["killed in"])["counts"]
+        print(row)
 
     # every artifact complete; nothing lost, duplicated, or read while damaged
     rows = [json.loads(line) for shard in sorted((out / "synthesize" / "shards").glob("*.jsonl"))
@@ -186,9 +181,6 @@ def test_a_kill_inside_every_stage_loses_nothing(tmp_path, smollm2_path):
     assert inspect_draft(out / "export" / "draft").ok
     report = json.loads((out / "evaluate" / "report.json").read_text())
     assert report["sets"]["eval"]["prompts"] == 3 and report["acceptance_length"] >= 1.0
-    print("kill matrix (stage, delay after it was ready in s, damage placed):", matrix)
-    print("reruns kept:", {"synthesize": synthesize["resumed_from_earlier_run"],
-                           "capture": capture["resumed_from_earlier_run"], "train": train["resumed_from_step"]})
 
 
 def damage(out: Path, stage: str) -> str:

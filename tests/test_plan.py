@@ -8,16 +8,9 @@ import pytest
 from eagle_recipes.graph.manifest import Manifest, write_manifest
 from eagle_recipes.graph.plan import compile_plan
 from eagle_recipes.recipe import load_recipe
-from tests.helpers import write_recipe
+from tests.helpers import recipe_head, write_recipe
 
-RECIPE = """
-name = "planning"
-output_dir = "out"
-[model]
-path = "some/model"
-config = "config.json"
-[data]
-prompts = ["prompts.jsonl"]
+RECIPE = recipe_head("planning", "some/model", config="config.json") + """
 [train]
 features = "cached"
 """
@@ -90,3 +83,15 @@ def test_a_left_out_stage_is_refused_with_the_reason(tmp_path, smollm2_config):
     online = load_recipe(write_recipe(tmp_path, RECIPE.replace('features = "cached"', 'features = "online"')))
     with pytest.raises(ValueError, match="stage 'capture' is not in this recipe's graph.*left out"):
         compile_plan(online, only="capture")
+
+
+def test_an_eagle1_recipe_has_no_calibrate_stage_and_trains_on_synthesis_alone(tmp_path, smollm2_config):
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "hi"}\n')
+    eagle1 = load_recipe(write_recipe(tmp_path, RECIPE + '[draft]\nalgorithm = "eagle1"\n'))
+    plan = compile_plan(eagle1)
+    assert "calibrate" in plan.left_out and "whole vocabulary" in plan.left_out["calibrate"]
+    assert plan.stage("train").depends_on == ["synthesize", "capture"]
+    # a vocabulary setting changes nothing an EAGLE-1 draft is trained from
+    other = load_recipe(write_recipe(tmp_path, RECIPE + '[draft]\nalgorithm = "eagle1"\n[vocab]\ncount = "all"\n',
+                                     name="other.toml"))
+    assert compile_plan(other).stage("train").fingerprint == plan.stage("train").fingerprint

@@ -20,6 +20,8 @@ from eagle_recipes.stages.common import (
     base_model_path,
     chat_template_file,
     conversation_files,
+    conversation_input_files,
+    rendering_settings,
 )
 
 COVERAGE_WARNING = 0.95
@@ -197,12 +199,11 @@ class CalibrateStage(Stage):
 
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:
-        return {"vocab": recipe.data["vocab"], "model": recipe.data["model"],
-                "max_seq_len": recipe.train.max_seq_len, "holdout_fraction": recipe.dataset.holdout_fraction}
+        return {"vocab": recipe.data["vocab"], **rendering_settings(recipe)}
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:
-        return [recipe.resolve(p) for p in recipe.dataset.conversations]
+        return conversation_input_files(recipe)
 
     @staticmethod
     def outputs(recipe: Recipe) -> list[str]:

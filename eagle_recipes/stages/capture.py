@@ -39,6 +39,8 @@ from eagle_recipes.stages.base import Stage, StageContext
 from eagle_recipes.stages.common import (
     base_model_path,
     conversation_files,
+    conversation_input_files,
+    rendering_settings,
     torch_threads,
 )
 
@@ -216,14 +218,13 @@ class CaptureStage(Stage):
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:
         draft = recipe.data["draft"]
-        return {"capture": recipe.data["capture"], "model": recipe.data["model"],
-                "max_seq_len": recipe.train.max_seq_len, "holdout_fraction": recipe.dataset.holdout_fraction,
+        return {"capture": recipe.data["capture"], **rendering_settings(recipe),
                 "draft": {"algorithm": draft["algorithm"],
                           "aux_layer_ids": draft.get("overrides", {}).get("aux_layer_ids")}}
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:
-        files = [recipe.resolve(p) for p in recipe.dataset.conversations]
+        files = conversation_input_files(recipe)
         if recipe.model.chat_template:
             files.append(recipe.resolve(recipe.model.chat_template))
         return files

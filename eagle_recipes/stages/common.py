@@ -21,6 +21,18 @@ def conversation_files(recipe: Recipe, upstream: dict[str, Path]) -> list[Path]:
     return [recipe.resolve(p) for p in recipe.dataset.conversations]
 
 
+def rendering_settings(recipe: Recipe) -> dict:
+    """The recipe fields that decide how conversations become token ids, loss masks and splits (part of the
+    fingerprint of every stage that reads the conversations so)."""
+    return {"model": recipe.data["model"], "max_seq_len": recipe.train.max_seq_len,
+            "holdout_fraction": recipe.dataset.holdout_fraction}
+
+
+def conversation_input_files(recipe: Recipe) -> list[Path]:
+    """The recipe's own conversation files (when it supplies them instead of synthesizing)."""
+    return [recipe.resolve(p) for p in recipe.dataset.conversations]
+
+
 def split_of(conversation: dict, recipe: Recipe) -> str:
     return "holdout" if is_holdout(conversation["conversation_id"], recipe.dataset.holdout_fraction) else "train"
 

@@ -32,6 +32,7 @@ from eagle_recipes.stages.common import (
     base_model_path,
     chat_template_file,
     conversation_files,
+    conversation_input_files,
     read_conversations,
     torch_threads,
     vocab_file,
@@ -526,7 +527,7 @@ class TrainStage(Stage):
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:
-        files = [recipe.resolve(p) for p in recipe.dataset.conversations]
+        files = conversation_input_files(recipe)
         if recipe.vocab.draft_vocab_cache:
             files.append(recipe.resolve(recipe.vocab.draft_vocab_cache))
         return files
