@@ -1,4 +1,4 @@
-"""The `eagle-recipes` command line: validate | plan | run | submit | catalog | schema | inspect | eval."""
+"""The `eagle-recipes` command line: validate | plan | run | submit | catalog | schema | inspect | eval | publish."""
 
 from __future__ import annotations
 
@@ -131,7 +131,7 @@ def cmd_run(args) -> int:
 
     recipe, plan = _plan(args)
     try:
-        summary = run_plan(recipe, plan, address=args.address)
+        summary = run_plan(recipe, plan, address=args.address, verbose=args.verbose)
     except KeyboardInterrupt:
         errors.print("interrupted: finished work is kept; run the same command again to resume", markup=False)
         return 130
@@ -219,6 +219,14 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_publish(args) -> int:
+    from eagle_recipes.publish import publish
+
+    url = publish(Path(args.draft), args.repo_id, args.private)
+    console.print(f"published {args.draft} to {url}", markup=False)
+    return 0
+
+
 def cmd_draft_fields(args) -> int:
     from eagle_recipes.draft.config import DEFAULTS
 
@@ -273,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(func=cmd_plan)
         else:
             p.add_argument("--address", help="Ray cluster address (default: the recipe's, else embedded Ray)")
+            p.add_argument("--verbose", action="store_true",
+                           help="also show Ray's start-up notices and the workers' own logs (vLLM, Ray Train)")
             p.set_defaults(func=cmd_run)
     p = command("submit", "submit a run to a Ray cluster as a Ray Job",
                 "eagle-recipes submit my.toml --address http://127.0.0.1:8265 --follow")
@@ -307,6 +317,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["vllm", "reference"], default="vllm")
     p.add_argument("--out", help="folder for report.json and the chart")
     p.set_defaults(func=cmd_eval)
+    p = command("publish", "upload a draft folder (and its model card) to the Hugging Face Hub",
+                "eagle-recipes publish runs/quickstart/export/draft --repo-id me/smollm2-eagle3")
+    p.add_argument("draft")
+    p.add_argument("--repo-id", required=True, help="the Hub repository, e.g. my-org/my-model-eagle3")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.set_defaults(func=cmd_publish)
     p = command("draft-fields", "list the draft architecture fields and defaults [draft.overrides] accepts",
                 "eagle-recipes draft-fields")
     p.set_defaults(func=cmd_draft_fields)

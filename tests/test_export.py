@@ -196,3 +196,23 @@ def test_peer_drafts_still_fail_by_name_when_broken(tmp_path, peer, breakage, wo
     save_file(tensors, str(path))
     report = inspect_draft(tmp_path / peer)
     assert not report.ok and any(words in problem for problem in report.problems), report.problems
+
+
+def test_long_context_export_writes_the_rope_scaling_and_inspect_checks_it(tmp_path):
+    from eagle_recipes.draft.layouts import with_long_context
+
+    draft, config = _draft()
+    mapping = mapping_from_ids(torch.arange(100) * 3, 500)
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024}
+    report = write_draft(tmp_path / "draft", draft.state_dict(), with_long_context(config, yarn), "flat", "float32",
+                         "base", 5, mapping.d2t, mapping.t2d)
+    written = json.loads((tmp_path / "draft" / "config.json").read_text())
+    assert written["rope_scaling"] == yarn and written["max_position_embeddings"] == 4096
+    assert report.ok and any("long context: rope yarn x4, served up to 4,096 tokens" in n for n in report.notes)
+    loaded, loaded_config, _ = load_draft_module(tmp_path / "draft")
+    assert loaded_config.rope_scaling == yarn  # the reference decoder builds the same rope the engine does
+    written["rope_scaling"] = {"rope_type": "yarn", "factor": 0.5}
+    (tmp_path / "draft" / "config.json").write_text(json.dumps(written))
+    problems = inspect_draft(tmp_path / "draft").problems
+    assert any("rope_scaling.factor is 0.5" in p for p in problems)
+    assert any("yarn rope scaling lacks original_max_position_embeddings" in p for p in problems)

@@ -26,8 +26,13 @@ def test_plan_every_shipped_recipe_offline(tmp_path):
 def test_cache_skip_and_exactly_the_affected_stages_rerun(tmp_path, tiny_llama):
     recipe = small_recipe(tmp_path, tiny_llama)
     assert plan_status(recipe) == dict.fromkeys(["synthesize", "calibrate", "train", "export"], "run")
-    cli("run", recipe)
+    first = cli("run", recipe)
     assert set(plan_status(recipe).values()) == {"up to date"}
+    output = first.stdout + first.stderr  # not a terminal: one plain line per change, no workers' noise
+    for stage in ("calibrate", "train"):
+        assert f"[{stage}] running" in output and f"[{stage}] done in" in output, output
+    assert "/10 steps" in output or "/6 steps" in output, output
+    assert "Failed to query" not in output and "(pid=" not in output and "Token authentication" not in output
     started = time.time()
     again = cli("run", recipe)
     assert time.time() - started < 60 and again.stdout.count("up to date") >= 4

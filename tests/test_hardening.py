@@ -143,6 +143,11 @@ ROWS = [
         recipe(GOOD + "[vocab]\ndraft_vocab_size = 100000\n")),
     Row("validate: aux layer out of range", validate, 1, ["draft.overrides.aux_layer_ids", "outside the base"],
         recipe(GOOD + "[draft.overrides]\naux_layer_ids = [1, 2, 99]\n")),
+    Row("validate: YaRN without its original length", validate, 1,
+        ["export.rope_scaling", "original_max_position_embeddings"],
+        recipe(GOOD + '[export.rope_scaling]\nrope_type = "yarn"\nfactor = 4.0\n')),
+    Row("validate: rope factor below 1", validate, 1, ["export.rope_scaling.factor"],
+        recipe(GOOD + '[export.rope_scaling]\nrope_type = "linear"\nfactor = 0.5\n')),
     Row("validate: vocabulary cache missing", validate, 1, ["vocab.draft_vocab_cache", "file not found: d2t.pt"],
         recipe(GOOD + '[vocab]\ndraft_vocab_cache = "d2t.pt"\n')),
     # plan, run, submit
@@ -214,6 +219,12 @@ ROWS = [
     Row("eval: unwritable report folder", eval_args("--out", "/proc/eagle-eval"), 1,
         ["/proc/eagle-eval", "cannot write there"]),
     Row("eval: zero draft tokens", eval_args("-k", "0"), 2, ["-k", "must be at least 1"]),
+    # publish (refused before any network)
+    Row("publish: broken draft", lambda f: ["publish", str(f / "draft"), "--repo-id", "me/x"], 1,
+        ["not published", "missing tensor fc.weight"], tensors_edit(lambda t: t.pop("fc.weight"))),
+    Row("publish: no such folder", lambda f: ["publish", str(f / "nothing"), "--repo-id", "me/x"], 1,
+        ["nothing", "does not exist"]),
+    Row("publish: no repository id", lambda f: ["publish", str(f / "good-draft")], 2, ["--repo-id"]),
 ]
 
 
@@ -233,7 +244,7 @@ def good_folder(tmp_path_factory) -> Path:
 
 def test_the_table_covers_every_command():
     commands = {row.name.split(":")[0] for row in ROWS}
-    assert commands == {"validate", "plan", "run", "submit", "catalog", "inspect", "eval"}
+    assert commands == {"validate", "plan", "run", "submit", "catalog", "inspect", "eval", "publish"}
     assert len(ROWS) >= 40
 
 

@@ -42,6 +42,14 @@ def test_reduced_quickstart_end_to_end(tmp_path, smollm2_path):
     assert 1.0 <= report["acceptance_length"] <= 6.0 and len(report["per_position"]) == 5
     assert report["sets"]["mt-bench"]["lossless"], report["sets"]["mt-bench"]["identical_outputs"]
     assert (tmp_path / "run" / "evaluate" / "per_position.png").exists()
+    # the model card: export's knows the draft, evaluate's adds what was measured
+    exported = (tmp_path / "run" / "export" / "draft" / "README.md").read_text()
+    assert "# EAGLE-3 draft for SmolLM2-135M-Instruct" in exported and "Not measured yet" in exported
+    assert "## Training" in exported and "24 steps" in exported and "vllm serve" in exported
+    card = (tmp_path / "run" / "evaluate" / "card" / "README.md").read_text()
+    tau = report["sets"]["mt-bench"]["acceptance_length"]
+    assert f"| mt-bench | 8 | {tau:.3f} |" in card and "8/8" in card
+    assert (tmp_path / "run" / "evaluate" / "card" / "per_position.png").exists()
     inspect = subprocess.run([*CLI, "inspect", str(tmp_path / "run" / "export" / "draft")], capture_output=True,
                              text=True)
     assert inspect.returncode == 0 and "OK" in inspect.stdout

@@ -4,6 +4,7 @@ counters agree with the pure-PyTorch reference loop; a draft that copies a known
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -89,3 +90,33 @@ def test_vllm_serves_a_draft_in_modelopts_layout(permutation_setup, tmp_path):
     assert inspect_draft(folder).ok, inspect_draft(folder).lines()
     vllm = evaluate_vllm(str(target), str(folder), "eagle3", K, [prompts], MAX_TOKENS)[prompts.name]
     assert vllm.acceptance_length > K + 1 - 0.3 and vllm.lossless, vllm
+
+
+def test_vllm_serves_a_long_context_export_with_the_rope_it_says(permutation_setup, tmp_path):
+    """export.rope_scaling reaches vLLM: the draft's rotary embedding is YaRN with the factor and original length
+    written, and decoding stays lossless."""
+    import json
+
+    from vllm import LLM, SamplingParams
+
+    target, exact, _, prompts = permutation_setup
+    folder = tmp_path / "yarn"
+    shutil.copytree(exact, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024},
+                  max_position_embeddings=4096)
+    (folder / "config.json").write_text(json.dumps(config))
+    llm = LLM(model=str(target), dtype="float32", enforce_eager=True, max_model_len=1024, gpu_memory_utilization=0.3,
+              speculative_config={"method": "eagle3", "model": str(folder), "num_speculative_tokens": K})
+    # vLLM's own objects (in-process engine): the drafter it built from the folder
+    runner = llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
+    rotary = runner.drafter.model.model.layers[0].self_attn.rotary_emb
+    assert type(rotary).__name__ == "YaRNScalingRotaryEmbedding"
+    assert rotary.scaling_factor == 4.0 and rotary.max_position_embeddings == 1024
+    with_draft = [o.outputs[0].token_ids for o in llm.chat(prompts.prompts, SamplingParams(temperature=0, max_tokens=20),
+                                                            use_tqdm=False)]
+    del llm
+    alone = LLM(model=str(target), dtype="float32", enforce_eager=True, max_model_len=1024, gpu_memory_utilization=0.3)
+    without = [o.outputs[0].token_ids for o in alone.chat(prompts.prompts, SamplingParams(temperature=0, max_tokens=20),
+                                                           use_tqdm=False)]
+    assert [list(t) for t in with_draft] == [list(t) for t in without]

@@ -19,6 +19,7 @@ from eagle_recipes.draft.layouts import (
     optional_tensors,
     read_config,
     required_tensors,
+    rope_problems,
 )
 
 
@@ -95,6 +96,11 @@ def inspect_draft(folder: Path) -> InspectReport:
     except LayoutError as error:
         report.problems.append(str(error))
         return report
+    report.problems += rope_problems(facts)
+    rope = facts.get("rope_scaling")
+    if isinstance(rope, dict) and rope.get("factor"):
+        report.notes.append(f"long context: rope {rope.get('rope_type', rope.get('type'))} x{rope['factor']:g}, "
+                            f"served up to {facts['max_position_embeddings']:,} tokens")
     if report.layout != "eagle1" and not facts["aux_ids_written"]:
         report.problems.append("config.json: eagle_aux_hidden_state_layer_ids not written; engines then guess "
                                "(2, L//2, L-3), which repeats ids on small targets and fails at the first draft step")

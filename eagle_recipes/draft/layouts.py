@@ -114,6 +114,38 @@ def layout_config(config: DraftConfig, layout: str, dtype: str, base_model: str,
             "torch_dtype": dtype}
 
 
+def with_long_context(config: DraftConfig, rope_scaling: dict) -> DraftConfig:
+    """The config to serve beyond the training length: the rope scaling written, max_position_embeddings raised
+    to factor x the original length (the weights stay as trained)."""
+    if not rope_scaling:
+        return config
+    from dataclasses import replace
+
+    original = rope_scaling.get("original_max_position_embeddings", config.max_position_embeddings)
+    return replace(config, rope_scaling=dict(rope_scaling),
+                   max_position_embeddings=int(rope_scaling["factor"] * original))
+
+
+def rope_problems(facts: dict) -> list[str]:
+    """What an engine would misread in a config's rope scaling (empty when there is none or it is sound)."""
+    rope = facts.get("rope_scaling")
+    if not rope:
+        return []
+    if not isinstance(rope, dict):
+        return [f"config.json: rope_scaling is {type(rope).__name__}, expected a table"]
+    kind, factor = rope.get("rope_type", rope.get("type")), rope.get("factor")
+    problems = []
+    if kind not in ("linear", "dynamic", "yarn", "llama3", "longrope", "default"):
+        problems.append(f"config.json: rope_scaling has rope_type {kind!r}; engines know linear, dynamic, yarn, "
+                        "llama3 and longrope")
+    if kind != "default" and (not isinstance(factor, (int, float)) or factor < 1):
+        problems.append(f"config.json: rope_scaling.factor is {factor!r}, expected a number >= 1")
+    original = rope.get("original_max_position_embeddings")
+    if kind in ("yarn", "llama3") and not isinstance(original, int):
+        problems.append(f"config.json: {kind} rope scaling lacks original_max_position_embeddings")
+    return problems
+
+
 def draft_config_from_facts(facts: dict[str, Any], layout: str) -> DraftConfig:
     """Our DraftConfig for a folder's config.json (target_num_layers is unknown there: 0)."""
     return DraftConfig(

@@ -6,13 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def no_progress(done: int, total: int | None, unit: str) -> None:
+    pass
+
+
 def measure(base: str, draft: Path, method: str, k: int, sets: list, max_tokens: int, engine: str,
-            dtype: str = "auto", log=print) -> dict:
-    """{prompt set name: SetReport} by the chosen engine ("vllm" or "reference")."""
+            dtype: str = "auto", log=print, progress=no_progress) -> dict:
+    """{prompt set name: SetReport} by the chosen engine ("vllm" or "reference"); `progress(done, total, unit)`
+    counts prompts per prompt set and phase."""
     if engine == "reference":
         from eagle_recipes.evaluation.reference_path import evaluate_reference
 
-        return evaluate_reference(base, draft, k, sets, max_tokens, log)
+        return evaluate_reference(base, draft, k, sets, max_tokens, log, progress)
     from eagle_recipes.evaluation.vllm_path import evaluate_vllm
 
-    return evaluate_vllm(base, str(draft), method, k, sets, max_tokens, dtype, log)
+    return evaluate_vllm(base, str(draft), method, k, sets, max_tokens, dtype, log, progress)

@@ -14,7 +14,7 @@ from eagle_recipes.evaluation.report import SetReport
 
 
 def evaluate_reference(base: str, draft_folder: Path, k: int, sets: list[PromptSet], max_tokens: int,
-                       log=print) -> dict[str, SetReport]:
+                       log=print, progress=lambda done, total, unit: None) -> dict[str, SetReport]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -26,7 +26,9 @@ def evaluate_reference(base: str, draft_folder: Path, k: int, sets: list[PromptS
     for prompt_set in sets:
         total = Acceptance(accepted_per_position=[0] * k)
         identical = 0
-        for messages in prompt_set.prompts:
+        unit = f"prompts ({prompt_set.name}, reference decoder)"
+        for index, messages in enumerate(prompt_set.prompts):
+            progress(index, len(prompt_set.prompts), unit)
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
             prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
             tokens, stats = reference_generate(target, draft, config, d2t, prompt, k, max_tokens, eos)
@@ -34,6 +36,7 @@ def evaluate_reference(base: str, draft_folder: Path, k: int, sets: list[PromptS
             greedy = target.generate(torch.tensor([prompt]), max_new_tokens=max_tokens, do_sample=False,
                                      eos_token_id=list(eos), pad_token_id=tokenizer.pad_token_id)[0, len(prompt):]
             identical += tokens == greedy.tolist()
+        progress(len(prompt_set.prompts), len(prompt_set.prompts), unit)
         report[prompt_set.name] = SetReport.from_acceptance(len(prompt_set.prompts), total, identical)
         log(report[prompt_set.name].summary(f"{prompt_set.name} (reference)"))
     return report

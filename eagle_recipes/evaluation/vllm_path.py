@@ -55,14 +55,35 @@ def _fill_second_turns(llm, prompt_set: PromptSet, max_tokens: int) -> None:
         prompt[1]["content"] = text
 
 
+def _by_category(prompt_set: PromptSet) -> list[list[int]]:
+    """Prompt indices per category: the unit of progress (and of vLLM's per-category counters)."""
+    return [[i for i, c in enumerate(prompt_set.categories) if c == category]
+            for category in sorted(set(prompt_set.categories))]
+
+
+def _baseline(llm, prompt_set: PromptSet, max_tokens: int, progress) -> tuple[list[list[int]], float]:
+    """The target's own greedy outputs (the losslessness reference) and their wall time."""
+    ids: list[list[int]] = [[] for _ in prompt_set.prompts]
+    wall, done, unit = 0.0, 0, f"prompts ({prompt_set.name}, target alone)"
+    for indices in _by_category(prompt_set):
+        progress(done, len(ids), unit)
+        rows, _, seconds = generate(llm, [prompt_set.prompts[i] for i in indices], max_tokens)
+        for i, row in zip(indices, rows):
+            ids[i] = row
+        wall, done = wall + seconds, done + len(indices)
+    progress(done, len(ids), unit)
+    return ids, wall
+
+
 def _measure_set(llm, prompt_set: PromptSet, k: int, max_tokens: int, base_ids: list[list[int]],
-                 base_wall: float) -> SetReport:
+                 base_wall: float, progress) -> SetReport:
     total = Acceptance(accepted_per_position=[0] * k)
     by_category: dict[str, Acceptance] = defaultdict(lambda: Acceptance(accepted_per_position=[0] * k))
     spec_ids: list[list[int]] = [[] for _ in prompt_set.prompts]
-    spec_wall = 0.0
-    for category in sorted(set(prompt_set.categories)):
-        indices = [i for i, c in enumerate(prompt_set.categories) if c == category]
+    spec_wall, done, unit = 0.0, 0, f"prompts ({prompt_set.name}, with the draft)"
+    for indices in _by_category(prompt_set):
+        category = prompt_set.categories[indices[0]]
+        progress(done, len(prompt_set.prompts), unit)
         drafts0, per_pos0 = _counters(llm)
         ids, _, wall = generate(llm, [prompt_set.prompts[i] for i in indices], max_tokens)
         drafts1, per_pos1 = _counters(llm)
@@ -73,6 +94,8 @@ def _measure_set(llm, prompt_set: PromptSet, k: int, max_tokens: int, base_ids: 
         delta = Acceptance(drafts1 - drafts0, [b - a for a, b in zip(per_pos0, per_pos1)])
         by_category[category].add(delta)
         total.add(delta)
+        done += len(indices)
+    progress(done, len(prompt_set.prompts), unit)
     base_tokens, spec_tokens = sum(map(len, base_ids)), sum(map(len, spec_ids))
     return SetReport.from_acceptance(
         len(prompt_set.prompts), total, sum(a == b for a, b in zip(base_ids, spec_ids)),
@@ -83,7 +106,7 @@ def _measure_set(llm, prompt_set: PromptSet, k: int, max_tokens: int, base_ids: 
 
 
 def evaluate_vllm(base: str, draft: str, method: str, k: int, sets: list[PromptSet], max_tokens: int,
-                  dtype: str = "auto", log=print) -> dict[str, SetReport]:
+                  dtype: str = "auto", log=print, progress=lambda done, total, unit: None) -> dict[str, SetReport]:
     from eagle_recipes.engines import cpu_engine_env, has_gpu_here
 
     if not has_gpu_here():
@@ -94,14 +117,14 @@ def evaluate_vllm(base: str, draft: str, method: str, k: int, sets: list[PromptS
     for prompt_set in sets:
         if any(m.get("content") is None for p in prompt_set.prompts for m in p):
             _fill_second_turns(llm, prompt_set, max_tokens)
-        baseline[prompt_set.name] = generate(llm, prompt_set.prompts, max_tokens)
+        baseline[prompt_set.name] = _baseline(llm, prompt_set, max_tokens, progress)
     del llm
     gc.collect()
     llm = engine(base, draft, method, k, dtype)
     report: dict[str, SetReport] = {}
     for prompt_set in sets:
-        base_ids, _, base_wall = baseline[prompt_set.name]
-        report[prompt_set.name] = _measure_set(llm, prompt_set, k, max_tokens, base_ids, base_wall)
+        base_ids, base_wall = baseline[prompt_set.name]
+        report[prompt_set.name] = _measure_set(llm, prompt_set, k, max_tokens, base_ids, base_wall, progress)
         log(report[prompt_set.name].summary(prompt_set.name))
     del llm
     gc.collect()

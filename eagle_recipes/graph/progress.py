@@ -104,11 +104,15 @@ class Display:
             return
         if view.first_progress is None:
             view.first_progress = (time.time(), done)
+        phase_changed = unit != view.unit
+        if phase_changed:  # a new unit is a new phase (evaluate: per prompt set and engine): its own rate
+            view.first_progress = (time.time(), done)
         view.done, view.total, view.unit = done, total, unit
         now = time.time()
-        if not self._live and now - self._last_plain.get(stage, 0) > 10:
+        text = self._progress_text(view)
+        if not self._live and text and (phase_changed or now - self._last_plain.get(stage, 0) > 10):
             self._last_plain[stage] = now
-            print(f"[{stage}] {self._progress_text(view)}", flush=True)
+            print(f"[{stage}] {text}", flush=True)
         self.refresh()
 
     def refresh(self) -> None:
@@ -122,7 +126,8 @@ class Display:
         text = f"{view.done}/{view.total} {view.unit}" if view.total else f"{view.done} {view.unit}"
         rate = view.rate()
         if rate:
-            text += f"  {rate:.1f} {view.unit}/s"
+            unit = view.unit.split(" (")[0]  # "prompts (mt-bench, with the draft)": the rate is in prompts
+            text += f"  {rate:.1f} {unit}/s" if rate >= 1 else f"  {1 / rate:.1f} s/{unit.rstrip('s')}"
             if view.total and view.total > view.done:
                 text += f"  ETA {(view.total - view.done) / rate:.0f}s"
         return text

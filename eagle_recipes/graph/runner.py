@@ -34,23 +34,27 @@ def embedded_cpus(requested: int) -> int:
     return requested or max(8, 4 * (os.cpu_count() or 1))
 
 
-def init_ray(recipe: Recipe, address: str | None, worker_logs: bool = True) -> None:
+def init_ray(recipe: Recipe, address: str | None, verbose: bool = False) -> None:
     """Join the cluster at `address` (or the recipe's), or start an embedded Ray sized to this machine.
 
-    worker_logs=False keeps the workers' own logs (vLLM, Ray Train) out of the live view; they stay in Ray's
-    session folder, and a failing stage's traceback is shown either way.
+    Unless `verbose`, Ray's own start-up notices and the workers' logs (vLLM, Ray Train) stay out of the output:
+    they are kept in Ray's session folder, the stages report their own progress, and a failing stage's error is
+    shown either way.
     """
+    import logging
+
     if ray.is_initialized():
         return
     address = address or recipe.ray.address or None
     env = {"TOKENIZERS_PARALLELISM": "false"}
+    quiet = {} if verbose else {"logging_level": logging.ERROR, "log_to_driver": False}
     if address:
         check_reachable(address)
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=worker_logs)
+        ray.init(address=address, runtime_env={"env_vars": env}, **quiet)
     else:
         # address="local": always a fresh embedded Ray, never a cluster that `ray start` left on this machine
         ray.init(address="local", num_cpus=embedded_cpus(recipe.ray.num_cpus), include_dashboard=False,
-                 runtime_env={"env_vars": env}, log_to_driver=worker_logs)
+                 runtime_env={"env_vars": env}, **quiet)
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -82,6 +86,7 @@ def execute_stage(recipe: Recipe, name: str, fingerprint: str, upstream: dict[st
     def log(message: str) -> None:
         hub.log.remote(name, message)
 
+    progress(0, None, "")  # the stage shows as running from its first moment, before it has a count
     started = time.time()
     context = StageContext(recipe=recipe, out=out, upstream={k: Path(v) for k, v in upstream.items()},
                            resumed=resumed, progress=progress, log=log)
@@ -94,7 +99,8 @@ def execute_stage(recipe: Recipe, name: str, fingerprint: str, upstream: dict[st
     return asdict(manifest)
 
 
-def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Display | None = None) -> dict:
+def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Display | None = None,
+             verbose: bool = False) -> dict:
     """Run every stage that must run; return the run summary (also written to <output_dir>/run.json)."""
     output_dir = Path(recipe.output_dir)
     _check_upstream(plan, output_dir)
@@ -102,7 +108,7 @@ def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Di
     display = display or Display([s.name for s in plan.stages])
     hub = None
     if any(stage.must_run for stage in plan.stages):  # nothing to do: no Ray to start, seconds not minutes
-        init_ray(recipe, address, worker_logs=not display.interactive)
+        init_ray(recipe, address, verbose)
         hub = ProgressHub.remote()
     upstream_folders = {s.name: {d: str(output_dir / d) for d in s.depends_on} for s in plan.stages}
     refs: dict[str, ray.ObjectRef] = {}
@@ -152,7 +158,10 @@ def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Di
                     display.set_status(stage_name, "failed", failure_line(error))
                     summary["stages"][stage_name] = {"status": "failed", "error": str(error)[-2000:]}
                     continue
-                display.set_status(stage_name, "done", STAGE_BY_NAME[stage_name].headline(manifest), manifest["wall_s"])
+                if stage_name not in running:  # finished between two looks: it still ran
+                    display.set_status(stage_name, "running")
+                headline = STAGE_BY_NAME[stage_name].headline(manifest)
+                display.set_status(stage_name, "done", headline, manifest["wall_s"])
                 summary["stages"][stage_name] = {"status": "done", **manifest}
     summary["wall_s"] = round(time.time() - started, 3)
     summary["ok"] = failure is None

@@ -181,6 +181,11 @@ def _check_consistency(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
         problems.append(Problem(file, line_of(lines, "capture.engine"), "capture.engine",
                                 "vLLM's hidden-state extractor needs GPUs (the CPU build cannot save the states)",
                                 'use capture.engine = "hf" on CPU machines'))
+    rope = recipe.export.rope_scaling
+    if rope and rope["rope_type"] in ("yarn", "llama3") and "original_max_position_embeddings" not in rope:
+        problems.append(Problem(file, line_of(lines, "export.rope_scaling"), "export.rope_scaling",
+                                f"{rope['rope_type']} scaling needs original_max_position_embeddings",
+                                "set it to the length the draft was trained for (the base model's context)"))
     if recipe.synthesis.self_prompts and recipe.synthesis.engine == "none":
         problems.append(Problem(file, line_of(lines, "synthesis.self_prompts"), "synthesis.self_prompts",
                                 "needs a synthesis engine", "set synthesis.engine to vllm or openai"))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-FREE_FORM_TABLES = ("overrides", "engine_kwargs")  # tables whose keys the schema does not fix
+FREE_FORM_TABLES = ("overrides", "engine_kwargs", "rope_scaling")  # tables whose keys the schema does not fix
 NAMED_PROMPT_SETS = ("mt-bench", "holdout")  # eval prompt sets that are not files
 
 

@@ -21,11 +21,26 @@ from eagle_recipes.stages.common import (
 )
 
 
+def write_card(recipe: Recipe, out: Path, report: dict) -> None:
+    """evaluate/card/: the complete model card (with tau) and its chart, what `publish` puts beside the weights."""
+    import shutil
+
+    from eagle_recipes.atomic import atomic_path
+    from eagle_recipes.card import CARD_FOLDER, render_card
+
+    with atomic_path(out / CARD_FOLDER) as tmp:
+        tmp.mkdir()
+        (tmp / "README.md").write_text(render_card(recipe, out.parent, report), encoding="utf-8")
+        if (out / "per_position.png").exists():
+            shutil.copy(out / "per_position.png", tmp / "per_position.png")
+
+
 def _measure_task(base: str, draft: Path, method: str, k: int, sets: list, max_tokens: int, engine: str,
-                  dtype: str) -> dict:
+                  dtype: str, progress) -> dict:
     from eagle_recipes.evaluation import measure
 
-    return measure(base, draft, method, k, sets, max_tokens, engine, dtype)
+    return measure(base, draft, method, k, sets, max_tokens, engine, dtype, log=lambda message: None,
+                   progress=progress)
 
 
 class EvaluateStage(Stage):
@@ -51,7 +66,7 @@ class EvaluateStage(Stage):
 
     @staticmethod
     def outputs(recipe: Recipe) -> list[str]:
-        return ["evaluate/report.json", "evaluate/per_position.png"]
+        return ["evaluate/report.json", "evaluate/per_position.png", "evaluate/card/README.md"]
 
     @staticmethod
     def ray_options(recipe: Recipe) -> dict[str, Any]:
@@ -90,9 +105,10 @@ class EvaluateStage(Stage):
         task = ray.remote(_measure_task).options(**options)
         measured = ray.get(task.remote(base_model_path(recipe), ctx.upstream["export"] / "draft",
                                        speculative_method(recipe.draft.algorithm), k, sets, recipe.eval.max_tokens,
-                                       recipe.eval.engine, recipe.model.dtype))
+                                       recipe.eval.engine, recipe.model.dtype, ctx.progress))
         report = EvalReport(measured, recipe.data["eval"])
         report.write(ctx.out)
+        write_card(recipe, ctx.out, report.to_dict())
         for name, entry in report.sets.items():
             ctx.log(entry.summary(name))
         headline = report.headline

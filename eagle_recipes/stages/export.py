@@ -15,6 +15,7 @@ from eagle_recipes.draft.layouts import (
     sglang_algorithm,
     speculative_method,
     to_layout,
+    with_long_context,
 )
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.stages.base import Stage, StageContext
@@ -64,7 +65,7 @@ class ExportStage(Stage):
 
     @staticmethod
     def outputs(recipe: Recipe) -> list[str]:
-        return ["export/draft/config.json", "export/draft/model.safetensors", "export/draft/README.md"]
+        return ["export/draft/config.json", "export/draft/model.safetensors", "export/draft/README.md (the card)"]
 
     @staticmethod
     def ray_options(recipe: Recipe) -> dict[str, Any]:
@@ -79,8 +80,11 @@ class ExportStage(Stage):
         import torch
         from safetensors.torch import load_file
 
+        from eagle_recipes.card import render_card
+
         final = ctx.upstream["train"] / "final"
-        config = DraftConfig.from_dict(json.loads((final / "draft_config.json").read_text(encoding="utf-8")))
+        trained = DraftConfig.from_dict(json.loads((final / "draft_config.json").read_text(encoding="utf-8")))
+        config = with_long_context(trained, ctx.recipe.export.rope_scaling)
         state = load_file(str(final / "model.safetensors"))
         layout = "eagle1" if config.algorithm == "eagle1" else ctx.recipe.export.layout
         base = base_model_path(ctx.recipe)
@@ -92,5 +96,6 @@ class ExportStage(Stage):
             ctx.log(line)
         if not report.ok:
             raise RuntimeError("the exported draft failed its completeness check:\n" + "\n".join(report.lines()))
+        write_text(ctx.out / "draft" / "README.md", render_card(ctx.recipe, ctx.out.parent))  # the card, unevaluated
         ctx.log("serve it with:\n" + serving_snippet(base, ctx.out / "draft", config.algorithm, k))
         return {"counts": {"tensors": report.tensors}, "metrics": {"layout": layout, "inspect_ok": report.ok}}
