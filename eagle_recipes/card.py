@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 from eagle_recipes.graph.manifest import read_manifest
 from eagle_recipes.recipe import Recipe
 

@@ -8,6 +8,7 @@ a conversation as a prefix of its text, which holds for the chat templates of th
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,16 +20,37 @@ class Rendered:
     loss_mask: list[int]  # 1 on assistant tokens
 
 
-def load_tokenizer(model_path: str, chat_template_file: str = "", trust_remote_code: bool = False):
+def load_tokenizer(model_path: str, chat_template_file: str = "", trust_remote_code: bool = False,
+                   thinking: bool | None = None):
+    """The base model's fast tokenizer and chat template (or the recipe's template file).
+
+    thinking: the template's own reasoning switch (`enable_thinking`, as Qwen3's reads it) fixed for every
+    rendering; None leaves the template's default. Templates without the switch render the same either way.
+    """
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     if chat_template_file:
         with open(chat_template_file, encoding="utf-8") as handle:
             tokenizer.chat_template = handle.read()
+    if thinking is not None and isinstance(tokenizer.chat_template, str):
+        # a template-level `set` wins over what a caller passes: every rendering (synthesis, calibrate, capture,
+        # training) then sees the same switch
+        switch = "true" if thinking else "false"
+        tokenizer.chat_template = f"{{%- set enable_thinking = {switch} %}}" + tokenizer.chat_template
     if not tokenizer.is_fast:
         raise ValueError(f"{model_path}: a fast tokenizer is needed (offsets for the assistant loss mask)")
     return tokenizer
+
+
+THINK_BLOCK = re.compile(r"<think>.*?</think>\s*", re.S)
+
+
+def strip_thinking(text: str) -> str:
+    """A reply without its reasoning: closed <think>...</think> blocks removed; an unclosed one (the reply was cut
+    while thinking) removed with everything after it."""
+    text = THINK_BLOCK.sub("", text)
+    return text.split("<think>", 1)[0]
 
 
 def _template(tokenizer, messages: list[dict], generation_prompt: bool) -> str:

@@ -14,7 +14,8 @@ from eagle_recipes.evaluation.report import SetReport
 
 
 def evaluate_reference(base: str, draft_folder: Path, k: int, sets: list[PromptSet], max_tokens: int,
-                       log=print, progress=lambda done, total, unit: None) -> dict[str, SetReport]:
+                       log=print, progress=lambda done, total, unit: None,
+                       thinking: bool | None = None) -> dict[str, SetReport]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -22,6 +23,7 @@ def evaluate_reference(base: str, draft_folder: Path, k: int, sets: list[PromptS
     target = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).eval()
     draft, config, d2t = load_draft_module(draft_folder)
     eos = {tokenizer.eos_token_id} | set(np.atleast_1d(target.generation_config.eos_token_id or []).tolist())
+    switch = {} if thinking is None else {"enable_thinking": thinking}
     report = {}
     for prompt_set in sets:
         total = Acceptance(accepted_per_position=[0] * k)
@@ -29,7 +31,7 @@ def evaluate_reference(base: str, draft_folder: Path, k: int, sets: list[PromptS
         unit = f"prompts ({prompt_set.name}, reference decoder)"
         for index, messages in enumerate(prompt_set.prompts):
             progress(index, len(prompt_set.prompts), unit)
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **switch)
             prompt = tokenizer(text, add_special_tokens=False)["input_ids"]
             tokens, stats = reference_generate(target, draft, config, d2t, prompt, k, max_tokens, eos)
             total.add(stats)

@@ -38,19 +38,23 @@ def engine(base: str, draft: str | None, method: str, k: int, dtype: str):
     return LLM(**kwargs)
 
 
-def generate(llm, prompts: list[list[dict]], max_tokens: int) -> tuple[list[list[int]], list[str], float]:
-    """Greedy replies to chat prompts: (token ids, texts, wall seconds)."""
+def generate(llm, prompts: list[list[dict]], max_tokens: int,
+             thinking: bool | None = None) -> tuple[list[list[int]], list[str], float]:
+    """Greedy replies to chat prompts: (token ids, texts, wall seconds); `thinking` sets the chat template's
+    reasoning switch (None: its default)."""
     from vllm import SamplingParams
 
+    switch = None if thinking is None else {"enable_thinking": thinking}
     started = time.time()
-    outputs = llm.chat(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens), use_tqdm=False)
+    outputs = llm.chat(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens), use_tqdm=False,
+                       chat_template_kwargs=switch)
     wall = time.time() - started
     return [list(o.outputs[0].token_ids) for o in outputs], [o.outputs[0].text for o in outputs], wall
 
 
-def _fill_second_turns(llm, prompt_set: PromptSet, max_tokens: int) -> None:
+def _fill_second_turns(llm, prompt_set: PromptSet, max_tokens: int, thinking: bool | None) -> None:
     pending = [p for p in prompt_set.prompts if any(m.get("content") is None for m in p)]
-    _, texts, _ = generate(llm, [p[:1] for p in pending], max_tokens)
+    _, texts, _ = generate(llm, [p[:1] for p in pending], max_tokens, thinking)
     for prompt, text in zip(pending, texts):
         prompt[1]["content"] = text
 
@@ -61,13 +65,14 @@ def _by_category(prompt_set: PromptSet) -> list[list[int]]:
             for category in sorted(set(prompt_set.categories))]
 
 
-def _baseline(llm, prompt_set: PromptSet, max_tokens: int, progress) -> tuple[list[list[int]], float]:
+def _baseline(llm, prompt_set: PromptSet, max_tokens: int, progress,
+              thinking: bool | None) -> tuple[list[list[int]], float]:
     """The target's own greedy outputs (the losslessness reference) and their wall time."""
     ids: list[list[int]] = [[] for _ in prompt_set.prompts]
     wall, done, unit = 0.0, 0, f"prompts ({prompt_set.name}, target alone)"
     for indices in _by_category(prompt_set):
         progress(done, len(ids), unit)
-        rows, _, seconds = generate(llm, [prompt_set.prompts[i] for i in indices], max_tokens)
+        rows, _, seconds = generate(llm, [prompt_set.prompts[i] for i in indices], max_tokens, thinking)
         for i, row in zip(indices, rows):
             ids[i] = row
         wall, done = wall + seconds, done + len(indices)
@@ -76,7 +81,7 @@ def _baseline(llm, prompt_set: PromptSet, max_tokens: int, progress) -> tuple[li
 
 
 def _measure_set(llm, prompt_set: PromptSet, k: int, max_tokens: int, base_ids: list[list[int]],
-                 base_wall: float, progress) -> SetReport:
+                 base_wall: float, progress, thinking: bool | None) -> SetReport:
     total = Acceptance(accepted_per_position=[0] * k)
     by_category: dict[str, Acceptance] = defaultdict(lambda: Acceptance(accepted_per_position=[0] * k))
     spec_ids: list[list[int]] = [[] for _ in prompt_set.prompts]
@@ -85,7 +90,7 @@ def _measure_set(llm, prompt_set: PromptSet, k: int, max_tokens: int, base_ids: 
         category = prompt_set.categories[indices[0]]
         progress(done, len(prompt_set.prompts), unit)
         drafts0, per_pos0 = _counters(llm)
-        ids, _, wall = generate(llm, [prompt_set.prompts[i] for i in indices], max_tokens)
+        ids, _, wall = generate(llm, [prompt_set.prompts[i] for i in indices], max_tokens, thinking)
         drafts1, per_pos1 = _counters(llm)
         spec_wall += wall
         for i, row in zip(indices, ids):
@@ -106,7 +111,8 @@ def _measure_set(llm, prompt_set: PromptSet, k: int, max_tokens: int, base_ids: 
 
 
 def evaluate_vllm(base: str, draft: str, method: str, k: int, sets: list[PromptSet], max_tokens: int,
-                  dtype: str = "auto", log=print, progress=lambda done, total, unit: None) -> dict[str, SetReport]:
+                  dtype: str = "auto", log=print, progress=lambda done, total, unit: None,
+                  thinking: bool | None = None) -> dict[str, SetReport]:
     from eagle_recipes.engines import cpu_engine_env, has_gpu_here
 
     if not has_gpu_here():
@@ -116,15 +122,16 @@ def evaluate_vllm(base: str, draft: str, method: str, k: int, sets: list[PromptS
     baseline: dict[str, tuple] = {}
     for prompt_set in sets:
         if any(m.get("content") is None for p in prompt_set.prompts for m in p):
-            _fill_second_turns(llm, prompt_set, max_tokens)
-        baseline[prompt_set.name] = _baseline(llm, prompt_set, max_tokens, progress)
+            _fill_second_turns(llm, prompt_set, max_tokens, thinking)
+        baseline[prompt_set.name] = _baseline(llm, prompt_set, max_tokens, progress, thinking)
     del llm
     gc.collect()
     llm = engine(base, draft, method, k, dtype)
     report: dict[str, SetReport] = {}
     for prompt_set in sets:
         base_ids, base_wall = baseline[prompt_set.name]
-        report[prompt_set.name] = _measure_set(llm, prompt_set, k, max_tokens, base_ids, base_wall, progress)
+        report[prompt_set.name] = _measure_set(llm, prompt_set, k, max_tokens, base_ids, base_wall, progress,
+                                               thinking)
         log(report[prompt_set.name].summary(prompt_set.name))
     del llm
     gc.collect()

@@ -22,6 +22,7 @@ from eagle_recipes.stages.common import (
     conversation_files,
     conversation_input_files,
     rendering_settings,
+    thinking_when_rendered,
 )
 
 COVERAGE_WARNING = 0.95
@@ -39,11 +40,12 @@ class TokenCounter:
     """
 
     def __init__(self, model_path: str, template_file: str, vocab_size: int, count: str, max_len: int,
-                 holdout_fraction: float, use_pieces: bool = True):
+                 holdout_fraction: float, use_pieces: bool = True, trust_remote_code: bool = False,
+                 thinking: bool | None = None):
         from eagle_recipes.data.chat import load_tokenizer
         from eagle_recipes.data.pretokens import PieceVocabulary, PreTokenizer
 
-        self.tokenizer = load_tokenizer(model_path, template_file)
+        self.tokenizer = load_tokenizer(model_path, template_file, trust_remote_code, thinking)
         self.vocab_size, self.count, self.max_len = vocab_size, count, max_len
         self.holdout_fraction = holdout_fraction
         self.splitter = PreTokenizer.for_tokenizer(self.tokenizer) if use_pieces else None
@@ -139,14 +141,16 @@ def _inside_spans(pieces: list[tuple[str, int, int]], spans: list[tuple[int, int
 
 def count_tokens(files: list[Path], model_path: str, template_file: str, vocab_size: int, count: str,
                  max_len: int, holdout_fraction: float, batch_size: int = 2048, workers: int = 2,
-                 progress=None, use_ray_data: bool | None = None, use_pieces: bool = True) -> dict[str, np.ndarray]:
+                 progress=None, use_ray_data: bool | None = None, use_pieces: bool = True,
+                 trust_remote_code: bool = False, thinking: bool | None = None) -> dict[str, np.ndarray]:
     """Token counts per split ("train", "holdout") over JSONL conversation files.
 
     Ray Data (`map_batches` over `workers` counting actors) when the files total RAY_DATA_MIN_BYTES or more, or
     when `use_ray_data` says so; below that, starting the actors costs more than the counting, so it runs here.
     """
     counter_args = dict(model_path=model_path, template_file=template_file, vocab_size=vocab_size, count=count,
-                        max_len=max_len, holdout_fraction=holdout_fraction, use_pieces=use_pieces)
+                        max_len=max_len, holdout_fraction=holdout_fraction, use_pieces=use_pieces,
+                        trust_remote_code=trust_remote_code, thinking=thinking)
     if use_ray_data is None:
         use_ray_data = sum(f.stat().st_size for f in files) >= RAY_DATA_MIN_BYTES
     if use_ray_data:
@@ -235,7 +239,9 @@ class CalibrateStage(Stage):
         vocab_size = base_model_facts(model_path).vocab_size
         files = conversation_files(recipe, ctx.upstream)
         counts = count_tokens(files, model_path, chat_template_file(recipe), vocab_size, recipe.vocab.count,
-                              recipe.train.max_seq_len, recipe.dataset.holdout_fraction, progress=ctx.progress)
+                              recipe.train.max_seq_len, recipe.dataset.holdout_fraction, progress=ctx.progress,
+                              trust_remote_code=recipe.model.trust_remote_code,
+                              thinking=thinking_when_rendered(recipe))
         train = counts["train"]
         requested = recipe.vocab.draft_vocab_size
         distinct = int(np.count_nonzero(train))

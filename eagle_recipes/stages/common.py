@@ -24,8 +24,27 @@ def conversation_files(recipe: Recipe, upstream: dict[str, Path]) -> list[Path]:
 def rendering_settings(recipe: Recipe) -> dict:
     """The recipe fields that decide how conversations become token ids, loss masks and splits (part of the
     fingerprint of every stage that reads the conversations so)."""
+    reasoning = recipe.synthesis.reasoning
     return {"model": recipe.data["model"], "max_seq_len": recipe.train.max_seq_len,
-            "holdout_fraction": recipe.dataset.holdout_fraction}
+            "holdout_fraction": recipe.dataset.holdout_fraction,
+            **({"reasoning": reasoning} if reasoning != "keep" else {})}  # the default leaves fingerprints as they were
+
+
+def thinking_when_rendered(recipe: Recipe) -> bool | None:
+    """The template switch for rendering stored conversations (calibrate, capture, training): off when the
+    thinking was stripped or disabled; else the template's default."""
+    return None if recipe.synthesis.reasoning == "keep" else False
+
+
+def thinking_when_generating(recipe: Recipe) -> bool | None:
+    """The template switch when the base model answers (synthesis, evaluation)."""
+    return False if recipe.synthesis.reasoning == "disable" else None
+
+
+def load_recipe_tokenizer(recipe: Recipe, model_path: str, thinking: bool | None):
+    from eagle_recipes.data.chat import load_tokenizer
+
+    return load_tokenizer(model_path, chat_template_file(recipe), recipe.model.trust_remote_code, thinking)
 
 
 def conversation_input_files(recipe: Recipe) -> list[Path]:

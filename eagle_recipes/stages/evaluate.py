@@ -18,6 +18,7 @@ from eagle_recipes.stages.common import (
     base_model_path,
     conversation_files,
     read_conversations,
+    thinking_when_generating,
 )
 
 
@@ -36,11 +37,11 @@ def write_card(recipe: Recipe, out: Path, report: dict) -> None:
 
 
 def _measure_task(base: str, draft: Path, method: str, k: int, sets: list, max_tokens: int, engine: str,
-                  dtype: str, progress) -> dict:
+                  dtype: str, progress, thinking: bool | None) -> dict:
     from eagle_recipes.evaluation import measure
 
     return measure(base, draft, method, k, sets, max_tokens, engine, dtype, log=lambda message: None,
-                   progress=progress)
+                   progress=progress, thinking=thinking)
 
 
 class EvaluateStage(Stage):
@@ -58,7 +59,9 @@ class EvaluateStage(Stage):
 
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:
-        return {"eval": recipe.data["eval"], "holdout_fraction": recipe.dataset.holdout_fraction}
+        reasoning = recipe.synthesis.reasoning  # the template switch evaluation prompts are rendered with
+        return {"eval": recipe.data["eval"], "holdout_fraction": recipe.dataset.holdout_fraction,
+                **({"reasoning": reasoning} if reasoning != "keep" else {})}
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:
@@ -105,7 +108,8 @@ class EvaluateStage(Stage):
         task = ray.remote(_measure_task).options(**options)
         measured = ray.get(task.remote(base_model_path(recipe), ctx.upstream["export"] / "draft",
                                        speculative_method(recipe.draft.algorithm), k, sets, recipe.eval.max_tokens,
-                                       recipe.eval.engine, recipe.model.dtype, ctx.progress))
+                                       recipe.eval.engine, recipe.model.dtype, ctx.progress,
+                                       thinking_when_generating(recipe)))
         report = EvalReport(measured, recipe.data["eval"])
         report.write(ctx.out)
         write_card(recipe, ctx.out, report.to_dict())

@@ -19,11 +19,18 @@ from typing import Any, Iterator, Protocol
 import numpy as np
 
 from eagle_recipes.atomic import write_jsonl
+from eagle_recipes.data.chat import strip_thinking
 from eagle_recipes.data.formats import DataFormatError, load_conversations
 from eagle_recipes.engines import OpenAIEngine, Sampling
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.stages.base import Stage, StageContext
-from eagle_recipes.stages.common import SHARDS, base_model_path, chat_template_file
+from eagle_recipes.stages.common import (
+    SHARDS,
+    base_model_path,
+    chat_template_file,
+    load_recipe_tokenizer,
+    thinking_when_generating,
+)
 
 SENTINEL = "\u2063EAGLE_RECIPES_USER_TURN\u2063"
 
@@ -55,8 +62,10 @@ def self_prompt_conversations(engine, prefix_ids: list[int], count: int, first_i
              "source": "self_prompts"} for i, text in enumerate(list(prompts)[:count])]
 
 
-def regenerate(engine, tokenizer, conversations: list[dict], sampling: Sampling, system_prompt: str) -> list[dict]:
-    """Answer every user turn of every conversation, round by round (round r = the r-th user turn)."""
+def regenerate(engine, tokenizer, conversations: list[dict], sampling: Sampling, system_prompt: str,
+               drop_thinking: bool = False) -> list[dict]:
+    """Answer every user turn of every conversation, round by round (round r = the r-th user turn); with
+    `drop_thinking`, replies are kept (and shown to later rounds) without their <think> blocks."""
     states = []
     for conversation in conversations:
         turns = conversation["conversations"]
@@ -74,7 +83,8 @@ def regenerate(engine, tokenizer, conversations: list[dict], sampling: Sampling,
             text = tokenizer.apply_chat_template(state["messages"], tokenize=False, add_generation_prompt=True)
             prompts.append(tokenizer(text, add_special_tokens=False)["input_ids"])
         for state, reply in zip(active, engine.generate(prompts, sampling)):
-            state["messages"].append({"role": "assistant", "content": reply.text})
+            state["messages"].append({"role": "assistant",
+                                      "content": strip_thinking(reply.text) if drop_thinking else reply.text})
             state["truncated"] |= reply.truncated
             state["tokens"] += reply.tokens
     return [{"conversation_id": c["conversation_id"], "conversations": s["messages"], "truncated": s["truncated"],
@@ -89,7 +99,8 @@ def run_task(engine, tokenizer, task: dict) -> dict:
     if task["kind"] == "self_prompts":
         conversations = self_prompt_conversations(engine, task["prefix_ids"], task["count"], task["first_id"],
                                                   Sampling(**task["prompt_sampling"]))
-    rows = regenerate(engine, tokenizer, conversations, Sampling(**task["sampling"]), task["system_prompt"])
+    rows = regenerate(engine, tokenizer, conversations, Sampling(**task["sampling"]), task["system_prompt"],
+                      task.get("drop_thinking", False))
     for row in rows:
         row["conversation_id"] += task["id_suffix"]
     return {"shard": task["shard"], "rows": rows}
@@ -98,14 +109,15 @@ def run_task(engine, tokenizer, task: dict) -> dict:
 class SynthesisWorker:
     """Ray Data actor: holds one vLLM engine for the whole pass and runs the tasks of its batches on it."""
 
-    def __init__(self, engine_args: dict, model_path: str, template_file: str, trust_remote_code: bool):
+    def __init__(self, engine_args: dict, model_path: str, template_file: str, trust_remote_code: bool,
+                 thinking: bool | None):
         import ray
 
         from eagle_recipes.data.chat import load_tokenizer
         from eagle_recipes.engines import VLLMGenerator
 
         self.engine = VLLMGenerator(**engine_args)
-        self.tokenizer = load_tokenizer(model_path, template_file, trust_remote_code)
+        self.tokenizer = load_tokenizer(model_path, template_file, trust_remote_code, thinking)
         self.engine_id = ray.get_runtime_context().get_actor_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -132,6 +144,7 @@ class RayDataRunner:
     template_file: str
     trust_remote_code: bool
     replicas: int
+    thinking: bool | None  # the chat template's reasoning switch while generating
 
     def run(self, tasks: list[dict]) -> Iterator[dict]:
         import ray
@@ -146,7 +159,8 @@ class RayDataRunner:
             SynthesisWorker, batch_size=1, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=min(self.replicas, len(tasks))),
             fn_constructor_kwargs=dict(engine_args=self.engine_args, model_path=self.model_path,
-                                       template_file=self.template_file, trust_remote_code=self.trust_remote_code),
+                                       template_file=self.template_file, trust_remote_code=self.trust_remote_code,
+                                       thinking=self.thinking),
             **engine_placement(self.engine_args["tensor_parallel_size"], cluster_has_gpus()))
         for row in results.iter_rows():
             yield json.loads(row["result"])
@@ -186,7 +200,8 @@ def shard_tasks(recipe: Recipe, conversations: list[dict], tokenizer) -> list[di
         task = {"kind": "self_prompts" if self_count else "shard", "conversations": chunk,
                 "expected": self_count or len(chunk), "system_prompt": synthesis.system_prompt,
                 "sampling": asdict(Sampling(temperature, synthesis.top_p, synthesis.max_tokens, seed)),
-                "id_suffix": f"@t{temperature:g}" if several else ""}  # one pass per temperature: ids stay unique
+                "id_suffix": f"@t{temperature:g}" if several else "",  # one pass per temperature: ids stay unique
+                "drop_thinking": synthesis.reasoning == "strip"}
         if self_count:
             task.update(prefix_ids=prefix_ids, count=self_count, first_id=first_id,
                         prompt_sampling=asdict(Sampling(synthesis.self_prompt_temperature, 1.0, 96, seed + 50_000,
@@ -218,7 +233,7 @@ def _make_runner(recipe: Recipe, model_path: str, tokenizer) -> TaskRunner:
                            tensor_parallel_size=synthesis.tensor_parallel_size,
                            engine_kwargs=dict(synthesis.engine_kwargs), seed=synthesis.seed)
         return RayDataRunner(engine_args, model_path, chat_template_file(recipe), recipe.model.trust_remote_code,
-                             synthesis.replicas)
+                             synthesis.replicas, thinking_when_generating(recipe))
     settings = synthesis.openai
     return LocalRunner(OpenAIEngine(settings.base_url, settings.model, settings.api_key_env, settings.concurrency,
                                     settings.timeout_s, settings.max_retries, tokenizer), tokenizer)
@@ -240,6 +255,8 @@ class SynthesizeStage(Stage):
         synthesis = dict(recipe.data["synthesis"])
         if synthesis["engine"] != "openai":
             synthesis.pop("openai")
+        if synthesis.get("reasoning") == "keep":  # the default: fingerprints of runs from before it stay valid
+            synthesis.pop("reasoning")
         return {"synthesis": synthesis, "model": recipe.data["model"],
                 "data": {k: v for k, v in recipe.data["data"].items() if k != "holdout_fraction"}}
 
@@ -263,8 +280,6 @@ class SynthesizeStage(Stage):
 
     @staticmethod
     def run(ctx: StageContext) -> dict[str, Any]:
-        from eagle_recipes.data.chat import load_tokenizer
-
         recipe, synthesis = ctx.recipe, ctx.recipe.synthesis
         loaded = load_conversations([recipe.resolve(p) for p in recipe.dataset.prompts], recipe.dataset.format,
                                     recipe.dataset.max_samples, recipe.dataset.shuffle_seed)
@@ -278,7 +293,7 @@ class SynthesizeStage(Stage):
         if synthesis.engine == "none":
             return _normalize_only(ctx, loaded)
         model_path = base_model_path(recipe)
-        tokenizer = load_tokenizer(model_path, chat_template_file(recipe), recipe.model.trust_remote_code)
+        tokenizer = load_recipe_tokenizer(recipe, model_path, thinking_when_generating(recipe))
         runner = _make_runner(recipe, model_path, tokenizer)
         started = time.time()
         planned = shard_tasks(recipe, loaded.conversations, tokenizer)

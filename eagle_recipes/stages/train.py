@@ -30,10 +30,11 @@ from eagle_recipes.recipe import Recipe
 from eagle_recipes.stages.base import Stage, StageContext
 from eagle_recipes.stages.common import (
     base_model_path,
-    chat_template_file,
     conversation_files,
     conversation_input_files,
+    load_recipe_tokenizer,
     read_conversations,
+    thinking_when_rendered,
     torch_threads,
     vocab_file,
 )
@@ -47,11 +48,11 @@ DATA = "data.npz"
 def tokenize_training_data(recipe: Recipe, files: list[Path], model_path: str, out: Path) -> int:
     """Render every training conversation with the chat template; store ids and masks as flat arrays.
     Train (online) and capture (cached) both call this, so both see the same sequences in the same order."""
-    from eagle_recipes.data.chat import load_tokenizer, render_batch
+    from eagle_recipes.data.chat import render_batch
 
     if (out / DATA).exists():
         return int(np.load(out / DATA)["offsets"].shape[0] - 1)
-    tokenizer = load_tokenizer(model_path, chat_template_file(recipe), recipe.model.trust_remote_code)
+    tokenizer = load_recipe_tokenizer(recipe, model_path, thinking_when_rendered(recipe))
     conversations = read_conversations(files, recipe, split="train")
     rendered = []
     for start in range(0, len(conversations), 256):
@@ -522,8 +523,10 @@ class TrainStage(Stage):
 
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:
+        reasoning = recipe.synthesis.reasoning  # how conversations are rendered (online training renders them)
         return {"train": recipe.data["train"], "draft": recipe.data["draft"], "model": recipe.data["model"],
-                "holdout_fraction": recipe.dataset.holdout_fraction}
+                "holdout_fraction": recipe.dataset.holdout_fraction,
+                **({"reasoning": reasoning} if reasoning != "keep" else {})}
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:
