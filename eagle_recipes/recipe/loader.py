@@ -181,6 +181,12 @@ def _check_consistency(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
         problems.append(Problem(file, line_of(lines, "capture.engine"), "capture.engine",
                                 "vLLM's hidden-state extractor needs GPUs (the CPU build cannot save the states)",
                                 'use capture.engine = "hf" on CPU machines'))
+    from eagle_recipes.trackers import missing_extras
+
+    missing = missing_extras(list(recipe.train.report_to))
+    if missing:
+        problems.append(Problem(file, line_of(lines, "train.report_to"), "train.report_to",
+                                "a tracker's library is not installed", "; ".join(missing)))
     rope = recipe.export.rope_scaling
     if rope and rope["rope_type"] in ("yarn", "llama3") and "original_max_position_embeddings" not in rope:
         problems.append(Problem(file, line_of(lines, "export.rope_scaling"), "export.rope_scaling",

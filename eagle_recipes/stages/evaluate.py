@@ -36,6 +36,20 @@ def write_card(recipe: Recipe, out: Path, report: dict) -> None:
             shutil.copy(out / "per_position.png", tmp / "per_position.png")
 
 
+def report_to_trackers(recipe: Recipe, report: dict) -> None:
+    """tau and per-position acceptance into the training run's trackers, at its last step."""
+    if not recipe.train.report_to:
+        return
+    from eagle_recipes.graph.manifest import read_manifest
+    from eagle_recipes.stages.train import tracking_spec
+    from eagle_recipes.trackers import Trackers, eval_scalars
+
+    spec = tracking_spec(recipe)
+    train = read_manifest(recipe.output_dir / "train")
+    with Trackers(spec["names"], Path(spec["folder"]), spec["run_name"], spec["config"]) as trackers:
+        trackers.log(train.counts["steps"] if train else 0, eval_scalars(report), final=True)
+
+
 def _measure_task(base: str, draft: Path, method: str, k: int, sets: list, max_tokens: int, engine: str,
                   dtype: str, progress, thinking: bool | None) -> dict:
     from eagle_recipes.evaluation import measure
@@ -113,6 +127,7 @@ class EvaluateStage(Stage):
         report = EvalReport(measured, recipe.data["eval"])
         report.write(ctx.out)
         write_card(recipe, ctx.out, report.to_dict())
+        report_to_trackers(recipe, report.to_dict())
         for name, entry in report.sets.items():
             ctx.log(entry.summary(name))
         headline = report.headline

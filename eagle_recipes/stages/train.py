@@ -28,6 +28,7 @@ import numpy as np
 from eagle_recipes.atomic import atomic_path, write_json
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.stages.base import Stage, StageContext
+from eagle_recipes.trackers import step_scalars
 from eagle_recipes.stages.common import (
     base_model_path,
     conversation_files,
@@ -358,19 +359,38 @@ def train_loop(loop_config: dict) -> None:
     config = TrainConfig(**loop_config["config"])
     progress: Callable | None = loop_config.get("progress")
     training = setup(config, context.get_world_rank(), context.get_world_size(), context.get_local_rank())
-    while training.step < training.total:
-        metrics = train_step(training)
-        if training.rank == 0:
-            with open(config.metrics_file, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(metrics) + "\n")
-            if progress:
-                progress(training.step, training.total, "steps")
-        if training.step % config.checkpoint_every == 0 or training.step == training.total:
-            save(training)
-            # only here: a report waits on the controller (~1.3 s each measured on this CPU, 3x a small step);
-            # per-step metrics go to metrics.jsonl and the progress display instead
-            ray.train.report({"step": training.step, "loss0": metrics["loss"][0],
-                              "accuracy0": metrics["accuracy"][0]})
+    with open_trackers(loop_config.get("tracking"), training) as trackers:
+        while training.step < training.total:
+            metrics = train_step(training)
+            if training.rank == 0:
+                with open(config.metrics_file, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(metrics) + "\n")
+                trackers.log(training.step, step_scalars(metrics))
+                if progress:
+                    progress(training.step, training.total, "steps")
+            if training.step % config.checkpoint_every == 0 or training.step == training.total:
+                save(training)
+                # only here: a report waits on the controller (~1.3 s each measured on this CPU, 3x a small step);
+                # per-step metrics go to metrics.jsonl, the trackers and the progress display instead
+                ray.train.report({"step": training.step, "loss0": metrics["loss"][0],
+                                  "accuracy0": metrics["accuracy"][0]})
+
+
+def open_trackers(tracking: dict | None, training: Training):
+    """The recipe's trackers on rank 0 (resuming the run's own, past its last checkpoint); nothing elsewhere."""
+    from contextlib import nullcontext
+
+    from eagle_recipes.trackers import Trackers
+
+    if not tracking or not tracking["names"] or training.rank != 0:
+        return nullcontext(_NoTrackers())
+    return Trackers(tracking["names"], Path(tracking["folder"]), tracking["run_name"], tracking["config"],
+                    purge_after=training.step)
+
+
+class _NoTrackers:
+    def log(self, step: int, scalars: dict, final: bool = False) -> None:
+        pass
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -598,6 +618,12 @@ class TrainStage(Stage):
         return summary
 
 
+def tracking_spec(recipe: Recipe) -> dict:
+    """What the trackers of this run need (the evaluate stage opens the same run)."""
+    return {"names": list(recipe.train.report_to), "folder": str(recipe.output_dir), "run_name": recipe.name,
+            "config": recipe.data}
+
+
 def fit(config: TrainConfig, num_workers: int, ctx: StageContext) -> None:
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -605,7 +631,8 @@ def fit(config: TrainConfig, num_workers: int, ctx: StageContext) -> None:
     cpus = ctx.recipe.train.cpus_per_worker
     resources = {"GPU": 1, "CPU": 1} if config.use_gpu else {"CPU": cpus}
     trainer = TorchTrainer(
-        train_loop, train_loop_config={"config": asdict(config), "progress": ctx.progress},
+        train_loop, train_loop_config={"config": asdict(config), "progress": ctx.progress,
+                                       "tracking": tracking_spec(ctx.recipe)},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=config.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(storage_path=str(ctx.out / "ray"), name="train",
                              failure_config=FailureConfig(max_failures=2)))
