@@ -207,6 +207,7 @@ def cmd_eval(args) -> int:
     out = Path(args.out or draft.parent / "eval")
     ensure_writable_folder(out, "pass --out a writable folder")
     sets = resolve_sets([args.prompts], lambda spec: Path(spec), None, args.max_prompts, "first")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if args.verbose else "ERROR")
     if not has_gpu_here():
         for key, value in cpu_engine_env().items():
             os.environ.setdefault(key, value)
@@ -316,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompts", type=_at_least(0), default=0, help="0: every prompt")
     p.add_argument("--engine", choices=["vllm", "reference"], default="vllm")
     p.add_argument("--out", help="folder for report.json and the chart")
+    p.add_argument("--verbose", action="store_true", help="also show vLLM's own log lines")
     p.set_defaults(func=cmd_eval)
     p = command("publish", "upload a draft folder (and its model card) to the Hugging Face Hub",
                 "eagle-recipes publish runs/quickstart/export/draft --repo-id me/smollm2-eagle3")

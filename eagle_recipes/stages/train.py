@@ -28,7 +28,6 @@ import numpy as np
 from eagle_recipes.atomic import atomic_path, write_json
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.stages.base import Stage, StageContext
-from eagle_recipes.trackers import step_scalars
 from eagle_recipes.stages.common import (
     base_model_path,
     conversation_files,
@@ -39,6 +38,7 @@ from eagle_recipes.stages.common import (
     torch_threads,
     vocab_file,
 )
+from eagle_recipes.trackers import step_scalars
 
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
