@@ -126,6 +126,10 @@ def with_long_context(config: DraftConfig, rope_scaling: dict) -> DraftConfig:
                    max_position_embeddings=int(rope_scaling["factor"] * original))
 
 
+ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3", "longrope")  # the rope scalings vLLM and SGLang build
+ROPE_TYPES_NEEDING_LENGTH = ("yarn", "llama3")  # they scale relative to original_max_position_embeddings
+
+
 def rope_problems(facts: dict) -> list[str]:
     """What an engine would misread in a config's rope scaling (empty when there is none or it is sound)."""
     rope = facts.get("rope_scaling")
@@ -135,13 +139,12 @@ def rope_problems(facts: dict) -> list[str]:
         return [f"config.json: rope_scaling is {type(rope).__name__}, expected a table"]
     kind, factor = rope.get("rope_type", rope.get("type")), rope.get("factor")
     problems = []
-    if kind not in ("linear", "dynamic", "yarn", "llama3", "longrope", "default"):
-        problems.append(f"config.json: rope_scaling has rope_type {kind!r}; engines know linear, dynamic, yarn, "
-                        "llama3 and longrope")
+    if kind not in (*ROPE_TYPES, "default"):
+        problems.append(f"config.json: rope_scaling has rope_type {kind!r}; engines know {', '.join(ROPE_TYPES)}")
     if kind != "default" and (not isinstance(factor, (int, float)) or factor < 1):
         problems.append(f"config.json: rope_scaling.factor is {factor!r}, expected a number >= 1")
     original = rope.get("original_max_position_embeddings")
-    if kind in ("yarn", "llama3") and not isinstance(original, int):
+    if kind in ROPE_TYPES_NEEDING_LENGTH and not isinstance(original, int):
         problems.append(f"config.json: {kind} rope scaling lacks original_max_position_embeddings")
     return problems
 

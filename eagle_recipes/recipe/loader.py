@@ -165,6 +165,30 @@ def _check_worker_memory(recipe: Recipe, lines: dict[str, int]) -> list[Problem]
                     f"(the capture stage runs the base model once, tensor parallel with capture.engine = \"vllm\")")]
 
 
+def _check_rope_scaling(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
+    """[export] rope_scaling must be one engines build (a free-form table: each type has its own extra keys)."""
+    from eagle_recipes.draft.layouts import ROPE_TYPES, ROPE_TYPES_NEEDING_LENGTH
+
+    rope, file = recipe.export.rope_scaling, str(recipe.path)
+    if not rope:
+        return []
+    key = "export.rope_scaling"
+    line = line_of(lines, key)
+    kind, factor = rope.get("rope_type"), rope.get("factor")
+    problems = []
+    if kind not in ROPE_TYPES:
+        problems.append(Problem(file, line, f"{key}.rope_type", f"{kind!r} is not a rope scaling engines build",
+                                f"use one of {', '.join(ROPE_TYPES)}"))
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 1:
+        problems.append(Problem(file, line, f"{key}.factor", f"{factor!r}: expected a number >= 1",
+                                "factor = 4.0 serves the draft at 4x the original length"))
+    original = rope.get("original_max_position_embeddings")
+    if kind in ROPE_TYPES_NEEDING_LENGTH and (isinstance(original, bool) or not isinstance(original, int)):
+        problems.append(Problem(file, line, key, f"{kind} scaling needs original_max_position_embeddings",
+                                "set it to the length the draft was trained for (the base model's context)"))
+    return problems
+
+
 def _check_consistency(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
     file = str(recipe.path)
     problems = []
@@ -187,11 +211,7 @@ def _check_consistency(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
     if missing:
         problems.append(Problem(file, line_of(lines, "train.report_to"), "train.report_to",
                                 "a tracker's library is not installed", "; ".join(missing)))
-    rope = recipe.export.rope_scaling
-    if rope and rope["rope_type"] in ("yarn", "llama3") and "original_max_position_embeddings" not in rope:
-        problems.append(Problem(file, line_of(lines, "export.rope_scaling"), "export.rope_scaling",
-                                f"{rope['rope_type']} scaling needs original_max_position_embeddings",
-                                "set it to the length the draft was trained for (the base model's context)"))
+    problems += _check_rope_scaling(recipe, lines)
     if recipe.synthesis.self_prompts and recipe.synthesis.engine == "none":
         problems.append(Problem(file, line_of(lines, "synthesis.self_prompts"), "synthesis.self_prompts",
                                 "needs a synthesis engine", "set synthesis.engine to vllm or openai"))
