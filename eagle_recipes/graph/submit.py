@@ -35,6 +35,19 @@ def stage_job_folder(recipe: Recipe) -> tuple[Path, str]:
     return folder, str(recipe.path.relative_to(root))
 
 
+def submit_when_ready(client, entrypoint: str, folder: Path, name: str, wait_s: float = 90.0) -> str:
+    """Submit the job; a cluster just started answers "No available agent" until its job agent is up: wait."""
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(folder)},
+                                     metadata={"recipe": name})
+        except RuntimeError as error:
+            if "No available agent" not in str(error) or time.time() > deadline:
+                raise
+            time.sleep(2.0)
+
+
 def submit(recipe: Recipe, address: str, follow: bool, output_dir: str | None, console: Console) -> int:
     from ray.job_submission import JobStatus, JobSubmissionClient
 
@@ -47,9 +60,10 @@ def submit(recipe: Recipe, address: str, follow: bool, output_dir: str | None, c
     folder, recipe_in_job = stage_job_folder(recipe)
     # the nodes run the Python that started Ray; eagle-recipes must be installed there (like any job's code)
     entrypoint = f"python -m eagle_recipes.cli run {recipe_in_job} --address auto --output-dir {output}"
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"working_dir": str(folder)},
-                               metadata={"recipe": recipe.name})
-    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        job_id = submit_when_ready(client, entrypoint, folder, recipe.name)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     console.print(f"submitted job {job_id}: {entrypoint}", markup=False)
     console.print(f"artifacts: {output}", markup=False)
     if not follow:
