@@ -9,7 +9,6 @@ draft with the complete card when the run was evaluated.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from eagle_recipes.graph.manifest import read_manifest
@@ -135,11 +134,4 @@ def render_card(recipe: Recipe, output_dir: Path, report: dict | None = None) ->
         "Not measured yet: the run's evaluate stage writes the card with tau per prompt set and position."]
     lines += ["", "## Serving", "", "```bash", serving.strip(), "```", ""]
     return "\n".join(lines)
-
-
-def read_report(evaluate_folder: Path) -> dict | None:
-    try:
-        return json.loads((evaluate_folder / "report.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 

@@ -189,7 +189,6 @@ def cmd_eval(args) -> int:
     """Acceptance length of any draft folder on any base model."""
     from eagle_recipes.draft.inspect import inspect_draft
     from eagle_recipes.draft.layouts import algorithm_of, speculative_method
-    from eagle_recipes.engines import cpu_engine_env, has_gpu_here
     from eagle_recipes.evaluation import measure
     from eagle_recipes.evaluation.prompt_sets import resolve_sets
     from eagle_recipes.evaluation.report import EvalReport
@@ -207,10 +206,8 @@ def cmd_eval(args) -> int:
     out = Path(args.out or draft.parent / "eval")
     ensure_writable_folder(out, "pass --out a writable folder")
     sets = resolve_sets([args.prompts], lambda spec: Path(spec), None, args.max_prompts, "first")
+    # before the engine's own CPU settings (evaluate_vllm) would set it to ERROR
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if args.verbose else "ERROR")
-    if not has_gpu_here():
-        for key, value in cpu_engine_env().items():
-            os.environ.setdefault(key, value)
     method = speculative_method(algorithm_of(check.layout))
     measured = measure(base, draft, method, args.num_speculative_tokens, sets, args.max_tokens, args.engine,
                        log=lambda message: console.print(message, markup=False))

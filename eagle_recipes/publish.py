@@ -29,13 +29,12 @@ def stage_upload(draft: Path, repo_id: str, into: Path) -> list[str]:
             shutil.copy(path, into / path.name)
     card = evaluated_card(draft)
     if card:
-        text = (card / "README.md").read_text(encoding="utf-8").replace(str(draft.resolve()), repo_id)
-        (into / "README.md").write_text(text, encoding="utf-8")
-        if (card / "per_position.png").is_file():
-            shutil.copy(card / "per_position.png", into / "per_position.png")
-    elif (into / "README.md").is_file():
-        text = (into / "README.md").read_text(encoding="utf-8").replace(str(draft.resolve()), repo_id)
-        (into / "README.md").write_text(text, encoding="utf-8")
+        for path in (card / "README.md", card / "per_position.png"):
+            if path.is_file():
+                shutil.copy(path, into / path.name)
+    readme = into / "README.md"
+    if readme.is_file():  # the serving commands name the repository, not this machine's folder
+        readme.write_text(readme.read_text(encoding="utf-8").replace(str(draft.resolve()), repo_id), encoding="utf-8")
     return sorted(p.name for p in into.iterdir())
 
 

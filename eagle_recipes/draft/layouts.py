@@ -130,6 +130,19 @@ ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3", "longrope")  # the rope sca
 ROPE_TYPES_NEEDING_LENGTH = ("yarn", "llama3")  # they scale relative to original_max_position_embeddings
 
 
+def rope_scaling_problems(kind, factor, original) -> list[tuple[str, str]]:
+    """(field, what is wrong) for a rope scaling engines would not build as meant; field "" is the whole table.
+    The one check behind `validate` (a recipe's export.rope_scaling) and `inspect` (a config.json's)."""
+    problems = []
+    if kind not in ROPE_TYPES:
+        problems.append(("rope_type", f"rope_type is {kind!r}; engines build {', '.join(ROPE_TYPES)}"))
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 1:
+        problems.append(("factor", f"factor is {factor!r}, expected a number >= 1"))
+    if kind in ROPE_TYPES_NEEDING_LENGTH and (isinstance(original, bool) or not isinstance(original, int)):
+        problems.append(("", f"{kind} rope scaling lacks original_max_position_embeddings"))
+    return problems
+
+
 def rope_problems(facts: dict) -> list[str]:
     """What an engine would misread in a config's rope scaling (empty when there is none or it is sound)."""
     rope = facts.get("rope_scaling")
@@ -137,16 +150,12 @@ def rope_problems(facts: dict) -> list[str]:
         return []
     if not isinstance(rope, dict):
         return [f"config.json: rope_scaling is {type(rope).__name__}, expected a table"]
-    kind, factor = rope.get("rope_type", rope.get("type")), rope.get("factor")
-    problems = []
-    if kind not in (*ROPE_TYPES, "default"):
-        problems.append(f"config.json: rope_scaling has rope_type {kind!r}; engines know {', '.join(ROPE_TYPES)}")
-    if kind != "default" and (not isinstance(factor, (int, float)) or factor < 1):
-        problems.append(f"config.json: rope_scaling.factor is {factor!r}, expected a number >= 1")
-    original = rope.get("original_max_position_embeddings")
-    if kind in ROPE_TYPES_NEEDING_LENGTH and not isinstance(original, int):
-        problems.append(f"config.json: {kind} rope scaling lacks original_max_position_embeddings")
-    return problems
+    kind = rope.get("rope_type", rope.get("type"))  # transformers still reads the older `type`
+    if kind == "default":  # no scaling
+        return []
+    return [f"config.json: rope_scaling.{text}" if field else f"config.json: {text}"
+            for field, text in rope_scaling_problems(kind, rope.get("factor"),
+                                                     rope.get("original_max_position_embeddings"))]
 
 
 def draft_config_from_facts(facts: dict[str, Any], layout: str) -> DraftConfig:

@@ -167,26 +167,19 @@ def _check_worker_memory(recipe: Recipe, lines: dict[str, int]) -> list[Problem]
 
 def _check_rope_scaling(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
     """[export] rope_scaling must be one engines build (a free-form table: each type has its own extra keys)."""
-    from eagle_recipes.draft.layouts import ROPE_TYPES, ROPE_TYPES_NEEDING_LENGTH
+    from eagle_recipes.draft.layouts import rope_scaling_problems
 
-    rope, file = recipe.export.rope_scaling, str(recipe.path)
+    rope = recipe.export.rope_scaling
     if not rope:
         return []
-    key = "export.rope_scaling"
-    line = line_of(lines, key)
-    kind, factor = rope.get("rope_type"), rope.get("factor")
-    problems = []
-    if kind not in ROPE_TYPES:
-        problems.append(Problem(file, line, f"{key}.rope_type", f"{kind!r} is not a rope scaling engines build",
-                                f"use one of {', '.join(ROPE_TYPES)}"))
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor < 1:
-        problems.append(Problem(file, line, f"{key}.factor", f"{factor!r}: expected a number >= 1",
-                                "factor = 4.0 serves the draft at 4x the original length"))
-    original = rope.get("original_max_position_embeddings")
-    if kind in ROPE_TYPES_NEEDING_LENGTH and (isinstance(original, bool) or not isinstance(original, int)):
-        problems.append(Problem(file, line, key, f"{kind} scaling needs original_max_position_embeddings",
-                                "set it to the length the draft was trained for (the base model's context)"))
-    return problems
+    hints = {"rope_type": "use rope_type = \"yarn\" (or linear, dynamic, llama3, longrope)",
+             "factor": "factor = 4.0 serves the draft at 4x the original length",
+             "": "set original_max_position_embeddings to the length the draft was trained for (the base model's "
+                 "context)"}
+    line = line_of(lines, "export.rope_scaling")
+    return [Problem(str(recipe.path), line, "export.rope_scaling" + (f".{field}" if field else ""), text, hints[field])
+            for field, text in rope_scaling_problems(rope.get("rope_type"), rope.get("factor"),
+                                                     rope.get("original_max_position_embeddings"))]
 
 
 def _check_consistency(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:

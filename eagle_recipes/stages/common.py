@@ -18,16 +18,21 @@ def conversation_files(recipe: Recipe, upstream: dict[str, Path]) -> list[Path]:
 
     if SynthesizeStage.enabled(recipe)[0]:
         return sorted((upstream["synthesize"] / SHARDS).glob("*.jsonl"))
-    return [recipe.resolve(p) for p in recipe.dataset.conversations]
+    return conversation_input_files(recipe)
 
 
 def rendering_settings(recipe: Recipe) -> dict:
     """The recipe fields that decide how conversations become token ids, loss masks and splits (part of the
     fingerprint of every stage that reads the conversations so)."""
-    reasoning = recipe.synthesis.reasoning
     return {"model": recipe.data["model"], "max_seq_len": recipe.train.max_seq_len,
-            "holdout_fraction": recipe.dataset.holdout_fraction,
-            **({"reasoning": reasoning} if reasoning != "keep" else {})}  # the default leaves fingerprints as they were
+            "holdout_fraction": recipe.dataset.holdout_fraction, **reasoning_setting(recipe)}
+
+
+def reasoning_setting(recipe: Recipe) -> dict:
+    """synthesis.reasoning for the fingerprints of stages that render or generate with it; empty on the default,
+    so that runs from before the setting existed stay up to date."""
+    reasoning = recipe.synthesis.reasoning
+    return {} if reasoning == "keep" else {"reasoning": reasoning}
 
 
 def thinking_when_rendered(recipe: Recipe) -> bool | None:

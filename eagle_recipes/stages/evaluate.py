@@ -18,6 +18,7 @@ from eagle_recipes.stages.common import (
     base_model_path,
     conversation_files,
     read_conversations,
+    reasoning_setting,
     thinking_when_generating,
 )
 
@@ -73,9 +74,8 @@ class EvaluateStage(Stage):
 
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:
-        reasoning = recipe.synthesis.reasoning  # the template switch evaluation prompts are rendered with
         return {"eval": recipe.data["eval"], "holdout_fraction": recipe.dataset.holdout_fraction,
-                **({"reasoning": reasoning} if reasoning != "keep" else {})}
+                **reasoning_setting(recipe)}  # the template switch evaluation prompts are rendered with
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:

@@ -32,8 +32,9 @@ def serving_snippet(base: str, draft: Path, algorithm: str, k: int) -> str:
 
 
 def write_draft(folder: Path, state: dict, config: DraftConfig, layout: str, dtype: str, base_model: str, k: int,
-                d2t=None, t2d=None) -> InspectReport:
-    """Write config.json + model.safetensors atomically, then check the result."""
+                d2t=None, t2d=None, readme: str | None = None) -> InspectReport:
+    """Write config.json + model.safetensors + README.md (`readme`, else the serving commands) atomically, then
+    check the result."""
     import torch
     from safetensors.torch import save_file
 
@@ -47,7 +48,7 @@ def write_draft(folder: Path, state: dict, config: DraftConfig, layout: str, dty
         tmp.mkdir()
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         write_json(tmp / "config.json", layout_config(config, layout, dtype, base_model, k))
-        write_text(tmp / "README.md", serving_snippet(base_model, folder.resolve(), config.algorithm, k))
+        write_text(tmp / "README.md", readme or serving_snippet(base_model, folder.resolve(), config.algorithm, k))
     return inspect_draft(folder)
 
 
@@ -91,11 +92,11 @@ class ExportStage(Stage):
         k = ctx.recipe.eval.num_speculative_tokens
         report = write_draft(ctx.out / "draft", state, config, layout, ctx.recipe.export.dtype, base, k,
                              torch.load(final / "d2t.pt", weights_only=True),
-                             torch.load(final / "t2d.pt", weights_only=True))
+                             torch.load(final / "t2d.pt", weights_only=True),
+                             readme=render_card(ctx.recipe, ctx.out.parent))  # the card as export knows it
         for line in report.lines():
             ctx.log(line)
         if not report.ok:
             raise RuntimeError("the exported draft failed its completeness check:\n" + "\n".join(report.lines()))
-        write_text(ctx.out / "draft" / "README.md", render_card(ctx.recipe, ctx.out.parent))  # the card, unevaluated
         ctx.log("serve it with:\n" + serving_snippet(base, ctx.out / "draft", config.algorithm, k))
         return {"counts": {"tensors": report.tensors}, "metrics": {"layout": layout, "inspect_ok": report.ok}}

@@ -34,6 +34,7 @@ from eagle_recipes.stages.common import (
     conversation_input_files,
     load_recipe_tokenizer,
     read_conversations,
+    reasoning_setting,
     thinking_when_rendered,
     torch_threads,
     vocab_file,
@@ -543,10 +544,9 @@ class TrainStage(Stage):
 
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:
-        reasoning = recipe.synthesis.reasoning  # how conversations are rendered (online training renders them)
         return {"train": recipe.data["train"], "draft": recipe.data["draft"], "model": recipe.data["model"],
                 "holdout_fraction": recipe.dataset.holdout_fraction,
-                **({"reasoning": reasoning} if reasoning != "keep" else {})}
+                **reasoning_setting(recipe)}  # how conversations are rendered (online training renders them)
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:
