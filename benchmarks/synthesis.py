@@ -5,7 +5,7 @@ prompts, same max_tokens, greedy, in one run.
 Two figures per side: generation only (after a warm-up request) and end to end (engine or server start-up
 included: what a run pays). Prints tokens/s and the ratios.
 
-    .venv/bin/python benchmarks/synthesis.py [--prompts 128] [--max-tokens 128] [--threads 64]
+    .venv/bin/python benchmarks/synthesis.py [--prompts 128] [--max-tokens 128] [--threads 64] [--quick] [--model PATH]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import model_path, prompts  # noqa: E402
+from common import add_quick_arguments, model_name, model_path, prompts  # noqa: E402
 
 
 def seed_path(model: str, texts: list[str], max_tokens: int, threads: int) -> tuple[int, float, float]:
@@ -53,7 +53,7 @@ def seed_path(model: str, texts: list[str], max_tokens: int, threads: int) -> tu
 def in_process_path(model: str, texts: list[str], max_tokens: int) -> tuple[int, float, float]:
     import ray
 
-    from eagle_recipes.engines import Sampling
+    from eagle_recipes.engines.generation import Sampling
     from eagle_recipes.stages.synthesize import RayDataRunner
 
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
@@ -83,15 +83,18 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=64)
+    add_quick_arguments(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.prompts, args.max_tokens, args.threads = 8, 8, 8
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    model = model_path()
+    model = model_path(args.model)
     texts = prompts(args.prompts)
     seed_tokens, seed_s, seed_total_s = seed_path(model, texts, args.max_tokens, args.threads)
     print(f"seed path measured: {seed_tokens} tokens, generation {seed_s:.1f} s, end to end {seed_total_s:.1f} s",
           flush=True)
     ours_tokens, ours_s, ours_total_s = in_process_path(model, texts, args.max_tokens)
-    print(f"SmolLM2-135M, {len(texts)} prompts x max {args.max_tokens} tokens, greedy")
+    print(f"{model_name(args.model)}, {len(texts)} prompts x max {args.max_tokens} tokens, greedy")
     for name, tokens, generation_s, total_s in [
             (f"seed path (OpenAI server + {args.threads} client threads)", seed_tokens, seed_s, seed_total_s),
             ("in-process vLLM on Ray Data", ours_tokens, ours_s, ours_total_s)]:

@@ -1,15 +1,16 @@
 """Training cost, online against cached, on SmolLM2-135M-Instruct, with the training stage's own feature sources.
 
 - base forward: the base model's plain forward on a sequence (the unit of comparison);
-- online step: `OnlineFeatures` (base forward with hidden states and full-vocabulary logits) + the draft's
+- online step: `OnlineTarget` (base forward with hidden states and full-vocabulary logits) + the draft's
   training-time-test unroll forward and backward + AdamW;
-- cached step: `CachedFeatures` (the same features read back from capture shards written here first) + the same
+- cached step: `CachedTarget` (the same features read back from capture shards written here first) + the same
   draft work.
 
 Prints tokens/s of each, the online step over one base forward, and cached over online (same run, same draft,
 same sequences).
 
     .venv/bin/python benchmarks/train.py [--ttt-steps 3] [--draft-vocab 3434] [--steps 24] [--threads 2]
+        [--quick] [--model PATH]
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import conversations, model_path  # noqa: E402
+from common import add_quick_arguments, conversations, model_name, model_path  # noqa: E402
 
 
 def main() -> None:
@@ -30,30 +31,33 @@ def main() -> None:
     parser.add_argument("--draft-vocab", type=int, default=3434, help="the quickstart's (3,434 tokens occur)")
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--threads", type=int, default=2)
+    add_quick_arguments(parser)
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.draft_vocab = 4, 256
 
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM
 
-    from eagle_recipes.data.chat import load_tokenizer, render_batch
-    from eagle_recipes.data.features import shard_path, write_head, write_shard
+    from eagle_recipes.data.chat import load_tokenizer
+    from eagle_recipes.data.feature_cache import shard_path, write_head, write_shard
+    from eagle_recipes.data.sequences import tokenize
     from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
     from eagle_recipes.draft.model import build_draft
     from eagle_recipes.draft.ttt import TTTObjective
     from eagle_recipes.draft.vocab import top_k_ids
+    from eagle_recipes.engines.capture import CaptureSpec, HFCaptureEngine
     from eagle_recipes.models import load_base_config
-    from eagle_recipes.stages.capture import CaptureSpec, HFCaptureEngine
-    from eagle_recipes.stages.train import CachedFeatures, OnlineFeatures, TrainConfig, collate
+    from eagle_recipes.training.batches import collate
+    from eagle_recipes.training.config import TrainConfig
+    from eagle_recipes.training.target_source import CachedTarget, OnlineTarget
 
     torch.set_num_threads(args.threads)
-    path = model_path()
+    path = model_path(args.model)
     tokenizer = load_tokenizer(path)
-    rendered = render_batch(tokenizer, [c["conversations"] for c in conversations(args.steps + 1)], 512)
-    ids = np.concatenate([r.input_ids for r in rendered]).astype(np.int32)
-    data = {"ids": ids, "mask": np.concatenate([r.loss_mask for r in rendered]).astype(np.int8),
-            "offsets": np.concatenate([[0], np.cumsum([len(r.input_ids) for r in rendered])]),
-            "pad_id": np.int64(tokenizer.pad_token_id or 0)}
+    data = tokenize(tokenizer, [c["conversations"] for c in conversations(args.steps + 1)], 512)
+    ids = data.ids
     counts = np.bincount(ids, minlength=len(tokenizer))
     top = top_k_ids(counts, args.draft_vocab)  # then unseen ids, so the head has the size asked for
     fill = np.setdiff1d(np.arange(len(tokenizer)), top)[: max(0, args.draft_vocab - len(top))]
@@ -63,25 +67,25 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         capture = Path(folder)
-        np.savez(capture / "data.npz", **data)
-        spec = CaptureSpec(model_path=path, data_file=str(capture / "data.npz"), out=folder, algorithm="eagle3",
+        data.save(capture)
+        spec = CaptureSpec(model_path=path, data_folder=folder, out=folder, algorithm="eagle3",
                            aux_layer_ids=draft_config.aux_layer_ids, dtype="bfloat16", engine="hf",
                            tensor_parallel_size=1, trust_remote_code=False)
         engine = HFCaptureEngine(spec)
-        sequences = [ids[a:b] for a, b in zip(data["offsets"][:-1], data["offsets"][1:])]
-        rows = [engine.features([s])[0] for s in sequences]
+        sequences = [data.ids_of(i) for i in range(data.count)]
+        rows = [engine.capture([s])[0] for s in sequences]
         write_shard(shard_path(capture, 0), 0, {
             "hidden": torch.cat([r["hidden"] for r in rows]).bfloat16(), "final": torch.cat([r["final"] for r in rows]).bfloat16(),
             "top": torch.cat([r["top"] for r in rows]).int(), "input_ids": torch.from_numpy(ids)})
         write_head(capture, path, torch.bfloat16)
-        config = TrainConfig(model_path=path, draft_config=draft_config.to_dict(), vocab_file="", data_file="",
+        config = TrainConfig(model_path=path, draft_config=draft_config.to_dict(), vocab_file="", data_folder="",
                              checkpoint_dir="", metrics_file="", features="online", capture_dir=folder, threads=args.threads,
                              use_gpu=False, strategy="ddp", epochs=1, max_steps=0, batch_size=1, grad_accum=1, lr=1e-4,
                              weight_decay=0.0, warmup_ratio=0.0, schedule="constant", grad_clip=0.5,
                              ttt_steps=args.ttt_steps, ttt_decay=0.8, loss_on="assistant",
                              checkpoint_every=1, keep_checkpoints=1, seed=0, init_from_target=False)
-        sources = {"online": OnlineFeatures(config, draft_config, draft_ids, torch.device("cpu"), torch.float32),
-                   "cached": CachedFeatures(config, draft_config, draft_ids, torch.device("cpu"), torch.float32)}
+        sources = {"online": OnlineTarget(config, draft_config, draft_ids, torch.device("cpu"), torch.float32),
+                   "cached": CachedTarget(config, draft_config, draft_ids, torch.device("cpu"), torch.float32)}
         target = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         seconds = {"base forward": 0.0, "online": 0.0, "cached": 0.0}
         tokens = 0
@@ -107,7 +111,7 @@ def main() -> None:
                 for name, value in timings.items():
                     seconds[name] += value
     rate = {name: tokens / value for name, value in seconds.items()}
-    print(f"SmolLM2-135M, EAGLE-3, {args.ttt_steps} TTT steps, draft vocab {len(draft_ids)}, "
+    print(f"{model_name(args.model)}, EAGLE-3, {args.ttt_steps} TTT steps, draft vocab {len(draft_ids)}, "
           f"{len(sequences) - 1} sequences ({tokens} tokens), {args.threads} threads")
     for name in seconds:
         print(f"{name + ':':14s} {rate[name]:8.1f} tokens/s")

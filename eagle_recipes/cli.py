@@ -1,4 +1,5 @@
-"""The `eagle-recipes` command line: validate | plan | run | submit | catalog | schema | inspect | eval | publish."""
+"""The `eagle-recipes` command line: validate | plan | run | submit | catalog | schema | draft-fields | inspect | eval |
+publish."""
 
 from __future__ import annotations
 
@@ -187,11 +188,11 @@ def cmd_inspect(args) -> int:
 
 def cmd_eval(args) -> int:
     """Acceptance length of any draft folder on any base model."""
+    from eagle_recipes.draft.export import speculative_method
     from eagle_recipes.draft.inspect import inspect_draft
-    from eagle_recipes.draft.layouts import algorithm_of, speculative_method
-    from eagle_recipes.evaluation import measure
+    from eagle_recipes.draft.layouts import algorithm_of
+    from eagle_recipes.evaluation import evaluate_draft
     from eagle_recipes.evaluation.prompt_sets import resolve_sets
-    from eagle_recipes.evaluation.report import EvalReport
     from eagle_recipes.models import resolve_model
     from eagle_recipes.paths import ensure_writable_folder
 
@@ -206,13 +207,10 @@ def cmd_eval(args) -> int:
     out = Path(args.out or draft.parent / "eval")
     ensure_writable_folder(out, "pass --out a writable folder")
     sets = resolve_sets([args.prompts], lambda spec: Path(spec), None, args.max_prompts, "first")
-    # before the engine's own CPU settings (evaluate_vllm) would set it to ERROR
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "INFO" if args.verbose else "ERROR")
-    method = speculative_method(algorithm_of(check.layout))
-    measured = measure(base, draft, method, args.num_speculative_tokens, sets, args.max_tokens, args.engine,
-                       log=lambda message: console.print(message, markup=False))
-    report = EvalReport(measured, {k: v for k, v in vars(args).items() if k != "func"})
-    report.write(out)
+    settings = {k: v for k, v in vars(args).items() if k != "func"}
+    report = evaluate_draft(base, draft, speculative_method(algorithm_of(check.layout)), args.num_speculative_tokens,
+                            sets, args.max_tokens, args.engine, out, settings,
+                            log=lambda message: console.print(message, markup=False), verbose=args.verbose)
     console.print(f"tau = {report.headline.acceptance_length:.3f}; report: {out / 'report.json'}", markup=False)
     return 0
 
@@ -259,6 +257,13 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_, description=help_, epilog=f"example:\n  {example}",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
+    _add_recipe_commands(command)
+    _add_draft_commands(command)
+    return parser
+
+
+def _add_recipe_commands(command) -> None:
+    """Commands that read a recipe: validate, schema, plan, run, submit, catalog, draft-fields."""
     p = command("validate", "check recipes (syntax, schema, cross-field rules); exit 1 if any is invalid",
                 "eagle-recipes validate recipes/*.toml")
     p.add_argument("recipes", nargs="+")
@@ -300,6 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
     copy.add_argument("dest", nargs="?")
     copy.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=cmd_catalog)
+    p = command("draft-fields", "list the draft architecture fields and defaults [draft.overrides] accepts",
+                "eagle-recipes draft-fields")
+    p.set_defaults(func=cmd_draft_fields)
+
+
+def _add_draft_commands(command) -> None:
+    """Commands that take a draft folder: inspect, eval, publish."""
     p = command("inspect", "check a draft folder against the layout serving engines load",
                 "eagle-recipes inspect runs/quickstart/export/draft")
     p.add_argument("draft")
@@ -322,10 +334,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repo-id", required=True, help="the Hub repository, e.g. my-org/my-model-eagle3")
     p.add_argument("--private", action="store_true", help="create the repository private")
     p.set_defaults(func=cmd_publish)
-    p = command("draft-fields", "list the draft architecture fields and defaults [draft.overrides] accepts",
-                "eagle-recipes draft-fields")
-    p.set_defaults(func=cmd_draft_fields)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

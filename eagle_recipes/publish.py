@@ -12,14 +12,14 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from eagle_recipes.card import CARD_FOLDER
 from eagle_recipes.errors import UserError
+from eagle_recipes.run_folder import RunFolder
 
 
 def evaluated_card(draft: Path) -> Path | None:
     """evaluate/card/ of the run this draft was exported by, when there is one."""
-    card = draft.resolve().parent.parent / "evaluate" / CARD_FOLDER
-    return card if (card / "README.md").is_file() else None
+    run = RunFolder.of_draft(draft)
+    return run.card if run and (run.card / "README.md").is_file() else None
 
 
 def stage_upload(draft: Path, repo_id: str, into: Path) -> list[str]:

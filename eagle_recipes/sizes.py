@@ -82,12 +82,12 @@ def gib(size: float) -> str:
 def estimated_tokens(recipe) -> tuple[int, bool]:
     """(training tokens, exact?): exact once the conversations are tokenized, else an upper bound (every
     conversation at max_seq_len; conversations counted from the prompt files plus self prompts)."""
-    import numpy as np
+    from eagle_recipes.data.sequences import sequence_offsets
+    from eagle_recipes.run_folder import RunFolder
 
-    for stage in ("capture", "train"):
-        data = recipe.output_dir / stage / "data.npz"
-        if data.exists():
-            return int(np.load(data)["offsets"][-1]), True
+    folder = RunFolder(recipe.output_dir).sequences_folder()
+    if folder is not None:
+        return int(sequence_offsets(folder)[-1]), True
     rows = recipe.synthesis.self_prompts
     for path in list(recipe.dataset.prompts) + list(recipe.dataset.conversations):
         try:
@@ -101,7 +101,7 @@ def estimated_tokens(recipe) -> tuple[int, bool]:
 def training_sizes(recipe) -> dict | None:
     """Memory per training worker (online and cached) and the feature cache's size, for plan and validate;
     None when the base model's config cannot be read offline."""
-    from eagle_recipes.data.features import bytes_per_token
+    from eagle_recipes.data.feature_cache import bytes_per_token
     from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
     from eagle_recipes.models import load_base_config
 

@@ -60,6 +60,20 @@ def flat_config(data: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+@dataclass(frozen=True)
+class TrackingSpec:
+    """Which trackers a run logs to and as what: the train stage's workers and the evaluate stage open the same
+    run from it."""
+
+    names: list[str]
+    folder: str  # the run's output folder
+    run_name: str
+    config: dict[str, Any]  # the recipe
+
+    def open(self, purge_after: int | None = None) -> "Trackers":
+        return Trackers(list(self.names), Path(self.folder), self.run_name, self.config, purge_after=purge_after)
+
+
 @dataclass
 class Trackers:
     """The trackers of one run; `log(step, scalars)` goes to each."""
@@ -79,7 +93,7 @@ class Trackers:
             raise UserError(f"train.report_to needs: {'; '.join(missing)}")
         ids = _read_ids(self.folder)
         for name in self.names:
-            self._open.append(getattr(self, f"_open_{name}")(ids))
+            self._open.append(OPENERS[name](self, ids))
         _write_ids(self.folder, ids)
         return self
 
@@ -93,54 +107,60 @@ class Trackers:
         for tracker in self._open:
             tracker["log"](step, scalars, final)
 
-    # ---------------------------------------------------------------- one opener per library
-    def _open_tensorboard(self, ids: dict) -> dict:
-        from torch.utils.tensorboard import SummaryWriter
 
-        purge = None if self.purge_after is None else self.purge_after + 1
-        writer = SummaryWriter(str(self.folder / "tensorboard"), purge_step=purge)
-        if not ids.get("tensorboard_config_written"):
-            writer.add_text("recipe", "```\n" + json.dumps(self.config, indent=2) + "\n```")
-            ids["tensorboard_config_written"] = True
+# ---------------------------------------------------------------- one opener per library: {"log", "close"}
+def _open_tensorboard(trackers: Trackers, ids: dict) -> dict:
+    from torch.utils.tensorboard import SummaryWriter
 
-        def log(step: int, scalars: dict[str, float], final: bool) -> None:
-            for tag, value in scalars.items():
-                writer.add_scalar(tag, value, step)
+    purge = None if trackers.purge_after is None else trackers.purge_after + 1
+    writer = SummaryWriter(str(trackers.folder / "tensorboard"), purge_step=purge)
+    if not ids.get("tensorboard_config_written"):
+        writer.add_text("recipe", "```\n" + json.dumps(trackers.config, indent=2) + "\n```")
+        ids["tensorboard_config_written"] = True
 
-        return {"log": log, "close": writer.close}
+    def log(step: int, scalars: dict[str, float], final: bool) -> None:
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, step)
 
-    def _open_mlflow(self, ids: dict) -> dict:
-        import mlflow
+    return {"log": log, "close": writer.close}
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI")
-        if not uri:  # the run folder's own file store: MLflow 3 keeps it (in maintenance) behind this switch
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            uri = (self.folder / "mlruns").resolve().as_uri()
-        mlflow.set_tracking_uri(uri)
-        if ids.get("mlflow_run_id"):
-            run = mlflow.start_run(run_id=ids["mlflow_run_id"])
-        else:
-            mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or "eagle-recipes")
-            run = mlflow.start_run(run_name=self.run_name)
-            mlflow.log_params(flat_config(self.config))
-            ids["mlflow_run_id"] = run.info.run_id
 
-        def log(step: int, scalars: dict[str, float], final: bool) -> None:
-            mlflow.log_metrics({tag.replace("/", "."): value for tag, value in scalars.items()}, step=step)
+def _open_mlflow(trackers: Trackers, ids: dict) -> dict:
+    import mlflow
 
-        return {"log": log, "close": mlflow.end_run}
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:  # the run folder's own file store: MLflow 3 keeps it (in maintenance) behind this switch
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        uri = (trackers.folder / "mlruns").resolve().as_uri()
+    mlflow.set_tracking_uri(uri)
+    if ids.get("mlflow_run_id"):
+        run = mlflow.start_run(run_id=ids["mlflow_run_id"])
+    else:
+        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or "eagle-recipes")
+        run = mlflow.start_run(run_name=trackers.run_name)
+        mlflow.log_params(flat_config(trackers.config))
+        ids["mlflow_run_id"] = run.info.run_id
 
-    def _open_wandb(self, ids: dict) -> dict:
-        import wandb
+    def log(step: int, scalars: dict[str, float], final: bool) -> None:
+        mlflow.log_metrics({tag.replace("/", "."): value for tag, value in scalars.items()}, step=step)
 
-        ids.setdefault("wandb_run_id", secrets.token_hex(4))  # W&B takes any short id of letters and digits
-        run = wandb.init(project=os.environ.get("WANDB_PROJECT", "eagle-recipes"), name=self.run_name,
-                         id=ids["wandb_run_id"], resume="allow", dir=str(self.folder), config=self.config)
+    return {"log": log, "close": mlflow.end_run}
 
-        def log(step: int, scalars: dict[str, float], final: bool) -> None:
-            run.summary.update(scalars) if final else run.log(scalars, step=step)
 
-        return {"log": log, "close": run.finish}
+def _open_wandb(trackers: Trackers, ids: dict) -> dict:
+    import wandb
+
+    ids.setdefault("wandb_run_id", secrets.token_hex(4))  # W&B takes any short id of letters and digits
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "eagle-recipes"), name=trackers.run_name,
+                     id=ids["wandb_run_id"], resume="allow", dir=str(trackers.folder), config=trackers.config)
+
+    def log(step: int, scalars: dict[str, float], final: bool) -> None:
+        run.summary.update(scalars) if final else run.log(scalars, step=step)
+
+    return {"log": log, "close": run.finish}
+
+
+OPENERS = {"tensorboard": _open_tensorboard, "mlflow": _open_mlflow, "wandb": _open_wandb}
 
 
 def _read_ids(folder: Path) -> dict:

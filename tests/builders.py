@@ -97,7 +97,7 @@ def build_copy_draft(target_folder: Path, perm: list[int], wrong: set[int] = fro
 
 def export_copy_draft(folder: Path, target_folder: Path, perm: list[int], wrong: set[int] = frozenset()) -> Path:
     from eagle_recipes.draft.vocab import mapping_from_ids
-    from eagle_recipes.stages.export import write_draft
+    from eagle_recipes.draft.export import write_draft
 
     draft, config, _ = build_copy_draft(target_folder, perm, wrong)
     mapping = mapping_from_ids(list(range(VOCAB)), VOCAB + 1)

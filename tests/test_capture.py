@@ -14,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from eagle_recipes.data.features import FeatureStore
+from eagle_recipes.data.feature_cache import FeatureStore
+from eagle_recipes.draft.trained import TRAINED_FOLDER
 from eagle_recipes.graph.manifest import IN_PROGRESS, MANIFEST
 from tests.helpers import run_stage, small_recipe
 
@@ -38,7 +39,7 @@ def test_cached_training_matches_online_training_step_by_step(tmp_path, tiny_lla
         stages = ["synthesize", "calibrate"] + (["capture"] if features == "cached" else []) + ["train"]
         for stage in stages:
             run_stage(recipe, stage)
-        results[features] = (_losses(folder), load_file(str(folder / "out" / "train" / "final" / "model.safetensors")))
+        results[features] = (_losses(folder), load_file(str(folder / "out" / "train" / TRAINED_FOLDER / "model.safetensors")))
     (online_losses, online_weights), (cached_losses, cached_weights) = results["online"], results["cached"]
     assert len(online_losses) == len(cached_losses) == 12
     assert all(loss[0] > 0.1 for loss in online_losses)  # real labels: not a comparison of zeros

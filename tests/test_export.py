@@ -15,7 +15,7 @@ from eagle_recipes.draft.inspect import inspect_draft
 from eagle_recipes.draft.layouts import load_draft_module
 from eagle_recipes.draft.model import build_draft
 from eagle_recipes.draft.vocab import mapping_from_ids
-from eagle_recipes.stages.export import write_draft
+from eagle_recipes.draft.export import write_draft
 from tests.helpers import PROJECT
 
 SMOL = json.loads((PROJECT / "catalog/smollm2/configs/SmolLM2-135M-Instruct.json").read_text())

@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from eagle_recipes.data.features import shard_is_whole
+from eagle_recipes.data.feature_cache import shard_is_whole
 from eagle_recipes.draft.inspect import inspect_draft
 from tests.helpers import CLI, recipe_head, small_conversations, write_recipe
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from eagle_recipes.data.chat import load_tokenizer, render_batch, strip_thinking
-from eagle_recipes.engines import Reply, Sampling
+from eagle_recipes.engines.generation import Reply, Sampling
 from eagle_recipes.graph.plan import compile_plan
 from eagle_recipes.recipe import load_recipe
 from eagle_recipes.stages.synthesize import regenerate

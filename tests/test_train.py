@@ -8,6 +8,8 @@ import json
 import torch
 from safetensors.torch import load_file
 
+from eagle_recipes.draft.trained import TRAINED_FOLDER
+
 from tests.helpers import run_stage, small_recipe
 
 
@@ -43,7 +45,7 @@ def test_two_ddp_workers_match_one_worker_with_doubled_accumulation(tmp_path, ti
         recipe.write_text(text)
         for stage in ("synthesize", "calibrate", "train"):
             run_stage(recipe, stage)
-        weights = load_file(str(folder / "out" / "train" / "final" / "model.safetensors"))
+        weights = load_file(str(folder / "out" / "train" / TRAINED_FOLDER / "model.safetensors"))
         finals.append((weights, [r["loss"][0] for r in _metrics(folder)]))
     (one, losses_one), (two, losses_two) = finals
     assert all(loss > 0.1 for loss in losses_one)  # real labels: the weights below moved

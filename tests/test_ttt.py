@@ -13,9 +13,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
 from eagle_recipes.draft.model import _rotary, build_draft
-from eagle_recipes.draft.reference import draft_chain, target_features
+from eagle_recipes.draft.reference import draft_chain
+from eagle_recipes.draft.target import target_features
 from eagle_recipes.draft.ttt import TargetOutputs, ttt_loss, unroll
-from eagle_recipes.stages.train import target_outputs
+from eagle_recipes.training.target_source import target_outputs
 
 VOCAB, HIDDEN, LAYERS, SEQ = 96, 64, 8, 14
 

@@ -26,16 +26,6 @@ from eagle_recipes.errors import UserError
 FLOAT_DTYPES = {"F32", "BF16", "F16"}
 
 
-def speculative_method(algorithm: str) -> str:
-    """vLLM's `speculative_config.method` for a draft algorithm."""
-    return "eagle3" if algorithm == "eagle3" else "eagle"
-
-
-def sglang_algorithm(algorithm: str) -> str:
-    """SGLang's `--speculative-algorithm` for a draft algorithm."""
-    return "EAGLE3" if algorithm == "eagle3" else "EAGLE"
-
-
 def layout_of(config: dict) -> str:
     if config.get("speculators_model_type"):
         return "speculators"
@@ -309,3 +299,4 @@ def load_draft_module(folder: Path):
     draft.load_state_dict(state, strict=True)
     d2t = tensors.get("d2t", torch.zeros(config.draft_vocab_size, dtype=torch.int64))
     return draft.eval(), config, d2t.to(torch.int64)
+

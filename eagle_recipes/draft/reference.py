@@ -14,6 +14,7 @@ import torch
 
 from eagle_recipes.draft.config import DraftConfig
 from eagle_recipes.draft.model import EagleDraft, TTTCache
+from eagle_recipes.draft.target import target_features
 
 
 @dataclass
@@ -41,14 +42,6 @@ class Acceptance:
         theirs = other.accepted_per_position + [0] * (size - len(other.accepted_per_position))
         self.accepted_per_position = [a + b for a, b in zip(mine, theirs)]
         self.drafts += other.drafts
-
-
-def target_features(hidden_states, algorithm: str, aux_layer_ids) -> torch.Tensor:
-    """What the draft reads from one target forward: EAGLE-3 the aux states (ascending layer ids, concatenated),
-    EAGLE-1 the final normed state. `hidden_states` is transformers' output_hidden_states tuple."""
-    if algorithm == "eagle3":
-        return torch.cat([hidden_states[i] for i in aux_layer_ids], dim=-1)
-    return hidden_states[-1]
 
 
 def draft_chain(draft: EagleDraft, config: DraftConfig, embed, lm_head, features: torch.Tensor,

@@ -1,17 +1,26 @@
 """Acceptance-length measurement: prompt sets, the two ways to measure (real vLLM, or the pure-PyTorch reference
-decoder of draft/reference.py) and the one report type both return."""
+decoder of draft/reference.py) and the one report type both return. `evaluate_draft` is the one way a draft is
+evaluated: the evaluate stage and `eagle-recipes eval` both call it."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
+
+from eagle_recipes.evaluation.report import EvalReport
 
 
 def no_progress(done: int, total: int | None, unit: str) -> None:
     pass
 
 
+def no_log(message: str) -> None:
+    pass
+
+
 def measure(base: str, draft: Path, method: str, k: int, sets: list, max_tokens: int, engine: str,
-            dtype: str = "auto", log=print, progress=no_progress, thinking: bool | None = None) -> dict:
+            dtype: str = "auto", log: Callable[[str], None] = print, progress=no_progress,
+            thinking: bool | None = None, verbose: bool = False) -> dict:
     """{prompt set name: SetReport} by the chosen engine ("vllm" or "reference"); `progress(done, total, unit)`
     counts prompts per prompt set and phase; `thinking` sets the chat template's reasoning switch."""
     if engine == "reference":
@@ -20,4 +29,14 @@ def measure(base: str, draft: Path, method: str, k: int, sets: list, max_tokens:
         return evaluate_reference(base, draft, k, sets, max_tokens, log, progress, thinking)
     from eagle_recipes.evaluation.vllm_path import evaluate_vllm
 
-    return evaluate_vllm(base, str(draft), method, k, sets, max_tokens, dtype, log, progress, thinking)
+    return evaluate_vllm(base, str(draft), method, k, sets, max_tokens, dtype, log, progress, thinking, verbose)
+
+
+def evaluate_draft(base: str, draft: Path, method: str, k: int, sets: list, max_tokens: int, engine: str,
+                   out: Path, settings: dict[str, Any], dtype: str = "auto", log: Callable[[str], None] = no_log,
+                   progress=no_progress, thinking: bool | None = None, verbose: bool = False) -> EvalReport:
+    """Measure a draft on the prompt sets and write `out`/report.json and the per-position chart."""
+    measured = measure(base, draft, method, k, sets, max_tokens, engine, dtype, log, progress, thinking, verbose)
+    report = EvalReport(measured, settings)
+    report.write(out)
+    return report

@@ -4,7 +4,6 @@ the same prompts; tau and per-position acceptance from vLLM's own spec-decode co
 from __future__ import annotations
 
 import gc
-import os
 import time
 from collections import defaultdict
 from typing import Any
@@ -28,7 +27,7 @@ def engine(base: str, draft: str | None, method: str, k: int, dtype: str):
     """A vLLM engine for the base model, speculative when a draft folder is given."""
     from vllm import LLM
 
-    from eagle_recipes.engines import cpu_max_model_len, vllm_engine_kwargs
+    from eagle_recipes.engines.placement import cpu_max_model_len, vllm_engine_kwargs
 
     # a context of at most 4,096 tokens on GPUs too: evaluation prompts are short, the KV cache stays small
     kwargs: dict[str, Any] = dict(model=base, seed=0, disable_log_stats=False,
@@ -112,12 +111,10 @@ def _measure_set(llm, prompt_set: PromptSet, k: int, max_tokens: int, base_ids: 
 
 def evaluate_vllm(base: str, draft: str, method: str, k: int, sets: list[PromptSet], max_tokens: int,
                   dtype: str = "auto", log=print, progress=lambda done, total, unit: None,
-                  thinking: bool | None = None) -> dict[str, SetReport]:
-    from eagle_recipes.engines import cpu_engine_env, has_gpu_here
+                  thinking: bool | None = None, verbose: bool = False) -> dict[str, SetReport]:
+    from eagle_recipes.engines.placement import apply_engine_env
 
-    if not has_gpu_here():
-        for key, value in cpu_engine_env().items():
-            os.environ.setdefault(key, value)
+    apply_engine_env(verbose)
     llm = engine(base, None, method, k, dtype)
     baseline: dict[str, tuple] = {}
     for prompt_set in sets:

@@ -50,7 +50,10 @@ def _stage_classes(recipe: Recipe) -> tuple[list[type[Stage]], dict[str, str]]:
     enabled, left_out = [], {}
     for stage in STAGES:
         runs, why = stage.enabled(recipe)
-        (enabled.append(stage) if runs else left_out.__setitem__(stage.name, why))
+        if runs:
+            enabled.append(stage)
+        else:
+            left_out[stage.name] = why
     return enabled, left_out
 
 

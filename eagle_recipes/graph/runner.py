@@ -30,7 +30,7 @@ STAGE_BY_NAME = {stage.name: stage for stage in STAGES}
 
 def embedded_cpus(requested: int) -> int:
     """Logical CPUs for an embedded Ray: more than the cores, so that Ray Data's helper actors, an engine actor
-    and training workers can be scheduled together on a 2-core machine (real threads are sized separately)."""
+    and training workers can be scheduled together on a machine with few cores (real threads are sized separately)."""
     return requested or max(8, 4 * (os.cpu_count() or 1))
 
 
@@ -78,7 +78,7 @@ def execute_stage(recipe: Recipe, name: str, fingerprint: str, upstream: dict[st
     """Body of a stage's Ray task: prepare its folder (resume or wipe), run it, write its manifest last."""
     stage = STAGE_BY_NAME[name]
     out = Path(recipe.output_dir) / name
-    resumed = prepare_folder(out, fingerprint)
+    prepare_folder(out, fingerprint)  # keeps partial work of the same fingerprint, for the stage to resume
 
     def progress(done: int, total: int | None, unit: str) -> None:
         hub.update.remote(name, done, total, unit)
@@ -89,7 +89,7 @@ def execute_stage(recipe: Recipe, name: str, fingerprint: str, upstream: dict[st
     progress(0, None, "")  # the stage shows as running from its first moment, before it has a count
     started = time.time()
     context = StageContext(recipe=recipe, out=out, upstream={k: Path(v) for k, v in upstream.items()},
-                           resumed=resumed, progress=progress, log=log)
+                           progress=progress, log=log)
     result = stage.run(context) or {}
     finished = time.time()
     manifest = Manifest(stage=name, fingerprint=fingerprint, started_at=started, finished_at=finished,
@@ -110,59 +110,11 @@ def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Di
     if any(stage.must_run for stage in plan.stages):  # nothing to do: no Ray to start, seconds not minutes
         init_ray(recipe, address, verbose)
         hub = ProgressHub.remote()
-    upstream_folders = {s.name: {d: str(output_dir / d) for d in s.depends_on} for s in plan.stages}
-    refs: dict[str, ray.ObjectRef] = {}
-    pending: dict[ray.ObjectRef, str] = {}
     summary: dict[str, Any] = {"recipe": plan.recipe, "output_dir": plan.output_dir, "stages": {}}
     started = time.time()
     with display:
-        for planned in plan.stages:
-            if not planned.must_run:
-                manifest = read_manifest(output_dir / planned.name)
-                if planned.status == "up to date" and manifest:
-                    headline = STAGE_BY_NAME[planned.name].headline(asdict(manifest))
-                    display.set_status(planned.name, "up to date", headline, manifest.wall_s)
-                    summary["stages"][planned.name] = {"status": "up to date", **asdict(manifest)}
-                else:
-                    display.set_status(planned.name, "skipped")
-                    summary["stages"][planned.name] = {"status": "skipped", "reason": planned.reason}
-                continue
-            upstream_refs = [refs[d] for d in planned.depends_on if d in refs]
-            task = ray.remote(_stage_task).options(name=f"stage:{planned.name}", max_retries=0, **planned.ray_options)
-            ref = task.remote(recipe, planned.name, planned.fingerprint, upstream_folders[planned.name], hub,
-                              *upstream_refs)
-            refs[planned.name] = ref
-            pending[ref] = planned.name
-        running: set[str] = set()
-        failure: BaseException | None = None
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
-            state, lines = ray.get(hub.drain.remote())  # pending implies hub exists
-            for stage_name, message in lines:
-                display.say(f"[{stage_name}] {message}")
-            for stage_name, (done, total, unit, _) in state.items():
-                if stage_name not in running and stage_name in pending.values():
-                    running.add(stage_name)
-                    display.set_status(stage_name, "running")
-                display.progress(stage_name, done, total, unit)
-            for ref in ready:
-                stage_name = pending.pop(ref)
-                try:
-                    manifest = ray.get(ref)
-                except Exception as error:  # noqa: BLE001 - report which stage failed, then re-raise
-                    if failure is not None and stage_name not in running:
-                        display.set_status(stage_name, "not run", "an upstream stage failed")
-                        summary["stages"][stage_name] = {"status": "not run"}
-                        continue
-                    failure = error
-                    display.set_status(stage_name, "failed", failure_line(error))
-                    summary["stages"][stage_name] = {"status": "failed", "error": str(error)[-2000:]}
-                    continue
-                if stage_name not in running:  # finished between two looks: it still ran
-                    display.set_status(stage_name, "running")
-                headline = STAGE_BY_NAME[stage_name].headline(manifest)
-                display.set_status(stage_name, "done", headline, manifest["wall_s"])
-                summary["stages"][stage_name] = {"status": "done", **manifest}
+        pending = _start_stages(recipe, plan, hub, display, summary["stages"])
+        failure = _follow_stages(pending, hub, display, summary["stages"])
     summary["wall_s"] = round(time.time() - started, 3)
     summary["ok"] = failure is None
     summary["outcome"] = [line for name, entry in summary["stages"].items()
@@ -172,6 +124,66 @@ def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Di
     if failure is not None:
         raise failure
     return summary
+
+
+def _start_stages(recipe: Recipe, plan: Plan, hub: Any, display: Display,
+                  stages: dict[str, dict]) -> dict[ray.ObjectRef, str]:
+    """One Ray task per stage that must run, chained to its upstream tasks; the others shown as up to date or
+    skipped. Returns the running tasks (ref -> stage name)."""
+    output_dir = Path(recipe.output_dir)
+    refs: dict[str, ray.ObjectRef] = {}
+    for planned in plan.stages:
+        if not planned.must_run:
+            manifest = read_manifest(output_dir / planned.name)
+            if planned.status == "up to date" and manifest:
+                headline = STAGE_BY_NAME[planned.name].headline(asdict(manifest))
+                display.set_status(planned.name, "up to date", headline, manifest.wall_s)
+                stages[planned.name] = {"status": "up to date", **asdict(manifest)}
+            else:
+                display.set_status(planned.name, "skipped")
+                stages[planned.name] = {"status": "skipped", "reason": planned.reason}
+            continue
+        upstream_refs = [refs[d] for d in planned.depends_on if d in refs]
+        upstream_folders = {d: str(output_dir / d) for d in planned.depends_on}
+        task = ray.remote(_stage_task).options(name=f"stage:{planned.name}", max_retries=0, **planned.ray_options)
+        refs[planned.name] = task.remote(recipe, planned.name, planned.fingerprint, upstream_folders, hub,
+                                         *upstream_refs)
+    return {ref: name for name, ref in refs.items()}
+
+
+def _follow_stages(pending: dict[ray.ObjectRef, str], hub: Any, display: Display,
+                   stages: dict[str, dict]) -> BaseException | None:
+    """Show the running stages' progress and log lines until every task ended; returns the first failure."""
+    running: set[str] = set()
+    failure: BaseException | None = None
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
+        state, lines = ray.get(hub.drain.remote())  # pending implies hub exists
+        for stage_name, (done, total, unit, _) in state.items():  # a stage shows as running before its lines
+            if stage_name not in running and stage_name in pending.values():
+                running.add(stage_name)
+                display.set_status(stage_name, "running")
+            display.progress(stage_name, done, total, unit)
+        for stage_name, message in lines:
+            display.say(f"[{stage_name}] {message}")
+        for ref in ready:
+            stage_name = pending.pop(ref)
+            try:
+                manifest = ray.get(ref)
+            except Exception as error:  # noqa: BLE001 - report which stage failed, then re-raise
+                if failure is not None and stage_name not in running:
+                    display.set_status(stage_name, "not run", "an upstream stage failed")
+                    stages[stage_name] = {"status": "not run"}
+                    continue
+                failure = error
+                display.set_status(stage_name, "failed", failure_line(error))
+                stages[stage_name] = {"status": "failed", "error": str(error)[-2000:]}
+                continue
+            if stage_name not in running:  # finished between two looks: it still ran
+                display.set_status(stage_name, "running")
+            display.set_status(stage_name, "done", STAGE_BY_NAME[stage_name].headline(manifest), manifest["wall_s"])
+            stages[stage_name] = {"status": "done", **manifest}
+    return failure
 
 
 def _check_upstream(plan: Plan, output_dir: Path) -> None:

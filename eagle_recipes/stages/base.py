@@ -17,7 +17,6 @@ class StageContext:
     recipe: Recipe
     out: Path  # this stage's folder: <output_dir>/<stage>
     upstream: dict[str, Path]  # upstream stage name -> its folder
-    resumed: bool = False  # partial work from an interrupted run with the same fingerprint is in `out`
     progress: ProgressFn = field(default=lambda done, total, unit: None)
     log: Callable[[str], None] = field(default=print)
 

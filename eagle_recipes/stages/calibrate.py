@@ -15,9 +15,11 @@ import numpy as np
 
 from eagle_recipes.data.pretokens import bincount
 from eagle_recipes.recipe import Recipe
+from eagle_recipes.run_folder import CALIBRATE, SYNTHESIZE
 from eagle_recipes.stages.base import Stage, StageContext
 from eagle_recipes.stages.common import (
     base_model_path,
+    calibrates,
     chat_template_file,
     conversation_files,
     conversation_input_files,
@@ -185,21 +187,17 @@ def _local_batches(files: list[Path], counter: TokenCounter, batch_size: int):
 
 
 class CalibrateStage(Stage):
-    name = "calibrate"
+    name = CALIBRATE
     description = "count token frequencies, keep the top-K as the draft vocabulary (d2t/t2d)"
     headline_metric = "coverage"
 
     @staticmethod
     def enabled(recipe: Recipe) -> tuple[bool, str]:
-        if recipe.draft.algorithm == "eagle1":
-            return False, "EAGLE-1 drafts predict over the base model's whole vocabulary"
-        if recipe.vocab.draft_vocab_cache:
-            return False, f"vocab.draft_vocab_cache gives the mapping ({recipe.vocab.draft_vocab_cache})"
-        return True, ""
+        return calibrates(recipe)
 
     @staticmethod
     def depends_on(recipe: Recipe, enabled: set[str]) -> list[str]:
-        return ["synthesize"] if "synthesize" in enabled else []
+        return [SYNTHESIZE] if SYNTHESIZE in enabled else []
 
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:

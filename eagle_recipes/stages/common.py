@@ -1,24 +1,46 @@
-"""Helpers shared by stages: where the training conversations are, the base model, the vocabulary mapping."""
+"""What several stages read the same way from a recipe: where the training conversations are, how they are
+rendered (and so fingerprinted), the base model, the draft vocabulary file, the draft's configuration, the
+training sequences and the run's trackers. Stage modules import this, never each other."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from eagle_recipes.data.formats import is_holdout, read_conversation_jsonl
 from eagle_recipes.recipe import Recipe
+from eagle_recipes.run_folder import CALIBRATE, SYNTHESIZE
+from eagle_recipes.trackers import TrackingSpec
 
-SHARDS = "shards"
+SHARDS = "shards"  # synthesize/shards/*.jsonl: the conversations
+
+
+def synthesizes(recipe: Recipe) -> tuple[bool, str]:
+    """(does the synthesize stage run?, why not): the recipe's own conversations replace it."""
+    if recipe.dataset.conversations:
+        return False, "data.conversations supplies the training conversations"
+    return True, ""
+
+
+def calibrates(recipe: Recipe) -> tuple[bool, str]:
+    """(does the calibrate stage run?, why not)."""
+    if recipe.draft.algorithm == "eagle1":
+        return False, "EAGLE-1 drafts predict over the base model's whole vocabulary"
+    if recipe.vocab.draft_vocab_cache:
+        return False, f"vocab.draft_vocab_cache gives the mapping ({recipe.vocab.draft_vocab_cache})"
+    return True, ""
 
 
 def conversation_files(recipe: Recipe, upstream: dict[str, Path]) -> list[Path]:
     """Conversation JSONL files holding every conversation (training and held-out): synthesize's shards when
     the recipe synthesizes, else the recipe's own data.conversations."""
-    from eagle_recipes.stages.synthesize import SynthesizeStage
-
-    if SynthesizeStage.enabled(recipe)[0]:
-        return sorted((upstream["synthesize"] / SHARDS).glob("*.jsonl"))
+    if synthesizes(recipe)[0]:
+        return sorted((upstream[SYNTHESIZE] / SHARDS).glob("*.jsonl"))
     return conversation_input_files(recipe)
+
+
+def conversation_input_files(recipe: Recipe) -> list[Path]:
+    """The recipe's own conversation files (when it supplies them instead of synthesizing)."""
+    return [recipe.resolve(p) for p in recipe.dataset.conversations]
 
 
 def rendering_settings(recipe: Recipe) -> dict:
@@ -52,11 +74,6 @@ def load_recipe_tokenizer(recipe: Recipe, model_path: str, thinking: bool | None
     return load_tokenizer(model_path, chat_template_file(recipe), recipe.model.trust_remote_code, thinking)
 
 
-def conversation_input_files(recipe: Recipe) -> list[Path]:
-    """The recipe's own conversation files (when it supplies them instead of synthesizing)."""
-    return [recipe.resolve(p) for p in recipe.dataset.conversations]
-
-
 def split_of(conversation: dict, recipe: Recipe) -> str:
     return "holdout" if is_holdout(conversation["conversation_id"], recipe.dataset.holdout_fraction) else "train"
 
@@ -77,13 +94,33 @@ def chat_template_file(recipe: Recipe) -> str:
 
 def vocab_file(recipe: Recipe, upstream: dict[str, Path]) -> Path:
     """The d2t.pt of the draft vocabulary: calibrate's when it runs, else the recipe's vocab.draft_vocab_cache."""
-    from eagle_recipes.stages.calibrate import CalibrateStage
-
-    if CalibrateStage.enabled(recipe)[0]:
-        return upstream["calibrate"] / "d2t.pt"
+    if calibrates(recipe)[0]:
+        return upstream[CALIBRATE] / "d2t.pt"
     return recipe.resolve(recipe.vocab.draft_vocab_cache)
 
 
-def torch_threads(cpus: float) -> int:
-    """Threads for torch inside a worker: the CPUs Ray gave it, never more (oversubscription is ~8x slower)."""
-    return max(1, min(int(cpus), os.cpu_count() or 1))
+def draft_config_for(recipe: Recipe, model_path: str, draft_vocab_size: int):
+    """The recipe's draft architecture for this base model (defaults + overrides + the base model's facts)."""
+    from eagle_recipes.draft.config import build_draft_config
+    from eagle_recipes.models import base_model_facts
+
+    return build_draft_config(recipe.draft.algorithm, recipe.draft.overrides, base_model_facts(model_path),
+                              draft_vocab_size)
+
+
+def tokenize_training_data(recipe: Recipe, upstream: dict[str, Path], model_path: str, out: Path) -> int:
+    """The training split's sequences (data/sequences.py) in `out`, tokenized once; returns their count. Train
+    (online) and capture (cached) both call this, so both see the same sequences in the same order."""
+    from eagle_recipes.data.sequences import has_sequences, sequence_count, tokenize
+
+    if not has_sequences(out):
+        tokenizer = load_recipe_tokenizer(recipe, model_path, thinking_when_rendered(recipe))
+        conversations = read_conversations(conversation_files(recipe, upstream), recipe, split="train")
+        tokenize(tokenizer, [c["conversations"] for c in conversations], recipe.train.max_seq_len).save(out)
+    return sequence_count(out)
+
+
+def tracking_spec(recipe: Recipe) -> TrackingSpec:
+    """What the trackers of this run need (training opens them, the evaluate stage adds to the same run)."""
+    return TrackingSpec(names=list(recipe.train.report_to), folder=str(recipe.output_dir), run_name=recipe.name,
+                        config=recipe.data)

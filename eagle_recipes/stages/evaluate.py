@@ -1,8 +1,10 @@
 """Evaluate: acceptance length tau (tokens per verify step, bonus token included) and per-position acceptance,
 greedy, with k draft tokens, on the recipe's prompt sets (MT-bench, the held-out split, prompt files).
 
-The measuring itself lives in eagle_recipes/evaluation/: real vLLM (tau from its spec-decode counters, tokens/s
-with and without the draft, a losslessness check) or the pure-PyTorch reference decoder.
+The measuring itself lives in eagle_recipes/evaluation/ (`evaluate_draft`, which `eagle-recipes eval` calls too):
+real vLLM (tau from its spec-decode counters, tokens/s with and without the draft, a losslessness check) or the
+pure-PyTorch reference decoder. This stage runs it where an engine fits, then writes the complete model card and
+reports to the run's trackers.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from eagle_recipes.draft.layouts import speculative_method
-from eagle_recipes.evaluation.report import EvalReport
+from eagle_recipes.draft.export import speculative_method
 from eagle_recipes.recipe import Recipe
+from eagle_recipes.run_folder import DRAFT_FOLDER, EVALUATE, EXPORT, SYNTHESIZE, TRAIN, RunFolder
 from eagle_recipes.stages.base import Stage, StageContext
 from eagle_recipes.stages.common import (
     base_model_path,
@@ -20,47 +22,23 @@ from eagle_recipes.stages.common import (
     read_conversations,
     reasoning_setting,
     thinking_when_generating,
+    tracking_spec,
 )
-
-
-def write_card(recipe: Recipe, out: Path, report: dict) -> None:
-    """evaluate/card/: the complete model card (with tau) and its chart, what `publish` puts beside the weights."""
-    import shutil
-
-    from eagle_recipes.atomic import atomic_path
-    from eagle_recipes.card import CARD_FOLDER, render_card
-
-    with atomic_path(out / CARD_FOLDER) as tmp:
-        tmp.mkdir()
-        (tmp / "README.md").write_text(render_card(recipe, out.parent, report), encoding="utf-8")
-        if (out / "per_position.png").exists():
-            shutil.copy(out / "per_position.png", tmp / "per_position.png")
 
 
 def report_to_trackers(recipe: Recipe, report: dict) -> None:
     """tau and per-position acceptance into the training run's trackers, at its last step."""
     if not recipe.train.report_to:
         return
-    from eagle_recipes.graph.manifest import read_manifest
-    from eagle_recipes.stages.train import tracking_spec
-    from eagle_recipes.trackers import Trackers, eval_scalars
+    from eagle_recipes.trackers import eval_scalars
 
-    spec = tracking_spec(recipe)
-    train = read_manifest(recipe.output_dir / "train")
-    with Trackers(spec["names"], Path(spec["folder"]), spec["run_name"], spec["config"]) as trackers:
-        trackers.log(train.counts["steps"] if train else 0, eval_scalars(report), final=True)
-
-
-def _measure_task(base: str, draft: Path, method: str, k: int, sets: list, max_tokens: int, engine: str,
-                  dtype: str, progress, thinking: bool | None) -> dict:
-    from eagle_recipes.evaluation import measure
-
-    return measure(base, draft, method, k, sets, max_tokens, engine, dtype, log=lambda message: None,
-                   progress=progress, thinking=thinking)
+    train = RunFolder(recipe.output_dir).manifests((TRAIN,)).get(TRAIN)
+    with tracking_spec(recipe).open() as trackers:
+        trackers.log(train["counts"]["steps"] if train else 0, eval_scalars(report), final=True)
 
 
 class EvaluateStage(Stage):
-    name = "evaluate"
+    name = EVALUATE
     description = "acceptance length on MT-bench and the held-out split (real vLLM)"
     headline_metric = "acceptance_length"
 
@@ -70,7 +48,7 @@ class EvaluateStage(Stage):
 
     @staticmethod
     def depends_on(recipe: Recipe, enabled: set[str]) -> list[str]:
-        return ["export"] + (["synthesize"] if "synthesize" in enabled else [])
+        return [EXPORT] + ([SYNTHESIZE] if SYNTHESIZE in enabled else [])
 
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:
@@ -104,7 +82,9 @@ class EvaluateStage(Stage):
     def run(ctx: StageContext) -> dict[str, Any]:
         import ray
 
-        from eagle_recipes.engines import cluster_has_gpus, cpu_engine_env
+        from eagle_recipes.card import write_complete_card
+        from eagle_recipes.engines.placement import cluster_has_gpus, engine_placement
+        from eagle_recipes.evaluation import evaluate_draft
         from eagle_recipes.evaluation.prompt_sets import resolve_sets
 
         recipe = ctx.recipe
@@ -116,17 +96,13 @@ class EvaluateStage(Stage):
         if not sets:
             raise ValueError("eval.prompts: no prompt set has prompts; add \"mt-bench\" or a prompt file")
         ctx.log(f"evaluating on {', '.join(f'{s.name} ({len(s.prompts)} prompts)' for s in sets)}")
-        options = {"num_gpus": 1} if cluster_has_gpus() else {"num_cpus": 1,
-                                                              "runtime_env": {"env_vars": cpu_engine_env()}}
         k = recipe.eval.num_speculative_tokens
-        task = ray.remote(_measure_task).options(**options)
-        measured = ray.get(task.remote(base_model_path(recipe), ctx.upstream["export"] / "draft",
-                                       speculative_method(recipe.draft.algorithm), k, sets, recipe.eval.max_tokens,
-                                       recipe.eval.engine, recipe.model.dtype, ctx.progress,
-                                       thinking_when_generating(recipe)))
-        report = EvalReport(measured, recipe.data["eval"])
-        report.write(ctx.out)
-        write_card(recipe, ctx.out, report.to_dict())
+        task = ray.remote(evaluate_draft).options(**engine_placement(1, cluster_has_gpus()))
+        report = ray.get(task.remote(base_model_path(recipe), ctx.upstream[EXPORT] / DRAFT_FOLDER,
+                                     speculative_method(recipe.draft.algorithm), k, sets, recipe.eval.max_tokens,
+                                     recipe.eval.engine, ctx.out, recipe.data["eval"], dtype=recipe.model.dtype,
+                                     progress=ctx.progress, thinking=thinking_when_generating(recipe)))
+        write_complete_card(recipe, ctx.out.parent, report.to_dict(), ctx.out / "per_position.png")
         report_to_trackers(recipe, report.to_dict())
         for name, entry in report.sets.items():
             ctx.log(entry.summary(name))

@@ -16,19 +16,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
-import numpy as np
-
 from eagle_recipes.atomic import write_jsonl
 from eagle_recipes.data.chat import strip_thinking
 from eagle_recipes.data.formats import DataFormatError, load_conversations
-from eagle_recipes.engines import OpenAIEngine, Sampling
+from eagle_recipes.engines.actor_pool import TaskActor
+from eagle_recipes.engines.generation import OpenAIEngine, Sampling
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.stages.base import Stage, StageContext
+from eagle_recipes.run_folder import SYNTHESIZE
 from eagle_recipes.stages.common import (
     SHARDS,
     base_model_path,
     chat_template_file,
     load_recipe_tokenizer,
+    synthesizes,
     thinking_when_generating,
 )
 
@@ -106,7 +107,7 @@ def run_task(engine, tokenizer, task: dict) -> dict:
     return {"shard": task["shard"], "rows": rows}
 
 
-class SynthesisWorker:
+class SynthesisActor(TaskActor):
     """Ray Data actor: holds one vLLM engine for the whole pass and runs the tasks of its batches on it."""
 
     def __init__(self, engine_args: dict, model_path: str, template_file: str, trust_remote_code: bool,
@@ -114,20 +115,16 @@ class SynthesisWorker:
         import ray
 
         from eagle_recipes.data.chat import load_tokenizer
-        from eagle_recipes.engines import VLLMGenerator
+        from eagle_recipes.engines.generation import VLLMGenerator
 
         self.engine = VLLMGenerator(**engine_args)
         self.tokenizer = load_tokenizer(model_path, template_file, trust_remote_code, thinking)
         self.engine_id = ray.get_runtime_context().get_actor_id()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = []
-        for task in batch["task"]:
-            started = time.perf_counter()
-            result = run_task(self.engine, self.tokenizer, json.loads(task))
-            results.append(json.dumps({**result, "engine": self.engine_id,
-                                       "seconds": time.perf_counter() - started}))
-        return {"result": np.array(results, dtype=object)}
+    def run_task(self, task: dict) -> dict:
+        started = time.perf_counter()
+        result = run_task(self.engine, self.tokenizer, task)
+        return {**result, "engine": self.engine_id, "seconds": time.perf_counter() - started}
 
 
 class TaskRunner(Protocol):
@@ -144,26 +141,17 @@ class RayDataRunner:
     template_file: str
     trust_remote_code: bool
     replicas: int
-    thinking: bool | None  # the chat template's reasoning switch while generating
+    thinking: bool | None = None  # the chat template's reasoning switch while generating
 
     def run(self, tasks: list[dict]) -> Iterator[dict]:
-        import ray
+        from eagle_recipes.engines.actor_pool import run_in_actor_pool
+        from eagle_recipes.engines.placement import cluster_has_gpus, engine_placement
 
-        from eagle_recipes.engines import cluster_has_gpus, engine_placement
-
-        if not tasks:
-            return
-        ray.data.DataContext.get_current().enable_progress_bars = False  # the stage reports its own progress
-        dataset = ray.data.from_items([{"task": json.dumps(t)} for t in tasks], override_num_blocks=len(tasks))
-        results = dataset.map_batches(
-            SynthesisWorker, batch_size=1, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=min(self.replicas, len(tasks))),
-            fn_constructor_kwargs=dict(engine_args=self.engine_args, model_path=self.model_path,
-                                       template_file=self.template_file, trust_remote_code=self.trust_remote_code,
-                                       thinking=self.thinking),
-            **engine_placement(self.engine_args["tensor_parallel_size"], cluster_has_gpus()))
-        for row in results.iter_rows():
-            yield json.loads(row["result"])
+        placement = engine_placement(self.engine_args["tensor_parallel_size"], cluster_has_gpus())
+        actor_kwargs = dict(engine_args=self.engine_args, model_path=self.model_path,
+                            template_file=self.template_file, trust_remote_code=self.trust_remote_code,
+                            thinking=self.thinking)
+        yield from run_in_actor_pool(SynthesisActor, tasks, self.replicas, actor_kwargs, placement)
 
 
 @dataclass
@@ -240,15 +228,13 @@ def _make_runner(recipe: Recipe, model_path: str, tokenizer) -> TaskRunner:
 
 
 class SynthesizeStage(Stage):
-    name = "synthesize"
+    name = SYNTHESIZE
     description = "the base model regenerates the assistant turns (and writes self prompts)"
     headline_metric = "conversations"
 
     @staticmethod
     def enabled(recipe: Recipe) -> tuple[bool, str]:
-        if recipe.dataset.conversations:
-            return False, "data.conversations supplies the training conversations"
-        return True, ""
+        return synthesizes(recipe)
 
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """Generation engines for synthesis: an in-process vLLM engine (held by Ray Data actors, data parallel), or any
-OpenAI-compatible server (`vllm serve`, SGLang). Both take rendered prompt ids and return replies."""
+OpenAI-compatible server (`vllm serve`, SGLang). Both take rendered prompt ids and return replies. Where an engine
+runs and the settings it needs on a CPU: placement.py."""
 
 from __future__ import annotations
 
@@ -12,11 +13,6 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
-
-# vLLM's CPU build reserves its KV cache from RAM: 1 GiB is plenty for small models and fits a laptop.
-CPU_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-                  # in-process engine: no separate scheduler process needs a core of its own
-                  "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_LOGGING_LEVEL": "ERROR"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +38,8 @@ class VLLMGenerator:
     def __init__(self, model: str, dtype: str, tensor_parallel_size: int, engine_kwargs: dict, seed: int):
         from vllm import LLM
 
+        from eagle_recipes.engines.placement import vllm_engine_kwargs
+
         kwargs: dict[str, Any] = dict(model=model, tensor_parallel_size=tensor_parallel_size, seed=seed,
                                       **vllm_engine_kwargs(model, dtype))
         if tensor_parallel_size > 1:
@@ -62,72 +60,6 @@ class VLLMGenerator:
                                     use_tqdm=False)
         return [Reply(o.outputs[0].text, o.outputs[0].finish_reason == "length", len(o.outputs[0].token_ids))
                 for o in outputs]
-
-
-def engine_placement(tensor_parallel_size: int, on_gpus: bool) -> dict[str, Any]:
-    """Ray resources for the actor that holds one engine (map_batches' remote args).
-
-    CPU: one core, and the CPU build's settings in the actor's environment. One GPU: the actor takes it. Several
-    (tensor parallel): the actor takes none itself and is placed in a placement group of one GPU bundle per
-    tensor-parallel rank, which vLLM's Ray executor fills with its workers (as Ray Data LLM does). Not exercised here: no GPU.
-    """
-    if not on_gpus:
-        return {"num_cpus": 1, "runtime_env": {"env_vars": cpu_engine_env()}}
-    if tensor_parallel_size == 1:
-        return {"num_gpus": 1}
-
-    def placement_group_strategy() -> dict[str, Any]:
-        import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        group = ray.util.placement_group([{"GPU": 1, "CPU": 1}] * tensor_parallel_size, strategy="PACK")
-        return {"scheduling_strategy": PlacementGroupSchedulingStrategy(
-            group, placement_group_capture_child_tasks=True)}
-
-    return {"num_gpus": 0, "ray_remote_args_fn": placement_group_strategy}
-
-
-def cpu_engine_env() -> dict[str, str]:
-    """Environment of a process that holds a CPU vLLM engine: the CPU build's settings, every core for torch."""
-    return {**CPU_ENGINE_ENV, "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
-
-
-def vllm_engine_kwargs(model: str, dtype: str) -> dict[str, Any]:
-    """`vllm.LLM` settings every in-process engine here needs (synthesis and evaluation alike)."""
-    if has_gpu_here():
-        return {} if dtype == "auto" else {"dtype": dtype}
-    return dict(
-        # float32 on CPU: without AVX-512 BF16 support, bfloat16 runs ~5x slower (measured here)
-        dtype="float32" if dtype == "auto" else dtype, enforce_eager=True, gpu_memory_utilization=0.3,
-        max_model_len=cpu_max_model_len(model),
-        # a chunked prefill's discarded sample rewinds the request's seeded generator, which a CPU generator
-        # cannot do ("CPU Generator does not use offset"): any seeded pass that vLLM chunks would crash
-        enable_chunked_prefill=False)
-
-
-def cluster_has_gpus() -> bool:
-    import ray
-
-    return bool(ray.cluster_resources().get("GPU", 0))
-
-
-def cpu_max_model_len(model: str, cap: int = 4096) -> int:
-    """A context length whose KV cache fits the 1 GiB a CPU engine reserves (the model's own if smaller)."""
-    from eagle_recipes.models import base_model_facts
-
-    try:
-        return min(cap, int(base_model_facts(model).max_position_embeddings or cap))
-    except Exception:  # noqa: BLE001 - a Hub id offline: keep the cap
-        return cap
-
-
-def has_gpu_here() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:  # pragma: no cover
-        return False
 
 
 class ServerError(RuntimeError):

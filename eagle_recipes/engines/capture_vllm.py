@@ -22,14 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from eagle_recipes.devices import compute_dtype, has_gpu_here
+
 
 class VLLMCaptureEngine:
     def __init__(self, spec):
         from vllm import LLM
         from vllm.config import KVTransferConfig
 
-        from eagle_recipes.data.features import head_tensors
-        from eagle_recipes.engines import has_gpu_here
+        from eagle_recipes.data.feature_cache import head_tensors
         from eagle_recipes.models import base_model_facts
 
         facts = base_model_facts(spec.model_path)
@@ -52,20 +53,21 @@ class VLLMCaptureEngine:
         if spec.tensor_parallel_size > 1:
             kwargs["distributed_executor_backend"] = "ray"
         self.llm = LLM(**kwargs)
-        device, compute = torch.device("cuda"), torch.bfloat16
+        device = torch.device("cuda")
+        compute = compute_dtype(device)
         head = head_tensors(spec.model_path)
         self.norm = head["norm"].to(device, torch.float32)
         self.lm_head = head["lm_head"].to(device, compute)
         self.device, self.compute = device, compute
 
-    def features(self, sequences: list[np.ndarray]) -> list[dict]:
+    def capture(self, sequences: list[np.ndarray]) -> list[dict]:
         from vllm import SamplingParams
         from vllm.distributed.kv_transfer.kv_connector.v1.example_hidden_states_connector import (
             cleanup_hidden_states,
             load_hidden_states,
         )
 
-        from eagle_recipes.stages.capture import top_tokens
+        from eagle_recipes.draft.target import top_tokens
 
         outputs = self.llm.generate([{"prompt_token_ids": ids.tolist()} for ids in sequences],
                                     SamplingParams(max_tokens=1), use_tqdm=False)

@@ -1,7 +1,8 @@
-"""The captured features of the base model: what cached training reads instead of running the base model.
+"""The feature cache: the base model's features captured once, what cached training reads instead of running
+the base model.
 
 Layout of the capture stage's folder:
-- `data.npz`: the training sequences (token ids, loss mask, offsets), tokenized exactly as online training does.
+- `data.npz`: the training sequences (data/sequences.py), tokenized exactly as online training does.
 - `shards/NNNNN.safetensors`: sequences [first, first + count) of `data.npz`, all their tokens back to back:
   `hidden` [N, F], what the draft reads (EAGLE-3: the aux layers' states concatenated, F = 3H; EAGLE-1: the
   final normed state, F = H); `final` [N, H], the final normed state (EAGLE-3 only: EAGLE-1's `hidden` is it);
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from eagle_recipes.data.sequences import sequence_offsets
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: the capture stage's planning needs none
     import torch
@@ -88,8 +91,7 @@ class FeatureStore:
         from safetensors import safe_open
 
         self.folder = folder
-        data = np.load(folder / "data.npz")
-        self.offsets = data["offsets"]
+        self.offsets = sequence_offsets(folder)
         self.shards: list[_Shard] = []
         for path in sorted((folder / SHARDS).glob("*.safetensors")):
             handle = safe_open(str(path), framework="pt")

@@ -1,0 +1,79 @@
+"""The training sequences: every training conversation rendered with the chat template, tokenized once, stored as
+flat arrays (`data.npz`) and indexed by sequence. Online training and capture both read them, so both see the same
+sequences in the same order, and cached features line up with them token for token.
+
+`data.npz`: `ids` int32 [N tokens], `mask` int8 [N] (1 where a token is an assistant label), `offsets` int64
+[count + 1] (sequence i is ids[offsets[i]:offsets[i+1]]), `pad_id`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from eagle_recipes.atomic import atomic_path
+
+SEQUENCES_FILE = "data.npz"
+RENDER_CHUNK = 256  # conversations rendered per call
+
+
+@dataclass
+class Sequences:
+    ids: np.ndarray
+    mask: np.ndarray
+    offsets: np.ndarray
+    pad_id: int = 0
+
+    @classmethod
+    def load(cls, folder: Path) -> "Sequences":
+        data = np.load(Path(folder) / SEQUENCES_FILE)
+        return cls(data["ids"], data["mask"], data["offsets"], int(data["pad_id"]) if "pad_id" in data else 0)
+
+    @property
+    def count(self) -> int:
+        return int(self.offsets.shape[0] - 1)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.offsets[-1])
+
+    def ids_of(self, index: int) -> np.ndarray:
+        return self.ids[self.offsets[index]: self.offsets[index + 1]]
+
+    def mask_of(self, index: int) -> np.ndarray:
+        return self.mask[self.offsets[index]: self.offsets[index + 1]]
+
+    def save(self, folder: Path) -> None:
+        with atomic_path(Path(folder) / SEQUENCES_FILE) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez(handle, ids=self.ids, mask=self.mask, offsets=self.offsets, pad_id=np.int64(self.pad_id))
+
+
+def has_sequences(folder: Path) -> bool:
+    return (Path(folder) / SEQUENCES_FILE).exists()
+
+
+def sequence_offsets(folder: Path) -> np.ndarray:
+    """The offsets alone (the token arrays are not read)."""
+    return np.load(Path(folder) / SEQUENCES_FILE)["offsets"]
+
+
+def sequence_count(folder: Path) -> int:
+    return int(sequence_offsets(folder).shape[0] - 1)
+
+
+def tokenize(tokenizer, conversations: list[list[dict]], max_seq_len: int) -> Sequences:
+    """Render and tokenize conversations (chat messages); those with no label token are left out."""
+    from eagle_recipes.data.chat import render_batch
+
+    rendered = []
+    for start in range(0, len(conversations), RENDER_CHUNK):
+        chunk = conversations[start: start + RENDER_CHUNK]
+        rendered += [r for r in render_batch(tokenizer, chunk, max_seq_len) if sum(r.loss_mask)]
+    lengths = np.array([len(r.input_ids) for r in rendered], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = np.concatenate([r.input_ids for r in rendered]).astype(np.int32) if rendered else np.zeros(0, np.int32)
+    mask = np.concatenate([r.loss_mask for r in rendered]).astype(np.int8) if rendered else np.zeros(0, np.int8)
+    return Sequences(ids, mask, offsets, int(tokenizer.pad_token_id or 0))

@@ -1,0 +1,59 @@
+"""A draft as serving engines take it: the method names vLLM and SGLang give each algorithm, the layout an export
+writes for it, writing that folder (checked by draft/inspect.py), and the commands that serve it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from eagle_recipes.draft.config import DraftConfig
+from eagle_recipes.draft.inspect import InspectReport, inspect_draft
+from eagle_recipes.draft.layouts import layout_config, to_layout
+
+
+def speculative_method(algorithm: str) -> str:
+    """vLLM's `speculative_config.method` for a draft algorithm."""
+    return "eagle3" if algorithm == "eagle3" else "eagle"
+
+
+def sglang_algorithm(algorithm: str) -> str:
+    """SGLang's `--speculative-algorithm` for a draft algorithm."""
+    return "EAGLE3" if algorithm == "eagle3" else "EAGLE"
+
+
+def export_layout(algorithm: str, requested: str) -> str:
+    """The layout an export writes: EAGLE-1 has one (vLLM's `eagle`); EAGLE-3 the recipe's `export.layout`."""
+    return "eagle1" if algorithm == "eagle1" else requested
+
+
+def serving_snippet(base: str, draft: Path | str, algorithm: str, k: int) -> str:
+    """The vLLM and SGLang commands that serve `draft` beside `base` with k draft tokens."""
+    sglang = sglang_algorithm(algorithm)
+    spec = json.dumps({"method": speculative_method(algorithm), "model": str(draft), "num_speculative_tokens": k})
+    return (f"# Serve with vLLM\nvllm serve {base} --speculative-config '{spec}'\n\n"
+            f"# Serve with SGLang\npython -m sglang.launch_server --model-path {base} \\\n"
+            f"  --speculative-algorithm {sglang} --speculative-draft-model-path {draft} \\\n"
+            f"  --speculative-num-steps {k} --speculative-eagle-topk 1 --speculative-num-draft-tokens {k + 1}\n")
+
+
+def write_draft(folder: Path, state: dict, config: DraftConfig, layout: str, dtype: str, base_model: str, k: int,
+                d2t=None, t2d=None, readme: str | None = None) -> InspectReport:
+    """Write config.json + model.safetensors + README.md (`readme`, else the serving commands) atomically, then
+    check the result."""
+    import torch
+    from safetensors.torch import save_file
+
+    from eagle_recipes.atomic import atomic_path, write_json, write_text
+
+    torch_dtype = getattr(torch, dtype)
+    tensors = {name: tensor.detach().to(torch_dtype).contiguous()
+               for name, tensor in to_layout(state, layout).items()}
+    if layout != "eagle1" and config.draft_vocab_size != config.vocab_size:
+        tensors["d2t"] = d2t.to(torch.int64).contiguous()
+        tensors["t2d"] = t2d.to(torch.bool).contiguous()
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
+        write_json(tmp / "config.json", layout_config(config, layout, dtype, base_model, k))
+        write_text(tmp / "README.md", readme or serving_snippet(base_model, folder.resolve(), config.algorithm, k))
+    return inspect_draft(folder)

@@ -1,0 +1,41 @@
+"""The training configuration: everything a worker needs, built once by the train stage and recorded in its
+manifest. Plain values only, so it travels to Ray Train workers as a dict."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model_path: str
+    draft_config: dict  # DraftConfig.to_dict()
+    vocab_file: str  # d2t.pt of the draft vocabulary
+    data_folder: str  # holds data.npz, the training sequences
+    checkpoint_dir: str
+    metrics_file: str
+    features: str  # "online" | "cached": where the base model's outputs come from
+    capture_dir: str  # the capture stage's folder ("" when online)
+    threads: int
+    use_gpu: bool
+    strategy: str  # "ddp" | "fsdp"
+    epochs: int
+    max_steps: int
+    batch_size: int
+    grad_accum: int
+    lr: float
+    weight_decay: float
+    warmup_ratio: float
+    schedule: str
+    grad_clip: float
+    ttt_steps: int
+    ttt_decay: float
+    loss_on: str  # "assistant" | "all"
+    checkpoint_every: int
+    keep_checkpoints: int
+    seed: int
+    init_from_target: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,179 @@
+"""The worker: `setup` (draft, target source, optimizer, resume), `train_step` (one optimizer step), `save`
+(checkpoint), driven by `train_loop`, all reading one frozen TrainConfig (torchtune's split: the recipe tells the
+story; checkpoints, schedule, batches and metrics live beside it)."""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from eagle_recipes.data.sequences import Sequences
+from eagle_recipes.devices import compute_dtype, worker_device
+from eagle_recipes.draft.config import DraftConfig
+from eagle_recipes.draft.model import EagleDraft, build_draft
+from eagle_recipes.draft.ttt import TTTObjective
+from eagle_recipes.trackers import TrackingSpec, step_scalars
+from eagle_recipes.training.batches import collate, micro_batch_indices, steps_per_epoch
+from eagle_recipes.training.checkpoints import Checkpointer, checkpointer_for
+from eagle_recipes.training.config import TrainConfig
+from eagle_recipes.training.metrics import MetricsLog
+from eagle_recipes.training.parallel import clip_gradients, wrap_objective
+from eagle_recipes.training.schedule import learning_rate
+from eagle_recipes.training.target_source import TargetSource, make_target_source
+
+
+@dataclass
+class Training:
+    """A worker's whole training state."""
+
+    config: TrainConfig
+    draft: EagleDraft
+    objective: torch.nn.Module  # the TTT objective, wrapped for DDP / FSDP when it is
+    optimizer: torch.optim.Optimizer
+    target: TargetSource
+    sequences: Sequences
+    checkpointer: Checkpointer
+    device: torch.device
+    rank: int
+    world: int
+    step: int
+    total: int
+    per_epoch: int
+
+
+def setup(config: TrainConfig, rank: int, world: int, local_rank: int) -> Training:
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    device = worker_device(config.use_gpu, local_rank)
+    draft_config = DraftConfig.from_dict(config.draft_config)
+    draft = build_draft(draft_config).to(device)
+    d2t = torch.load(config.vocab_file, weights_only=True).to(torch.int64)
+    draft_ids = (torch.arange(d2t.numel()) + d2t).to(device)
+    target = make_target_source(config, draft_config, draft_ids, device, compute_dtype(device))
+    if config.init_from_target and draft_config.algorithm == "eagle3":
+        init_from_target(draft, target.draft_head.weight, target.final_norm)
+    checkpointer = checkpointer_for(config.strategy, Path(config.checkpoint_dir), config.keep_checkpoints)
+    state = checkpointer.load_latest(device)
+    step = 0
+    if state is not None:  # weights go in before any wrapper reshapes the parameters
+        draft.load_state_dict(state["draft"])
+        step = state["step"]
+    objective = wrap_objective(TTTObjective(draft, config.ttt_steps, config.ttt_decay), config.strategy, world,
+                               device)
+    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    if state is not None:
+        checkpointer.restore_optimizer(objective, optimizer, state["optimizer"])
+    sequences = Sequences.load(Path(config.data_folder))
+    per_epoch = steps_per_epoch(sequences.count, world, config.grad_accum, config.batch_size)
+    total = per_epoch * config.epochs
+    if config.max_steps:
+        total = min(total, config.max_steps)
+    return Training(config, draft, objective, optimizer, target, sequences, checkpointer, device, rank, world, step,
+                    total, per_epoch)
+
+
+def init_from_target(draft: EagleDraft, draft_head: torch.Tensor, final_norm: torch.nn.Module | None) -> None:
+    """The draft's last norm and LM head read the same hidden space as the target's: start from them."""
+    with torch.no_grad():
+        draft.lm_head.weight.copy_(draft_head)
+        if final_norm is not None and final_norm.weight.shape == draft.norm.weight.shape:
+            draft.norm.weight.copy_(final_norm.weight)
+
+
+def train_step(training: Training) -> dict[str, Any]:
+    """One optimizer step over one global batch; returns its metrics (over every worker's share)."""
+    config, started = training.config, time.time()
+    epoch, step_in_epoch = divmod(training.step, training.per_epoch)
+    lr = learning_rate(training.step, training.total, config.lr, config.warmup_ratio, config.schedule)
+    for group in training.optimizer.param_groups:
+        group["lr"] = lr
+    training.optimizer.zero_grad(set_to_none=True)
+    sums = np.zeros((config.ttt_steps, 3))
+    tokens = 0
+    lm_head = training.target.draft_head if training.draft.config.algorithm == "eagle1" else None
+    for micro in range(config.grad_accum):
+        indices = micro_batch_indices(training.sequences.count, config.seed, epoch, step_in_epoch, training.rank,
+                                      training.world, config.grad_accum, config.batch_size, micro)
+        input_ids, loss_mask, padding = (t.to(training.device) for t in collate(training.sequences, indices,
+                                                                                  config.loss_on))
+        tokens += int(padding.sum())
+        outputs = training.target.outputs(input_ids, loss_mask, padding, indices)
+        with torch.autocast(training.device.type, dtype=torch.bfloat16, enabled=config.use_gpu):
+            loss, stats = training.objective(outputs, training.target.embed, lm_head)
+        (loss / config.grad_accum).backward()
+        for j, s in enumerate(stats):
+            sums[j] += (s.loss, s.correct, s.counted)
+    grad_norm = 0.0
+    if config.grad_clip:
+        grad_norm = clip_gradients(training.objective, training.draft, config.strategy, config.grad_clip)
+    training.optimizer.step()
+    training.step += 1
+    if training.world > 1:  # metrics over the whole global batch, not rank 0's share
+        totals = torch.tensor(sums, dtype=torch.float64, device=training.device)
+        torch.distributed.all_reduce(totals)
+        sums = totals.cpu().numpy()
+    micro_batches = config.grad_accum * training.world
+    return {"step": training.step, "epoch": epoch, "lr": lr, "grad_norm": grad_norm,
+            "loss": [round(float(l / micro_batches), 5) for l in sums[:, 0]],
+            "accuracy": [round(float(c / max(1, n)), 5) for _, c, n in sums],
+            "tokens_per_s": tokens * training.world / max(1e-9, time.time() - started)}
+
+
+def save(training: Training) -> None:
+    """A checkpoint of the draft and the optimizer (every rank takes part under FSDP; rank 0 writes)."""
+    training.checkpointer.save(training.step, training.rank, training.objective, training.draft,
+                               training.optimizer)
+
+
+def run_steps(training: Training, progress: Callable | None, tracking: TrackingSpec | None,
+              on_checkpoint: Callable[[dict], None] = lambda metrics: None) -> None:
+    """Train to the last step: metrics per step from rank 0, a checkpoint every `checkpoint_every` steps and at
+    the end (then `on_checkpoint(metrics)`)."""
+    config = training.config
+    metrics_log = MetricsLog(Path(config.metrics_file))
+    with open_trackers(tracking, training) as trackers:
+        while training.step < training.total:
+            metrics = train_step(training)
+            if training.rank == 0:
+                metrics_log.append(metrics)
+                trackers.log(training.step, step_scalars(metrics))
+                if progress:
+                    progress(training.step, training.total, "steps")
+            if training.step % config.checkpoint_every == 0 or training.step == training.total:
+                save(training)
+                on_checkpoint(metrics)
+
+
+def train_loop(loop_config: dict) -> None:
+    """Runs in every Ray Train worker."""
+    import ray.train
+
+    context = ray.train.get_context()
+    training = setup(TrainConfig(**loop_config["config"]), context.get_world_rank(), context.get_world_size(),
+                     context.get_local_rank())
+
+    def report(metrics: dict) -> None:
+        # only at checkpoints: a report waits on the controller (~1.3 s each measured on this CPU, 3x a small step);
+        # per-step metrics go to metrics.jsonl, the trackers and the progress display instead
+        ray.train.report({"step": training.step, "loss0": metrics["loss"][0], "accuracy0": metrics["accuracy"][0]})
+
+    run_steps(training, loop_config.get("progress"), loop_config.get("tracking"), report)
+
+
+def open_trackers(tracking: TrackingSpec | None, training: Training):
+    """The recipe's trackers on rank 0 (resuming the run's own, past its last checkpoint); nothing elsewhere."""
+    if not tracking or not tracking.names or training.rank != 0:
+        return nullcontext(_NoTrackers())
+    return tracking.open(purge_after=training.step)
+
+
+class _NoTrackers:
+    def log(self, step: int, scalars: dict, final: bool = False) -> None:
+        pass

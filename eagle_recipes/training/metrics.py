@@ -1,0 +1,81 @@
+"""metrics.jsonl: one line per optimizer step (loss and accuracy per TTT step, lr, grad norm, tokens/s), written by
+rank 0; its summary for the stage manifest and its plots (loss.png, accuracy.png)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eagle_recipes.atomic import atomic_path, write_text
+
+
+class MetricsLog:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def append(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def truncate_after(self, last_step: int) -> None:
+        """After a resume, drop the lines of steps that will be trained again (and a line cut by a kill)."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                if _step_of(line) <= last_step]
+        write_text(self.path, "".join(line + "\n" for line in kept))
+
+    def summarize(self, final_step: int, count: int, resumed_step: int) -> dict[str, Any]:
+        rows = self.rows()
+        tail = rows[-max(1, len(rows) // 10):]
+        return {"counts": {"steps": final_step, "sequences": count, "resumed_from_step": resumed_step,
+                           "steps_this_run": final_step - resumed_step},
+                "metrics": {"final_loss": float(np.mean([r["loss"][0] for r in tail])),
+                            "accuracy_per_step": np.mean([r["accuracy"] for r in tail], axis=0).round(4).tolist(),
+                            "tokens_per_s": float(np.mean([r["tokens_per_s"] for r in rows]))}}
+
+    def plot(self, out: Path) -> list[str]:
+        """loss.png and accuracy.png: per TTT step over training."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        rows = self.rows()
+        if not rows:
+            return []
+        steps = [r["step"] for r in rows]
+        written = []
+        for key, title in (("loss", "loss per TTT step"), ("accuracy", "top-1 accuracy per TTT step")):
+            figure, axis = plt.subplots(figsize=(7, 4))
+            series = np.array([r[key] for r in rows])
+            window = max(1, len(rows) // 50)
+            for j in range(series.shape[1]):
+                smooth = np.convolve(series[:, j], np.ones(window) / window, mode="valid")
+                axis.plot(steps[window - 1:], smooth, label=f"step {j}")
+            axis.set_xlabel("optimizer step")
+            axis.set_title(title)
+            axis.legend(fontsize=7, ncol=2)
+            figure.tight_layout()
+            path = out / f"{key}.png"
+            with atomic_path(path) as tmp:
+                figure.savefig(tmp, format="png", dpi=100)
+            plt.close(figure)
+            written.append(str(path))
+        return written
+
+
+def _step_of(line: str) -> float:
+    """The step of a metrics line; a line cut by a kill (or blank) counts as after every step: dropped."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")

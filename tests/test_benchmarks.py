@@ -1,0 +1,51 @@
+"""Every benchmark in its quick mode, on the tiny target (and the real tokenizer): a signature change fails here
+instead of at the next measurement. The figures of a quick run mean nothing; each test checks that the script
+ran to its comparable line."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+from tests.helpers import PROJECT, cli, small_recipe
+
+BENCHMARKS = PROJECT / "benchmarks"
+
+
+def bench(script: str, *args: str, timeout: int = 600) -> str:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / script), *map(str, args)], capture_output=True,
+                            text=True, timeout=timeout, cwd=PROJECT)
+    assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result.stdout
+
+
+def test_calibrate_benchmark_quick(tiny_llama):
+    out = bench("calibrate.py", "--quick", "--model", tiny_llama)
+    assert re.search(r"speed ratio \(eagle-recipes / seed\): steady state \d+\.\d+x, end to end \d+\.\d+x", out), out
+
+
+def test_train_benchmark_quick(tiny_llama):
+    out = bench("train.py", "--quick", "--model", tiny_llama)
+    assert re.search(r"cached / online \(tokens/s\):\s+\d+\.\d+x", out), out
+    assert re.search(r"online step / base forward:\s+\d+\.\d+x", out), out
+
+
+def test_synthesis_benchmark_quick(tiny_llama):
+    out = bench("synthesis.py", "--quick", "--model", tiny_llama)
+    assert re.search(r"ratio \(in-process / seed\): generation \d+\.\d+x, end to end \d+\.\d+x", out), out
+
+
+def test_learning_curve_benchmark_quick(tmp_path, tiny_llama):
+    recipe = small_recipe(tmp_path, tiny_llama)
+    for stage in ("synthesize", "calibrate"):
+        cli("run", recipe, "--only", stage)
+    out = tmp_path / "curve"
+    printed = bench("learning_curve.py", "--quick", "--recipe", recipe, "--out", out)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["steps"] == 10
+    for name in ("mt-bench", "holdout"):
+        assert 1.0 <= rows[0]["tau"][name]["acceptance_length"] <= 6.0, rows[0]["tau"]
+    assert "| recipe | the recipe | 10 |" in printed
+    assert (out / "learning_curve.md").exists()

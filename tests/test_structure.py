@@ -1,0 +1,116 @@
+"""The package's structure, read from its source (every import, function-level ones included; nothing is run):
+no import cycle, no stage module that imports another stage module, nothing in training/ that imports the recipe
+or the stages, and no module over 400 lines. The layout the README describes stays the layout the code has."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.helpers import PROJECT
+
+PACKAGE = PROJECT / "eagle_recipes"
+MAX_LINES = 400
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(path.relative_to(PROJECT).with_suffix("").parts)
+        found[name.removesuffix(".__init__")] = path
+    return found
+
+
+def imports(name: str, path: Path, known: dict[str, Path]) -> set[str]:
+    """The package's modules that `name` imports anywhere in its source (`from x import y` counts x, and x.y
+    when y is a module); a package's own __init__ is not an edge of its modules."""
+    edges = set()
+    is_package = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level:
+                parts = name.split(".")
+                base = parts[: len(parts) - node.level + (1 if is_package else 0)]
+                module = ".".join(base + ([module] if module else []))
+            candidates = [module] + [f"{module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        edges |= {c for c in candidates if c in known and c != name and not name.startswith(c + ".")}
+    return edges
+
+
+def import_graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imports(name, path, known) for name, path in known.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles():
+    assert cycles(import_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_stage_imports_another_stage():
+    shared = {"eagle_recipes.stages", "eagle_recipes.stages.base", "eagle_recipes.stages.common"}
+    offending = [(name, target) for name, targets in import_graph().items()
+                 if name.startswith("eagle_recipes.stages.") and name not in shared
+                 for target in targets if target.startswith("eagle_recipes.stages.") and target not in shared]
+    assert offending == []
+
+
+def test_training_never_imports_the_recipe_or_the_stages():
+    offending = [(name, target) for name, targets in import_graph().items() if name.startswith("eagle_recipes.training")
+                 for target in targets
+                 if target.startswith(("eagle_recipes.recipe", "eagle_recipes.stages", "eagle_recipes.graph"))]
+    assert offending == []
+
+
+def test_no_module_over_400_lines():
+    sizes = {name: path.read_text(encoding="utf-8").count("\n") for name, path in modules().items()}
+    assert {name: lines for name, lines in sizes.items() if lines > MAX_LINES} == {}
+
+
+def test_the_readme_names_every_folder_of_the_package():
+    readme = (PROJECT / "README.md").read_text(encoding="utf-8")
+    folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists())
+    assert [f for f in folders if f"`{f}/`" not in readme] == []
