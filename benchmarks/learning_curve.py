@@ -303,8 +303,8 @@ def main() -> None:
         log(f"capturing the base model's features of {count} training sequences")
         train_set, capture_s = capture(target, sequences, aux_ids, draft_ids, algorithm, log)
         evals = {}
-        mt_bench_rows = mt_bench_replies(model_path, recipe.eval.max_tokens, out / "mt_bench.json",
-                                         8 if args.quick else 0)
+        mt_bench_rows = mt_bench_replies(model_path, 32 if args.quick else recipe.eval.max_tokens,
+                                         out / "mt_bench.json", 8 if args.quick else 0)
         for name, rows in (("mt-bench", mt_bench_rows),
                            ("holdout", holdout_replies(recipe, run, model_path))):
             captured, _ = capture(target, [(ids, [1] * len(ids)) for ids, _ in rows], aux_ids, draft_ids,

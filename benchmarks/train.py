@@ -80,7 +80,7 @@ def main() -> None:
         write_head(capture, path, torch.bfloat16)
         config = TrainConfig(model_path=path, draft_config=draft_config.to_dict(), vocab_file="", data_folder="",
                              checkpoint_dir="", metrics_file="", features="online", capture_dir=folder, threads=args.threads,
-                             use_gpu=False, strategy="ddp", epochs=1, max_steps=0, batch_size=1, grad_accum=1, lr=1e-4,
+                             use_gpu=False, strategy="ddp", precision="float32", epochs=1, max_steps=0, batch_size=1, grad_accum=1, lr=1e-4,
                              weight_decay=0.0, warmup_ratio=0.0, schedule="constant", grad_clip=0.5,
                              ttt_steps=args.ttt_steps, ttt_decay=0.8, loss_on="assistant",
                              checkpoint_every=1, keep_checkpoints=1, seed=0, init_from_target=False)

@@ -90,7 +90,6 @@ BAD = [
      "not a number"),
     ("api key env pattern", GOOD + "[synthesis.openai]\napi_key_env = \"sk-123 secret\"\n", 11,
      "synthesis.openai.api_key_env", "does not match"),
-    ("fsdp on cpu", GOOD + "[train]\nstrategy = \"fsdp\"\n", 11, "train.strategy", "FSDP needs GPUs"),
     ("no data", GOOD.replace('prompts = ["prompts.jsonl"]', "prompts = []"), 8, "data.prompts", "no training data"),
     ("inline table unknown key", GOOD + "[synthesis]\nopenai = { base_urll = \"x\" }\n", 11,
      "synthesis.openai.base_urll", "did you mean 'base_url'"),
@@ -175,6 +174,13 @@ def test_vllm_capture_needs_gpus(folder):
     text = GOOD + '\n[train]\nfeatures = "cached"\n[capture]\nengine = "vllm"\n'
     recipe, problems = validate_file(write_recipe(folder, text))
     assert [p.key for p in problems] == ["capture.engine"] and 'engine = "hf"' in problems[0].hint
+
+
+def test_fsdp_and_bf16_validate_on_cpu(folder):
+    """FSDP2 runs on gloo and bfloat16 autocast on a CPU (tests/test_fsdp.py): neither is refused any more."""
+    text = GOOD + '\n[train]\nstrategy = "fsdp"\nprecision = "bfloat16"\nnum_workers = 2\n'
+    recipe = load_recipe(write_recipe(folder, text))
+    assert recipe.train.strategy == "fsdp" and not recipe.train.use_gpu and recipe.train.precision == "bfloat16"
 
 
 def test_plan_shows_the_feature_cache_and_memory_per_worker(folder):

@@ -113,7 +113,9 @@ def reference_generate(target, draft: EagleDraft, config: DraftConfig, d2t: torc
                     return generated[:max_tokens], stats
             verified += kept
             cache = out.past_key_values
-            cache.crop(len(verified))
+            rejected = cache.get_seq_length() - len(verified)
+            if rejected:  # a negative crop removes that many tokens (a positive one is deprecated in transformers 5)
+                cache.crop(-rejected)
             features = torch.cat([features, target_features(out.hidden_states, config.algorithm, config.aux_layer_ids)[:, : len(kept)]], dim=1)
             bonus = predictions[accepted]
     return generated[:max_tokens], stats

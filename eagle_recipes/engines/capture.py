@@ -65,13 +65,14 @@ def batches_by_tokens(lengths: list[int], budget: int = TOKENS_PER_FORWARD) -> I
 
 
 class HFCaptureEngine:
-    """A transformers forward (draft/target.py's `base_forward`)."""
+    """A transformers forward (draft/target.py's `base_forward`), on `device` (default: this process's GPU, else
+    the CPU)."""
 
-    def __init__(self, spec: CaptureSpec):
+    def __init__(self, spec: CaptureSpec, device=None):
         import torch
         from transformers import AutoModelForCausalLM
 
-        self.device = available_device()
+        self.device = device or available_device()
         compute = torch.float32 if spec.dtype == "float32" else compute_dtype(self.device)
         self.model = AutoModelForCausalLM.from_pretrained(spec.model_path, dtype=compute,
                                                           trust_remote_code=spec.trust_remote_code)
@@ -90,18 +91,19 @@ class HFCaptureEngine:
                  "top": top[row, : len(ids)].cpu()} for row, ids in enumerate(sequences)]
 
 
-def make_capture_engine(spec: CaptureSpec) -> CaptureEngine:
+def make_capture_engine(spec: CaptureSpec, device=None) -> CaptureEngine:
+    """The spec's engine; `device` places a transformers engine (vLLM places itself)."""
     if spec.engine == "vllm":
         from eagle_recipes.engines.capture_vllm import VLLMCaptureEngine
 
         return VLLMCaptureEngine(spec)
-    return HFCaptureEngine(spec)
+    return HFCaptureEngine(spec, device)
 
 
 class CaptureActor(TaskActor):
     """Ray Data actor: holds one engine for the whole pass and writes each shard it is given."""
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, device=None):
         import torch
 
         from eagle_recipes.data.sequences import Sequences
@@ -109,7 +111,7 @@ class CaptureActor(TaskActor):
         self.spec = CaptureSpec.from_dict(spec)
         if not has_gpu_here():
             torch.set_num_threads(torch_threads(os.cpu_count() or 1))
-        self.engine = make_capture_engine(self.spec)
+        self.engine = make_capture_engine(self.spec, device)
         self.sequences = Sequences.load(Path(self.spec.data_folder))
 
     def run_task(self, task: dict) -> dict:

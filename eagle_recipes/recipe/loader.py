@@ -190,10 +190,6 @@ def _check_consistency(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
         problems.append(Problem(file, line_of(lines, "data"), "data.prompts", "no training data",
                                 "name prompt files in data.prompts, conversations in data.conversations, "
                                 "or set synthesis.self_prompts"))
-    if recipe.train.strategy == "fsdp" and not recipe.train.use_gpu:
-        problems.append(Problem(file, line_of(lines, "train.strategy"), "train.strategy",
-                                "FSDP needs GPUs (torch's FSDP does not run on CPU with gloo)",
-                                'use strategy = "ddp" on CPU, or set train.use_gpu = true'))
     if recipe.train.features == "cached" and recipe.capture.engine == "vllm" and not recipe.train.use_gpu:
         problems.append(Problem(file, line_of(lines, "capture.engine"), "capture.engine",
                                 "vLLM's hidden-state extractor needs GPUs (the CPU build cannot save the states)",

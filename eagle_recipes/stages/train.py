@@ -39,13 +39,21 @@ def train_config(recipe: Recipe, **paths: Any):
 
     train = recipe.train
     return TrainConfig(**paths, features=train.features, threads=torch_threads(train.cpus_per_worker),
-                       use_gpu=train.use_gpu, strategy=train.strategy, epochs=train.epochs, max_steps=train.max_steps,
-                       batch_size=train.batch_size, grad_accum=train.grad_accum, lr=train.lr,
+                       use_gpu=train.use_gpu, strategy=train.strategy,
+                       precision=compute_precision(train.precision, train.use_gpu),
+                       epochs=train.epochs, max_steps=train.max_steps, batch_size=train.batch_size, grad_accum=train.grad_accum, lr=train.lr,
                        weight_decay=train.weight_decay, warmup_ratio=train.warmup_ratio, schedule=train.schedule,
                        grad_clip=train.grad_clip, ttt_steps=train.ttt_steps, ttt_decay=train.ttt_decay,
                        loss_on=train.loss_on, checkpoint_every=train.checkpoint_every,
                        keep_checkpoints=train.keep_checkpoints, seed=train.seed,
                        init_from_target=train.init_from_target)
+
+
+def compute_precision(precision: str, use_gpu: bool) -> str:
+    """train.precision resolved: auto is bfloat16 on GPUs, float32 on CPUs."""
+    if precision != "auto":
+        return precision
+    return "bfloat16" if use_gpu else "float32"
 
 
 def vocab_mapping(recipe: Recipe, upstream: dict[str, Path], model_path: str):

@@ -20,6 +20,7 @@ class TrainConfig:
     threads: int
     use_gpu: bool
     strategy: str  # "ddp" | "fsdp"
+    precision: str  # "bfloat16" (autocast) | "float32"
     epochs: int
     max_steps: int
     batch_size: int

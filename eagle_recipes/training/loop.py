@@ -105,14 +105,14 @@ def train_step(training: Training) -> dict[str, Any]:
                                                                                   config.loss_on))
         tokens += int(padding.sum())
         outputs = training.target.outputs(input_ids, loss_mask, padding, indices)
-        with torch.autocast(training.device.type, dtype=torch.bfloat16, enabled=config.use_gpu):
+        with torch.autocast(training.device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
             loss, stats = training.objective(outputs, training.target.embed, lm_head)
         (loss / config.grad_accum).backward()
         for j, s in enumerate(stats):
             sums[j] += (s.loss, s.correct, s.counted)
     grad_norm = 0.0
     if config.grad_clip:
-        grad_norm = clip_gradients(training.objective, training.draft, config.strategy, config.grad_clip)
+        grad_norm = clip_gradients(training.draft, config.grad_clip)
     training.optimizer.step()
     training.step += 1
     if training.world > 1:  # metrics over the whole global batch, not rank 0's share

@@ -10,18 +10,24 @@ from eagle_recipes.training.config import TrainConfig
 from eagle_recipes.training.loop import train_loop
 
 
+def scaling_config(use_gpu: bool, num_workers: int, cpus_per_worker: float):
+    """One GPU (and a CPU) per worker on GPUs; `cpus_per_worker` CPUs per worker otherwise."""
+    from ray.train import ScalingConfig
+
+    resources = {"GPU": 1, "CPU": 1} if use_gpu else {"CPU": cpus_per_worker}
+    return ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources)
+
+
 def fit(config: TrainConfig, num_workers: int, cpus_per_worker: float, storage: Path,
         progress: Callable | None = None, tracking: TrackingSpec | None = None) -> None:
-    """Train with `num_workers` workers (DDP over gloo on CPUs, NCCL on GPUs); Ray Train restarts failed workers
-    twice from the last checkpoint."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    """Train with `num_workers` workers (gloo on CPUs, NCCL on GPUs); Ray Train restarts failed workers twice,
+    each resuming from the last checkpoint."""
+    from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
-    resources = {"GPU": 1, "CPU": 1} if config.use_gpu else {"CPU": cpus_per_worker}
     trainer = TorchTrainer(
         train_loop, train_loop_config={"config": config.to_dict(), "progress": progress, "tracking": tracking},
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=config.use_gpu,
-                                     resources_per_worker=resources),
+        scaling_config=scaling_config(config.use_gpu, num_workers, cpus_per_worker),
         run_config=RunConfig(storage_path=str(storage), name="train",
                              failure_config=FailureConfig(max_failures=2)))
     trainer.fit()
