@@ -129,6 +129,8 @@ def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, 
     from eagle_recipes.draft.model import build_draft
     from eagle_recipes.draft.ttt import TargetOutputs, ttt_loss
     from eagle_recipes.training.batches import micro_batch_indices, steps_per_epoch
+    from eagle_recipes.training.loop import with_feature_noise
+    from eagle_recipes.training.optimizers import build_optimizer, set_learning_rate
     from eagle_recipes.training.schedule import learning_rate
 
     settings = {**recipe.data["train"], **variant.train}
@@ -139,22 +141,25 @@ def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, 
     if settings.get("init_from_target"):
         with torch.no_grad():
             draft.lm_head.weight.copy_(draft_head)
-    optimizer = torch.optim.AdamW(draft.parameters(), lr=settings["lr"], weight_decay=settings.get("weight_decay", 0.0))
+    optimizer = build_optimizer(draft, settings.get("optimizer", "adamw"), settings["lr"],
+                                settings.get("weight_decay", 0.0), settings.get("muon_lr_scale", 1.0))
     per_epoch = steps_per_epoch(len(captured), 1, 1, 1)
     started, tokens = time.process_time(), 0
     wall = time.time()
     for step in range(steps):
         epoch, step_in_epoch = divmod(step, per_epoch)
         lr = learning_rate(step, steps, settings["lr"], settings["warmup_ratio"], settings["schedule"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        set_learning_rate(optimizer, lr)
         index = micro_batch_indices(len(captured), settings.get("seed", 0), epoch, step_in_epoch, 0, 1, 1, 1, 0)[0]
         outputs = captured[index]
         loss_mask = outputs.padding if settings.get("loss_on") == "all" else outputs.loss_mask
         batch = TargetOutputs(outputs.input_ids, loss_mask, outputs.padding, outputs.draft_logits,
                               outputs.top_in_draft, outputs.hidden)
+        if settings.get("feature_noise"):
+            batch = with_feature_noise(batch, settings["feature_noise"], settings.get("seed", 0), step)
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = ttt_loss(draft, batch, embed, settings["ttt_steps"], settings["ttt_decay"])
+        loss, _ = ttt_loss(draft, batch, embed, settings["ttt_steps"], settings["ttt_decay"],
+                           loss_kind=settings.get("loss", "kl"))
         loss.backward()
         if settings.get("grad_clip"):
             torch.nn.utils.clip_grad_norm_(draft.parameters(), settings["grad_clip"])
@@ -191,7 +196,7 @@ def vllm_tau(draft, config, mapping, model_path, recipe, out: Path) -> dict:
     k = recipe.eval.num_speculative_tokens
     write_draft(folder, draft.state_dict(), config, "flat", "float32", model_path, k, mapping.d2t, mapping.t2d)
     prompt_sets = [mt_bench()]
-    report = evaluate_vllm(model_path, str(folder), "eagle3", k, prompt_sets, recipe.eval.max_tokens)
+    report, _ = evaluate_vllm(model_path, str(folder), "eagle3", k, prompt_sets, recipe.eval.max_tokens)
     return {name: {"acceptance_length": round(e.acceptance_length, 4),
                    "per_position": [round(p, 4) for p in e.per_position]} for name, e in report.items()}
 
@@ -254,6 +259,11 @@ def main() -> None:
     parser.add_argument("--engine", choices=["simulated", "vllm"], default="simulated")
     parser.add_argument("--out", default=str(PROJECT / "benchmarks" / "out" / "learning_curve"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--minutes", type=float, default=0,
+                        help="equal minutes: each variant trains as many steps as fit this many minutes")
+    parser.add_argument("--sizes", default="",
+                        help="the data axis: training conversations per run, e.g. 80,160,320 (nested subsets)")
+    parser.add_argument("--epochs", type=float, default=6.6, help="epochs of each --sizes run")
     parser.add_argument("--quick", action="store_true",
                         help="8 MT-bench prompts, 10 steps: checks that the benchmark runs, not a figure")
     parser.add_argument("--report-only", action="store_true",
@@ -319,43 +329,97 @@ def main() -> None:
     variants = [parse_variant(v) for v in args.variant] or [Variant("recipe", {}, {})]
     results_file = out / "results.jsonl"
     rows = []
-    for variant in variants:
-        for steps in [int(s) for s in args.steps.split(",")]:
-            draft, config, timing = train_draft(variant, steps, recipe, facts, mapping, train_set, draft_head, embed,
-                                                log)
-            k = recipe.eval.num_speculative_tokens
-            if args.engine == "vllm":
-                tau = vllm_tau(draft, config, mapping, model_path, recipe, out)
-            else:
-                tau = {name: simulated_tau(draft, config, rows_, embed, k) for name, rows_ in evals.items()}
-            row = {"variant": variant.name, "settings": {**variant.train, **{f"draft.{k_}": v for k_, v in
-                                                                             variant.draft.items()}},
-                   "steps": steps, "epochs": round(timing["epochs"], 2), "tokens": timing["tokens"],
-                   "train_cpu_min": round(timing["cpu_s"] / 60, 2), "train_wall_min": round(timing["wall_s"] / 60, 2),
-                   "online_cpu_min": round(steps * online_s / 60, 2), "engine": args.engine, "tau": tau}
-            rows.append(row)
-            with open(results_file, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
-            log(f"{variant.name} {steps} steps: " + ", ".join(
-                f"{n} tau {t['acceptance_length']:.3f} {t['per_position']}" for n, t in tau.items())
-                + f" ({timing['wall_s']:.0f} s)")
+    for variant, steps, subset in planned_runs(args, variants, recipe, facts, mapping, train_set, draft_head, embed,
+                                               log):
+        draft, config, timing = train_draft(variant, steps, recipe, facts, mapping, subset, draft_head, embed,
+                                            log)
+        k = recipe.eval.num_speculative_tokens
+        if args.engine == "vllm":
+            tau = vllm_tau(draft, config, mapping, model_path, recipe, out)
+        else:
+            tau = {name: simulated_tau(draft, config, rows_, embed, k) for name, rows_ in evals.items()}
+        row = {"variant": variant.name, "settings": {**variant.train, **{f"draft.{k_}": v for k_, v in
+                                                                         variant.draft.items()}},
+               "steps": steps, "epochs": round(timing["epochs"], 2), "tokens": timing["tokens"],
+               "train_cpu_min": round(timing["cpu_s"] / 60, 2), "train_wall_min": round(timing["wall_s"] / 60, 2),
+               "online_cpu_min": round(steps * online_s / 60, 2), "engine": args.engine, "tau": tau,
+               "conversations": len(subset)}
+        rows.append(row)
+        with open(results_file, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+        log(f"{variant.name} {steps} steps: " + ", ".join(
+            f"{n} tau {t['acceptance_length']:.3f} {t['per_position']}" for n, t in tau.items())
+            + f" ({timing['wall_s']:.0f} s)")
     report(out)
+
+
+def planned_runs(args, variants, recipe, facts, mapping, train_set, draft_head, embed, log):
+    """(variant, steps, training sequences) of every draft to train:
+    - `--sizes`: the data axis, for each size a nested subset of the training sequences (prefixes of one seeded
+      permutation), trained for `--epochs` epochs;
+    - `--minutes`: each variant for as many steps as fit that many minutes (its step time timed first);
+    - else every variant at every `--steps`."""
+    import numpy as np
+
+    if args.sizes:
+        order = np.random.default_rng(0).permutation(len(train_set))
+        for size in [int(s) for s in args.sizes.split(",")]:
+            subset = [train_set[i] for i in order[:size]]
+            for variant in variants:
+                yield variant, max(1, round(args.epochs * len(subset))), subset
+        return
+    for variant in variants:
+        if args.minutes:
+            _, _, timing = train_draft(variant, 30, recipe, facts, mapping, train_set, draft_head, embed, log)
+            steps = max(1, int(args.minutes * 60 * 30 / timing["wall_s"]))
+            log(f"{variant.name}: {timing['wall_s'] / 30:.3f} s a step: {steps} steps in {args.minutes:g} minutes")
+            yield variant, steps, train_set
+        else:
+            for steps in [int(s) for s in args.steps.split(",")]:
+                yield variant, steps, train_set
 
 
 def report(out: Path) -> None:
     """The table and the figure over every run in <out>/results.jsonl."""
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
     sets = list(rows[0]["tau"])
-    table = ["| variant | settings | steps | epochs | tokens | train CPU-min | " + " | ".join(f"tau {n}" for n in sets)
-             + " |", "|---|---|---|---|---|---|" + "---|" * len(sets)]
+    table = ["| variant | settings | conversations | steps | epochs | tokens | train CPU-min | "
+             + " | ".join(f"tau {n}" for n in sets) + " |", "|---|---|---|---|---|---|---|" + "---|" * len(sets)]
     for row in rows:
         settings = ", ".join(f"{k}={v}" for k, v in row["settings"].items()) or "the recipe"
-        table.append(f"| {row['variant']} | {settings} | {row['steps']} | {row['epochs']} | {row['tokens']} | "
-                     f"{row['train_cpu_min']} | " + " | ".join(f"{row['tau'][n]['acceptance_length']:.3f}"
-                                                               for n in sets) + " |")
+        table.append(f"| {row['variant']} | {settings} | {row.get('conversations', '-')} | {row['steps']} | "
+                     f"{row['epochs']} | {row['tokens']} | {row['train_cpu_min']} | "
+                     + " | ".join(f"{row['tau'][n]['acceptance_length']:.3f}" for n in sets) + " |")
     (out / "learning_curve.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
-    plot([r for r in rows if r["engine"] == "simulated"], out / "learning_curve.png")
+    simulated = [r for r in rows if r["engine"] == "simulated"]
+    plot(simulated, out / "learning_curve.png")
+    if len({r.get("conversations") for r in simulated}) > 1:
+        plot_data_axis(simulated, out / "data_axis.png")
+
+
+def plot_data_axis(rows: list[dict], path: Path) -> None:
+    """tau against the number of training conversations (at equal epochs), one line per variant and prompt set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        mine = sorted((r for r in rows if r["variant"] == name), key=lambda r: r["conversations"])
+        for split, style in (("mt-bench", "-o"), ("holdout", "--s")):
+            axis.plot([r["conversations"] for r in mine], [r["tau"][split]["acceptance_length"] for r in mine], style,
+                      label=f"{name}, {split}")
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("training conversations (equal epochs)")
+    axis.set_ylabel("tau (k = 5, greedy, simulated)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7)
+    axis.set_title("the data axis: tau against conversations")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
 
 
 if __name__ == "__main__":

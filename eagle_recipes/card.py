@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from eagle_recipes.draft.export import export_layout, serving_snippet
+from eagle_recipes.evaluation.speed import SpeedTable
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.run_folder import CALIBRATE, CAPTURE, SYNTHESIZE, TRAIN, RunFolder
 
@@ -87,7 +88,19 @@ def _evaluation_lines(report: dict) -> list[str]:
         lines.append(f"| {name} | {entry['prompts']} | {entry['acceptance_length']:.3f} | "
                      f"{', '.join(f'{p:.3f}' for p in entry['per_position'])} | {entry['identical_outputs']} |")
     lines += ["", "![per-position acceptance](per_position.png)"]
+    if report.get("speed"):
+        lines += ["", "## Serving speed", "", _speed_intro(report["speed"]["settings"]), "",
+                  *SpeedTable.from_dict(report["speed"]).markdown(), "",
+                  *[f"- {advice}" for advice in report["speed"]["advice"]]]
     return lines
+
+
+def _speed_intro(settings: dict) -> str:
+    per_load = ", ".join(f"{count} at load {load}" for load, count in settings.get("prompts_per_load", {}).items())
+    return (f"Measured on the machine that ran the evaluation, vLLM, greedy: tokens/s with the draft at each k "
+            f"against the base model alone with the same engine settings, {settings.get('max_tokens')} tokens per "
+            f"MT-bench prompt ({per_load} prompts; load = requests served at once). Measure again on the "
+            "hardware you serve on: the best k depends on it.")
 
 
 def render_card(recipe: Recipe, output_dir: Path, report: dict | None = None) -> str:
@@ -96,7 +109,8 @@ def render_card(recipe: Recipe, output_dir: Path, report: dict | None = None) ->
     manifests = run.manifests()
     draft = manifests.get(TRAIN, {}).get("metrics", {}).get("draft_config", {})
     base = _model_name(recipe)
-    serving = serving_snippet(base, run.draft, recipe.draft.algorithm, recipe.eval.num_speculative_tokens)
+    k, serving_note = _serving_k(recipe, report)
+    serving = serving_snippet(base, run.draft, recipe.draft.algorithm, k)
     algorithm = recipe.draft.algorithm.upper().replace("EAGLE", "EAGLE-")
     layout = export_layout(recipe.draft.algorithm, recipe.export.layout)
     tags = ["speculative-decoding", recipe.draft.algorithm, "eagle-recipes"]
@@ -120,8 +134,26 @@ def render_card(recipe: Recipe, output_dir: Path, report: dict | None = None) ->
              "## Acceptance", ""]
     lines += _evaluation_lines(report) if report else [
         "Not measured yet: the run's evaluate stage writes the card with tau per prompt set and position."]
-    lines += ["", "## Serving", "", "```bash", serving.strip(), "```", ""]
+    lines += ["", "## Serving", "", *([serving_note, ""] if serving_note else []), "```bash", serving.strip(), "```",
+              ""]
     return "\n".join(lines)
+
+
+def _serving_k(recipe: Recipe, report: dict | None) -> tuple[int, str]:
+    """The k the serving commands use: the fastest measured at the lightest load (a chat user waiting), else the
+    recipe's; and a sentence saying which it is."""
+    k = recipe.eval.num_speculative_tokens
+    if not report or not report.get("speed"):
+        return k, ""
+    table = SpeedTable.from_dict(report["speed"])
+    load = table.loads[0]
+    drafted = table.best_draft(load)
+    if drafted is None:
+        return k, ""
+    note = f"k = {drafted.k}: the fastest measured at load {load} ({drafted.speedup:.2f}x the base alone here)"
+    if table.recommended(load).k == 0:
+        note += "; no k beat the base alone on the evaluation's hardware: measure on yours before serving"
+    return drafted.k, note + "."
 
 
 

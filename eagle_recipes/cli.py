@@ -193,6 +193,7 @@ def cmd_eval(args) -> int:
     from eagle_recipes.draft.layouts import algorithm_of
     from eagle_recipes.evaluation import evaluate_draft
     from eagle_recipes.evaluation.prompt_sets import resolve_sets
+    from eagle_recipes.evaluation.speed import SpeedSettings
     from eagle_recipes.models import resolve_model
     from eagle_recipes.paths import ensure_writable_folder
 
@@ -208,10 +209,15 @@ def cmd_eval(args) -> int:
     ensure_writable_folder(out, "pass --out a writable folder")
     sets = resolve_sets([args.prompts], lambda spec: Path(spec), None, args.max_prompts, "first")
     settings = {k: v for k, v in vars(args).items() if k != "func"}
+    speed = SpeedSettings(tuple(args.concurrency), args.speed_prompts, args.speed_max_tokens) \
+        if args.concurrency and args.engine == "vllm" else None
     report = evaluate_draft(base, draft, speculative_method(algorithm_of(check.layout)), args.num_speculative_tokens,
                             sets, args.max_tokens, args.engine, out, settings,
-                            log=lambda message: console.print(message, markup=False), verbose=args.verbose)
+                            log=lambda message: console.print(message, markup=False), verbose=args.verbose,
+                            speed=speed)
     console.print(f"tau = {report.headline.acceptance_length:.3f}; report: {out / 'report.json'}", markup=False)
+    if report.speed:
+        console.print(report.speed.headline(), markup=False)
     return 0
 
 
@@ -326,6 +332,10 @@ def _add_draft_commands(command) -> None:
     p.add_argument("--max-prompts", type=_at_least(0), default=0, help="0: every prompt")
     p.add_argument("--engine", choices=["vllm", "reference"], default="vllm")
     p.add_argument("--out", help="folder for report.json and the chart")
+    p.add_argument("--concurrency", nargs="*", type=_at_least(1), default=[1, 16],
+                   help="loads for the speed sweep over k = 1..K (default: 1 16; none: no sweep)")
+    p.add_argument("--speed-prompts", type=_at_least(1), default=16, help="MT-bench prompts of the speed sweep")
+    p.add_argument("--speed-max-tokens", type=_at_least(1), default=64, help="tokens per prompt in the sweep")
     p.add_argument("--verbose", action="store_true", help="also show vLLM's own log lines")
     p.set_defaults(func=cmd_eval)
     p = command("publish", "upload a draft folder (and its model card) to the Hugging Face Hub",

@@ -36,6 +36,8 @@ def step_scalars(metrics: dict[str, Any]) -> dict[str, float]:
     scalars = {f"train/loss/ttt{j}": float(v) for j, v in enumerate(metrics["loss"])}
     scalars.update({f"train/accuracy/ttt{j}": float(v) for j, v in enumerate(metrics["accuracy"])})
     scalars.update({f"train/{key}": float(metrics[key]) for key in ("lr", "grad_norm", "tokens_per_s")})
+    if "simulated_tau" in metrics:
+        scalars["train/simulated_tau"] = float(metrics["simulated_tau"])
     return scalars
 
 

@@ -63,8 +63,12 @@ def build_permutation_target(folder: Path, perm: list[int], layers: int = 8) -> 
     return folder
 
 
-def build_copy_draft(target_folder: Path, perm: list[int], wrong: set[int] = frozenset(), sharpness: float = 1000.0):
-    """(draft module, DraftConfig, d2t) for the permutation target; draft vocabulary = the 64 real tokens."""
+def build_copy_draft(target_folder: Path, perm: list[int], wrong: set[int] = frozenset(), sharpness: float = 1000.0,
+                     qk_norm: bool = False):
+    """(draft module, DraftConfig, d2t) for the permutation target; draft vocabulary = the 64 real tokens.
+
+    qk_norm: a Qwen3-style layer whose projections alone give blunt queries and keys (sharpness 1) and whose q/k
+    norms make them sharp again: the draft copies only where the engine applies those norms."""
     from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
     from eagle_recipes.draft.model import build_draft
 
@@ -72,7 +76,9 @@ def build_copy_draft(target_folder: Path, perm: list[int], wrong: set[int] = fro
     # slowest rotary pair turns ~0.02 rad per position: theta^(-(d-2)/d) = 0.02
     rope_theta = 0.02 ** (-HIDDEN / (HIDDEN - 2))
     config = build_draft_config("eagle3", {"intermediate_size": 64, "norm_before_residual": True,
-                                           "rope_theta": rope_theta}, facts, VOCAB)
+                                           "rope_theta": rope_theta, "qk_norm": qk_norm}, facts, VOCAB)
+    norm_gain = sharpness / 8  # RMS-normed, a one-hot head vector is 8 (sqrt(64)) at its slot
+    sharpness = 1.0 if qk_norm else sharpness
     draft = build_draft(config)
     slow = HIDDEN // 2 - 1  # the rotary pair (slow, slow + d/2) with the lowest frequency
     with torch.no_grad():
@@ -83,6 +89,9 @@ def build_copy_draft(target_folder: Path, perm: list[int], wrong: set[int] = fro
                 parameter.fill_(1.0)
         attention = draft.midlayer.self_attn
         # input = cat(norm(embed) = 8 * onehot, norm(hidden)); the sum over the embed half is 8 for every token
+        if qk_norm:
+            attention.q_norm.weight.fill_(norm_gain)
+            attention.k_norm.weight.fill_(norm_gain)
         attention.q_proj.weight[slow, :HIDDEN] = sharpness / 8
         attention.k_proj.weight[slow, :HIDDEN] = sharpness / 8
         attention.v_proj.weight[:, :HIDDEN] = 10 * torch.eye(HIDDEN)  # value = 80 * onehot(current token)
@@ -95,11 +104,12 @@ def build_copy_draft(target_folder: Path, perm: list[int], wrong: set[int] = fro
     return draft, config, d2t
 
 
-def export_copy_draft(folder: Path, target_folder: Path, perm: list[int], wrong: set[int] = frozenset()) -> Path:
+def export_copy_draft(folder: Path, target_folder: Path, perm: list[int], wrong: set[int] = frozenset(),
+                      qk_norm: bool = False) -> Path:
     from eagle_recipes.draft.vocab import mapping_from_ids
     from eagle_recipes.draft.export import write_draft
 
-    draft, config, _ = build_copy_draft(target_folder, perm, wrong)
+    draft, config, _ = build_copy_draft(target_folder, perm, wrong, qk_norm=qk_norm)
     mapping = mapping_from_ids(list(range(VOCAB)), VOCAB + 1)
     report = write_draft(folder, draft.state_dict(), config, "flat", "float32", str(target_folder), 3,
                          mapping.d2t, mapping.t2d)

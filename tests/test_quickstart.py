@@ -26,7 +26,8 @@ def reduced_quickstart(folder):
     text = re.sub(r"\nmax_steps = \d+[^\n]*", "", text).replace("[train]\n", "[train]\nmax_steps = 24\n")
     text = re.sub(r"checkpoint_every = \d+", "checkpoint_every = 12", text)
     text = text[: text.index("[eval]")] + ('[eval]\nprompts = ["mt-bench", "holdout"]\nnum_speculative_tokens = 5\n'
-                                           "max_tokens = 40\nmax_prompts = 8\n")
+                                           "max_tokens = 40\nmax_prompts = 8\n"
+                                           "[eval.speed]\nconcurrency = [1, 4]\nprompts = 4\nmax_tokens = 16\n")
     path = folder / "quickstart-reduced.toml"
     path.write_text(text)
     return path
@@ -42,6 +43,13 @@ def test_reduced_quickstart_end_to_end(tmp_path, smollm2_path):
     assert 1.0 <= report["acceptance_length"] <= 6.0 and len(report["per_position"]) == 5
     assert report["sets"]["mt-bench"]["lossless"], report["sets"]["mt-bench"]["identical_outputs"]
     assert (tmp_path / "run" / "evaluate" / "per_position.png").exists()
+    # the serving-speed sweep: the base alone and k = 1..5 at loads 1 and 4, the fastest of each load recommended
+    speed = report["speed"]
+    assert [(r["k"], r["concurrency"]) for r in speed["rows"]] == [(k, c) for k in range(6) for c in (1, 4)]
+    for load in ("1", "4"):
+        rows = [r for r in speed["rows"] if r["concurrency"] == int(load)]
+        assert speed["recommended"][load]["tokens_per_s"] == max(r["tokens_per_s"] for r in rows)
+    assert re.search(r"(fastest: k = \d at load \d|no k beats the base alone)", first.stdout), first.stdout[-2000:]
     # the model card: export's knows the draft, evaluate's adds what was measured
     exported = (tmp_path / "run" / "export" / "draft" / "README.md").read_text()
     assert "# EAGLE-3 draft for SmolLM2-135M-Instruct" in exported and "Not measured yet" in exported
@@ -49,6 +57,7 @@ def test_reduced_quickstart_end_to_end(tmp_path, smollm2_path):
     card = (tmp_path / "run" / "evaluate" / "card" / "README.md").read_text()
     tau = report["sets"]["mt-bench"]["acceptance_length"]
     assert f"| mt-bench | 8 | {tau:.3f} |" in card and "8/8" in card
+    assert "## Serving speed" in card and "| base alone |" in card
     assert (tmp_path / "run" / "evaluate" / "card" / "per_position.png").exists()
     inspect = subprocess.run([*CLI, "inspect", str(tmp_path / "run" / "export" / "draft")], capture_output=True,
                              text=True)

@@ -33,7 +33,7 @@ def permutation_setup(tmp_path_factory):
 def test_copy_draft_reaches_k_plus_one_in_both_paths(permutation_setup):
     target, exact, _, prompts = permutation_setup
     reference = evaluate_reference(str(target), exact, K, [prompts], MAX_TOKENS)[prompts.name]
-    vllm = evaluate_vllm(str(target), str(exact), "eagle3", K, [prompts], MAX_TOKENS)[prompts.name]
+    vllm = evaluate_vllm(str(target), str(exact), "eagle3", K, [prompts], MAX_TOKENS)[0][prompts.name]
     # every draft accepted: only the last verify step of each prompt may be cut short by max_tokens
     assert reference.per_position == [1.0] * K
     assert reference.acceptance_length == K + 1
@@ -45,7 +45,7 @@ def test_copy_draft_reaches_k_plus_one_in_both_paths(permutation_setup):
 def test_vllm_and_reference_agree_on_a_partial_draft(permutation_setup):
     target, _, partial, prompts = permutation_setup
     reference = evaluate_reference(str(target), partial, K, [prompts], MAX_TOKENS)[prompts.name]
-    vllm = evaluate_vllm(str(target), str(partial), "eagle3", K, [prompts], MAX_TOKENS)[prompts.name]
+    vllm = evaluate_vllm(str(target), str(partial), "eagle3", K, [prompts], MAX_TOKENS)[0][prompts.name]
     assert 1.3 < reference.acceptance_length < K + 0.7  # partial acceptance, not a trivial case
     assert abs(vllm.acceptance_length - reference.acceptance_length) < 0.15, (vllm, reference)
     assert vllm.lossless, vllm.identical_outputs
@@ -88,7 +88,7 @@ def test_vllm_serves_a_draft_in_modelopts_layout(permutation_setup, tmp_path):
     config["eagle_config"].update(use_input_layernorm_in_first_layer=True, use_last_layernorm=True)
     (folder / "config.json").write_text(json.dumps(config))
     assert inspect_draft(folder).ok, inspect_draft(folder).lines()
-    vllm = evaluate_vllm(str(target), str(folder), "eagle3", K, [prompts], MAX_TOKENS)[prompts.name]
+    vllm = evaluate_vllm(str(target), str(folder), "eagle3", K, [prompts], MAX_TOKENS)[0][prompts.name]
     assert vllm.acceptance_length > K + 1 - 0.3 and vllm.lossless, vllm
 
 
@@ -120,3 +120,98 @@ def test_vllm_serves_a_long_context_export_with_the_rope_it_says(permutation_set
     without = [o.outputs[0].token_ids for o in alone.chat(prompts.prompts, SamplingParams(temperature=0, max_tokens=20),
                                                            use_tqdm=False)]
     assert [list(t) for t in with_draft] == [list(t) for t in without]
+
+
+def test_speed_sweep_starts_one_engine_per_k_and_recommends_the_fastest(permutation_setup, monkeypatch):
+    """The serving-speed sweep on real vLLM: the base alone measured once (k = 0), one engine per k from 1 to K,
+    each at every load; the copy draft accepts at every k; the recommendation is the argmax of the table."""
+    from eagle_recipes.evaluation import vllm_path
+    from eagle_recipes.evaluation.speed import SpeedSettings
+
+    target, exact, _, prompts = permutation_setup
+    started, real_engine = [], vllm_path.engine
+
+    def counted_engine(base, draft, method, k, dtype):  # the real engine, counted
+        started.append((draft is not None, k))
+        return real_engine(base, draft, method, k, dtype)
+
+    monkeypatch.setattr(vllm_path, "engine", counted_engine)
+    speed = SpeedSettings(concurrency=(1, 4), prompts=6, max_tokens=24)
+    sets, table = evaluate_vllm(str(target), str(exact), "eagle3", K, [prompts], MAX_TOKENS, speed=speed,
+                                speed_prompts=prompts.prompts)
+    assert started == [(False, K), (True, 1), (True, 2), (True, 3)]
+    assert [(r.k, r.concurrency) for r in table.rows] == [(k, load) for k in range(K + 1) for load in (1, 4)]
+    assert all(r.prompts == 4 and r.tokens > 0 and r.tokens_per_s > 0 for r in table.rows)
+    for load in (1, 4):
+        rows = table.at(load)
+        assert rows[0].k == 0 and rows[0].speedup == 1.0 and rows[0].acceptance_length == 1.0
+        assert table.recommended(load) == max(rows, key=lambda r: r.tokens_per_s)
+        for row in rows[1:]:  # every draft of the copy draft is accepted (the last step of a reply may be cut)
+            assert row.acceptance_length > row.k + 1 - 0.5, row
+            assert row.speedup == pytest.approx(row.tokens_per_s / rows[0].tokens_per_s)
+    assert sets[prompts.name].lossless
+    as_json = table.to_dict()
+    assert set(as_json["rows"][0]) >= {"k", "concurrency", "tokens_per_s", "speedup", "acceptance_length"}
+    assert set(as_json["recommended"]) == {"1", "4"} and len(as_json["advice"]) == 2
+
+
+def _drafter(llm):
+    """vLLM's own draft module of an in-process engine."""
+    return llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner.drafter.model
+
+
+def test_vllm_builds_the_eagle31_and_qwen3_variants_as_trained(permutation_setup, tmp_path):
+    """A draft with every EAGLE-3.1 switch and the Qwen3-style layer: vLLM builds the same modules from the export
+    (its combine of the aux states equals ours on the same input; its q/k norms hold our weights; it feeds the normed
+    output back), and serves it losslessly."""
+    import json
+
+    import torch
+    from vllm import LLM, SamplingParams
+
+    from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
+    from eagle_recipes.draft.export import write_draft
+    from eagle_recipes.draft.model import build_draft
+    from eagle_recipes.draft.vocab import mapping_from_ids
+
+    target, _, _, prompts = permutation_setup
+    facts = BaseModelFacts.from_config(json.loads((target / "config.json").read_text()))
+    config = build_draft_config("eagle3", {"intermediate_size": 64, "fc_norm": True, "norm_before_fc": True,
+                                           "norm_output": True, "qk_norm": True}, facts, 64)
+    torch.manual_seed(0)
+    draft = build_draft(config)
+    with torch.no_grad():
+        for parameter in draft.parameters():
+            parameter.normal_(1.0 if parameter.dim() == 1 else 0.0, 0.3)
+    mapping = mapping_from_ids(list(range(64)), 65)
+    folder = tmp_path / "variant"
+    assert write_draft(folder, draft.state_dict(), config, "flat", "float32", str(target), K, mapping.d2t,
+                       mapping.t2d).ok
+    llm = LLM(model=str(target), dtype="float32", enforce_eager=True, max_model_len=1024, gpu_memory_utilization=0.3,
+              speculative_config={"method": "eagle3", "model": str(folder), "num_speculative_tokens": K})
+    served = _drafter(llm)
+    assert type(served).__name__ == "Eagle3Qwen3ForCausalLM"
+    assert served.model.norm_output and served.model.norm_before_fc and served.model.fc_norm is not None
+    aux = torch.randn(5, 3 * 64)
+    with torch.no_grad():
+        torch.testing.assert_close(served.combine_hidden_states(aux), draft.fuse(aux), atol=1e-4, rtol=1e-4)
+    attention = served.model.layers[0].self_attn
+    torch.testing.assert_close(attention.q_norm.weight, draft.midlayer.self_attn.q_norm.weight.data)
+    torch.testing.assert_close(attention.k_norm.weight, draft.midlayer.self_attn.k_norm.weight.data)
+    params = SamplingParams(temperature=0, max_tokens=20)
+    with_draft = [list(o.outputs[0].token_ids) for o in llm.chat(prompts.prompts, params, use_tqdm=False)]
+    del llm
+    alone = LLM(model=str(target), dtype="float32", enforce_eager=True, max_model_len=1024, gpu_memory_utilization=0.3)
+    assert with_draft == [list(o.outputs[0].token_ids) for o in alone.chat(prompts.prompts, params, use_tqdm=False)]
+
+
+def test_a_qwen3_layer_copy_draft_reaches_k_plus_one_only_with_its_qk_norms(permutation_setup, tmp_path):
+    """The copy draft's queries and keys are blunt without their q/k norms: k + 1 in vLLM proves vLLM applies them
+    (and the reference decoder agrees)."""
+    target, _, _, prompts = permutation_setup
+    perm = permutation()
+    folder = export_copy_draft(tmp_path / "qk", target, perm, qk_norm=True)
+    reference = evaluate_reference(str(target), folder, K, [prompts], MAX_TOKENS)[prompts.name]
+    vllm = evaluate_vllm(str(target), str(folder), "eagle3", K, [prompts], MAX_TOKENS)[0][prompts.name]
+    assert reference.acceptance_length == K + 1
+    assert vllm.acceptance_length > K + 1 - 0.3 and vllm.lossless, vllm

@@ -38,14 +38,24 @@ def _draft(target, algorithm: str, draft_vocab: int, **overrides):
         for parameter in draft.parameters():
             if parameter.dim() == 2:
                 parameter.normal_(0, 0.3)
+            elif overrides:  # the variants' norms must matter: weights away from 1
+                parameter.normal_(1.0, 0.3)
     return draft, config
 
 
-@pytest.mark.parametrize("algorithm,layers", [("eagle3", 1), ("eagle3", 2), ("eagle1", 1)])
-def test_unroll_logits_equal_the_chain_drafting_reference(algorithm, layers):
+# EAGLE-3.1 switches and the Qwen3-style layer: each trained exactly as the engine serves it
+VARIANTS = {"fc_norm": {"fc_norm": True}, "norm_before_fc": {"norm_before_fc": True},
+            "norm_output": {"norm_output": True}, "qk_norm": {"qk_norm": True},
+            "all": {"fc_norm": True, "norm_before_fc": True, "norm_output": True, "qk_norm": True,
+                    "norm_before_residual": True}}
+
+
+@pytest.mark.parametrize("algorithm,layers,variant", [("eagle3", 1, ""), ("eagle3", 2, ""), ("eagle1", 1, ""),
+                                                      *[("eagle3", 2, name) for name in VARIANTS]])
+def test_unroll_logits_equal_the_chain_drafting_reference(algorithm, layers, variant):
     target = _tiny_target()
     draft_vocab = VOCAB if algorithm == "eagle1" else 48
-    draft, config = _draft(target, algorithm, draft_vocab, num_hidden_layers=layers)
+    draft, config = _draft(target, algorithm, draft_vocab, num_hidden_layers=layers, **VARIANTS.get(variant, {}))
     draft_ids = torch.arange(draft_vocab) * (VOCAB // draft_vocab)
     torch.manual_seed(2)
     ids = torch.randint(0, VOCAB, (1, SEQ))

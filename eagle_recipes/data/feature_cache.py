@@ -87,10 +87,12 @@ class _Shard:
 class FeatureStore:
     """Random access to captured features by sequence index (memory-mapped; only the rows asked for are read)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, head_folder: Path | None = None):
+        """`head_folder`: where head.safetensors is (default `folder`; the held-out split's cache shares the
+        training cache's)."""
         from safetensors import safe_open
 
-        self.folder = folder
+        self.folder, self.head_folder = folder, head_folder or folder
         self.offsets = sequence_offsets(folder)
         self.shards: list[_Shard] = []
         for path in sorted((folder / SHARDS).glob("*.safetensors")):
@@ -130,7 +132,7 @@ class FeatureStore:
         import torch
         from safetensors import safe_open
 
-        with safe_open(str(self.folder / HEAD), framework="pt") as handle:
+        with safe_open(str(self.head_folder / HEAD), framework="pt") as handle:
             embed_weight = handle.get_tensor("embed")
             head_weight = handle.get_tensor("lm_head").index_select(0, draft_ids.cpu())
             norm_weight = handle.get_tensor("norm")
@@ -146,7 +148,7 @@ class FeatureStore:
         import torch
         from safetensors import safe_open
 
-        with safe_open(str(self.folder / HEAD), framework="pt") as handle:
+        with safe_open(str(self.head_folder / HEAD), framework="pt") as handle:
             vocab = handle.get_slice("lm_head").get_shape()[0]
         mask = torch.zeros(vocab, dtype=torch.bool)
         mask[draft_ids.cpu()] = True

@@ -23,12 +23,19 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "rms_norm_eps": None,
         "aux_layer_ids": None,  # None: inputs of layers [2, L//2, L-3], the vLLM/SGLang default
         "norm_before_residual": False,
+        # EAGLE-3.1 (vLLM's llama_eagle3 reads each from config.json): an RMSNorm over the concatenated aux states
+        # before fc, one per aux state before fc, and the next draft step reading the normed output
+        "norm_before_fc": False,
+        "fc_norm": False,
+        "norm_output": False,
+        "qk_norm": False,  # Qwen3's attention (RMSNorm of each head's query and key): served as qwen3_eagle3
         "rope_theta": None,
         "rope_scaling": None,
         "max_position_embeddings": None,
     },
 }
-DEFAULTS["eagle1"] = {k: v for k, v in DEFAULTS["eagle3"].items() if k not in ("aux_layer_ids", "norm_before_residual")}
+EAGLE3_ONLY = ("aux_layer_ids", "norm_before_residual", "norm_before_fc", "fc_norm", "norm_output", "qk_norm")
+DEFAULTS["eagle1"] = {k: v for k, v in DEFAULTS["eagle3"].items() if k not in EAGLE3_ONLY}
 
 # Fields that must equal the base model's: the draft reads the target's embeddings and hidden states.
 DERIVED = ("hidden_size", "vocab_size", "target_num_layers", "draft_vocab_size")
@@ -106,6 +113,10 @@ class DraftConfig:
     max_position_embeddings: int
     aux_layer_ids: tuple[int, ...] = field(default_factory=tuple)
     norm_before_residual: bool = False
+    norm_before_fc: bool = False
+    fc_norm: bool = False
+    norm_output: bool = False
+    qk_norm: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

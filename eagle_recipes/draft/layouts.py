@@ -69,12 +69,21 @@ def config_facts(config: dict) -> dict[str, Any]:
         facts["aux_layer_ids"] = list(ids or [0, 0, 0])  # engines default to 3 layers
         facts["aux_ids_written"] = bool(ids)
         facts["norm_before_residual"] = bool(config.get("norm_before_residual", layout == "speculators"))
+        # EAGLE-3.1 switches, where vLLM's llama_eagle3 reads them (norm_before_fc also under eagle_config)
+        facts["norm_before_fc"] = bool((config.get("eagle_config") or {}).get("norm_before_fc",
+                                                                              config.get("norm_before_fc", False)))
+        facts["fc_norm"] = bool(config.get("fc_norm", False))
+        facts["norm_output"] = bool(config.get("norm_output", False))
+        facts["qk_norm"] = body.get("model_type") == "qwen3"  # Qwen3's attention: q_norm and k_norm
     return facts
+
+
+LAYER_TYPES = {False: ("llama", "LlamaForCausalLM"), True: ("qwen3", "Qwen3ForCausalLM")}  # by qk_norm
 
 
 def _llama_fields(config: DraftConfig, dtype: str) -> dict[str, Any]:
     return {
-        "model_type": "llama", "hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
+        "model_type": LAYER_TYPES[config.qk_norm][0], "hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
         "num_hidden_layers": config.num_hidden_layers, "num_attention_heads": config.num_attention_heads,
         "num_key_value_heads": config.num_key_value_heads, "head_dim": config.head_dim,
         "hidden_act": config.hidden_act, "rms_norm_eps": config.rms_norm_eps, "rope_theta": config.rope_theta,
@@ -90,13 +99,15 @@ def layout_config(config: DraftConfig, layout: str, dtype: str, base_model: str,
     if layout == "eagle1":
         return {**llama, "architectures": ["LlamaForCausalLM"]}
     eagle3 = {"draft_vocab_size": config.draft_vocab_size, "target_hidden_size": config.hidden_size,
-              "norm_before_residual": config.norm_before_residual}
+              "norm_before_residual": config.norm_before_residual, "norm_before_fc": config.norm_before_fc,
+              "fc_norm": config.fc_norm, "norm_output": config.norm_output}
     if layout == "flat":
-        return {**llama, **eagle3, "architectures": ["LlamaForCausalLMEagle3"],
+        architecture = "Eagle3Qwen3ForCausalLM" if config.qk_norm else "LlamaForCausalLMEagle3"
+        return {**llama, **eagle3, "architectures": [architecture],
                 "eagle_config": {"eagle_aux_hidden_state_layer_ids": list(config.aux_layer_ids),
-                                 "use_aux_hidden_state": True}}
+                                 "use_aux_hidden_state": True, "norm_before_fc": config.norm_before_fc}}
     return {"architectures": ["Eagle3Speculator"], "speculators_model_type": "eagle3",
-            "transformer_layer_config": {**llama, "architectures": ["LlamaForCausalLM"]}, **eagle3,
+            "transformer_layer_config": {**llama, "architectures": [LAYER_TYPES[config.qk_norm][1]]}, **eagle3,
             "eagle_aux_hidden_state_layer_ids": list(config.aux_layer_ids),
             "speculators_config": {"algorithm": "eagle3", "default_proposal_method": "greedy",
                                    "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": k}],
@@ -159,14 +170,17 @@ def draft_config_from_facts(facts: dict[str, Any], layout: str) -> DraftConfig:
         rope_theta=facts["rope_theta"], rope_scaling=facts["rope_scaling"],
         max_position_embeddings=facts["max_position_embeddings"],
         aux_layer_ids=tuple(facts.get("aux_layer_ids", ())),
-        norm_before_residual=facts.get("norm_before_residual", False))
+        norm_before_residual=facts.get("norm_before_residual", False),
+        **{switch: facts.get(switch, False) for switch in ("norm_before_fc", "fc_norm", "norm_output", "qk_norm")})
 
 
 # ---------------------------------------------------------------- tensors each layout holds
 def _layer(prefix: str, c: dict, input_width: int, input_norm: bool, hidden_norm: bool) -> dict[str, tuple]:
     hidden, heads, kv, head_dim = c["hidden_size"], c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
     inter = c["intermediate_size"]
-    tensors = {
+    tensors = {f"{prefix}.self_attn.{name}.weight": (head_dim,) for name in ("q_norm", "k_norm")
+               if c.get("qk_norm")}
+    tensors |= {
         f"{prefix}.self_attn.q_proj.weight": (heads * head_dim, input_width),
         f"{prefix}.self_attn.k_proj.weight": (kv * head_dim, input_width),
         f"{prefix}.self_attn.v_proj.weight": (kv * head_dim, input_width),
@@ -201,7 +215,12 @@ def required_tensors(layout: str, c: dict, first_layer: str | None = None) -> di
     out.update(_layer(first, c, 2 * hidden, input_norm=True, hidden_norm=True))
     for i in range(1, layers):
         out.update(_layer(f"layers.{i}", c, hidden, input_norm=True, hidden_norm=False))
-    out["fc.weight"] = (hidden, len(c["aux_layer_ids"]) * c["target_hidden_size"])
+    aux, target_hidden = len(c["aux_layer_ids"]), c["target_hidden_size"]
+    out["fc.weight"] = (hidden, aux * target_hidden)
+    if c.get("norm_before_fc"):
+        out["input_norm.weight"] = (aux * target_hidden,)
+    if c.get("fc_norm"):
+        out.update({f"fc_norm.{i}.weight": (target_hidden,) for i in range(aux)})
     out["norm.weight"] = (hidden,)
     out["lm_head.weight"] = (c["draft_vocab_size"], hidden)
     result = {k: (v, None) for k, v in out.items()}

@@ -65,14 +65,20 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(input_size, self.kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(input_size, self.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.heads * self.head_dim, config.hidden_size, bias=False)
+        if config.qk_norm:  # Qwen3: each head's query and key RMS-normed before the rotary embedding
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: TTTCache,
                 padding: torch.Tensor | None, query_positions: torch.Tensor | None = None) -> torch.Tensor:
         """`query_positions`: the original positions of x's columns when later unroll steps run on a subset
         of positions (None: x holds every position)."""
         batch, seq_len, _ = x.shape
-        q = self.q_proj(x).view(batch, seq_len, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(batch, seq_len, self.kv_heads, self.head_dim).transpose(1, 2)
+        q = self.q_proj(x).view(batch, seq_len, self.heads, self.head_dim)
+        k = self.k_proj(x).view(batch, seq_len, self.kv_heads, self.head_dim)
+        if hasattr(self, "q_norm"):
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = self.v_proj(x).view(batch, seq_len, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         repeat = self.heads // self.kv_heads
@@ -156,6 +162,10 @@ class EagleDraft(nn.Module):
     def decoder_layers(self) -> list[DecoderLayer]:
         raise NotImplementedError
 
+    def next_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the next draft step reads of this step's output (the output itself, unless norm_output)."""
+        return hidden
+
     def step(self, embeds: torch.Tensor, hidden: torch.Tensor, position_ids: torch.Tensor,
              caches: list[TTTCache], padding: torch.Tensor | None,
              query_positions: torch.Tensor | None = None) -> torch.Tensor:
@@ -168,8 +178,12 @@ class EagleDraft(nn.Module):
 class Eagle3Draft(EagleDraft):
     def __init__(self, config: DraftConfig):
         super().__init__(config)
-        hidden = config.hidden_size
-        self.fc = nn.Linear(len(config.aux_layer_ids) * hidden, hidden, bias=False)
+        hidden, aux = config.hidden_size, len(config.aux_layer_ids)
+        if config.norm_before_fc:  # vLLM's `input_norm`: one RMSNorm over the concatenated aux states
+            self.input_norm = RMSNorm(aux * hidden, config.rms_norm_eps)
+        if config.fc_norm:  # one RMSNorm per aux state
+            self.fc_norm = nn.ModuleList(RMSNorm(hidden, config.rms_norm_eps) for _ in range(aux))
+        self.fc = nn.Linear(aux * hidden, hidden, bias=False)
         self.midlayer = DecoderLayer(config, "eagle3-first")
         self.layers = nn.ModuleList(DecoderLayer(config, "plain") for _ in range(config.num_hidden_layers - 1))
         self.norm = RMSNorm(hidden, config.rms_norm_eps)
@@ -179,8 +193,17 @@ class Eagle3Draft(EagleDraft):
         return [self.midlayer, *self.layers]
 
     def fuse(self, aux_hidden: torch.Tensor) -> torch.Tensor:
-        """The target's aux hidden states, concatenated in ascending layer order (3H) -> H."""
+        """The target's aux hidden states, concatenated in ascending layer order (3H) -> H (normed first as
+        EAGLE-3.1 configures it: the whole concatenation, then each state, as vLLM applies them)."""
+        if self.config.norm_before_fc:
+            aux_hidden = self.input_norm(aux_hidden)
+        if self.config.fc_norm:
+            chunks = aux_hidden.chunk(len(self.fc_norm), dim=-1)
+            aux_hidden = torch.cat([norm(chunk) for norm, chunk in zip(self.fc_norm, chunks)], dim=-1)
         return self.fc(aux_hidden)
+
+    def next_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.norm(hidden) if self.config.norm_output else hidden
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.norm(hidden))

@@ -72,7 +72,7 @@ def draft_chain(draft: EagleDraft, config: DraftConfig, embed, lm_head, features
             else:
                 token = int(draft_to_target[proposals[-1]]) if draft_to_target is not None else proposals[-1]
             tokens_in.append(token)
-            hidden_in = torch.cat([hidden_in, last], dim=1)
+            hidden_in = torch.cat([hidden_in, draft.next_hidden(last)], dim=1)
     return proposals, step_logits
 
 

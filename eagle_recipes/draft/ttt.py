@@ -19,6 +19,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from eagle_recipes.draft.losses import position_losses
 from eagle_recipes.draft.model import Eagle1Draft, Eagle3Draft, EagleDraft, TTTCache
 
 EAGLE1_CLASSIFICATION_WEIGHT = 0.1  # EAGLE paper: L = L_reg + 0.1 L_cls
@@ -93,14 +94,17 @@ def unroll(draft: EagleDraft, target: TargetOutputs, embed: torch.nn.Embedding, 
                             query_positions)
         logits = draft.logits(hidden) if is_eagle3 else lm_head(hidden)
         yield UnrollStep(step, query_positions, logits, hidden)
+        hidden = draft.next_hidden(hidden)  # what the engine feeds the next draft step
 
 
 def ttt_loss(draft: EagleDraft, target: TargetOutputs, embed: torch.nn.Embedding, steps: int, decay: float,
-             lm_head: torch.nn.Linear | None = None, subset: bool = True) -> tuple[torch.Tensor, list[StepStats]]:
+             lm_head: torch.nn.Linear | None = None, subset: bool = True,
+             loss_kind: str = "kl") -> tuple[torch.Tensor, list[StepStats]]:
     """Unroll the draft `steps` times; return the weighted loss and per-step loss/accuracy.
 
-    The loss is the cross-entropy against the target's whole distribution over the draft vocabulary (soft labels:
-    on the quickstart they gave tau 1.257 where the target's top token alone gave 1.239).
+    The loss per position is draft/losses.py's `loss_kind`: by default the cross-entropy against the target's
+    whole distribution over the draft vocabulary (soft labels: on the quickstart they gave tau 1.257 where the
+    target's top token alone gave 1.239), or an LK loss that trains the acceptance itself.
     `subset=False` runs later steps on every column (for tests: the subset must not change the result)."""
     counted_columns = [label_columns(target, step) for step in range(steps)]
     in_draft = [shift_left(target.top_in_draft, step + 1) for step in range(steps)]
@@ -117,10 +121,9 @@ def ttt_loss(draft: EagleDraft, target: TargetOutputs, embed: torch.nn.Embedding
         counted, trainable = counted_columns[step], counted_columns[step] & in_draft[step]
         if out.columns is not None:
             labels, counted, trainable = labels[:, out.columns], counted[:, out.columns], trainable[:, out.columns]
-        probs = torch.softmax(labels.float(), dim=-1)
-        cross_entropy = -(probs * torch.log_softmax(out.logits.float(), dim=-1)).sum(-1)
+        per_position = position_losses(out.logits, labels, loss_kind)
         denominator = trainable.sum().clamp(min=1)
-        loss = (cross_entropy * trainable).sum() / denominator
+        loss = (per_position * trainable).sum() / denominator
         if isinstance(draft, Eagle1Draft):
             features = shift_left(target.hidden, step + 1)
             features = features[:, out.columns] if out.columns is not None else features
@@ -136,12 +139,12 @@ class TTTObjective(torch.nn.Module):
     """The whole unroll as one forward, so DDP/FSDP see a single forward per backward and synchronise
     every draft parameter's gradient."""
 
-    def __init__(self, draft: EagleDraft, steps: int, decay: float):
+    def __init__(self, draft: EagleDraft, steps: int, decay: float, loss_kind: str = "kl"):
         super().__init__()
-        self.draft, self.steps, self.decay = draft, steps, decay
+        self.draft, self.steps, self.decay, self.loss_kind = draft, steps, decay, loss_kind
 
     def forward(self, target: TargetOutputs, embed: torch.nn.Embedding, lm_head: torch.nn.Linear | None = None):
-        return ttt_loss(self.draft, target, embed, self.steps, self.decay, lm_head)
+        return ttt_loss(self.draft, target, embed, self.steps, self.decay, lm_head, loss_kind=self.loss_kind)
 
 
 def step_correctness(draft: EagleDraft, target: TargetOutputs, embed: torch.nn.Embedding, steps: int,

@@ -19,6 +19,7 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 
+from eagle_recipes.data.sequences import Sequences
 from eagle_recipes.devices import available_device, compute_dtype, has_gpu_here, torch_threads
 from eagle_recipes.engines.actor_pool import TaskActor
 
@@ -106,24 +107,26 @@ class CaptureActor(TaskActor):
     def __init__(self, spec: dict, device=None):
         import torch
 
-        from eagle_recipes.data.sequences import Sequences
-
         self.spec = CaptureSpec.from_dict(spec)
         if not has_gpu_here():
             torch.set_num_threads(torch_threads(os.cpu_count() or 1))
         self.engine = make_capture_engine(self.spec, device)
-        self.sequences = Sequences.load(Path(self.spec.data_folder))
+        self.sequences: dict[str, Sequences] = {}
 
     def run_task(self, task: dict) -> dict:
         return self.capture_shard(**task)
 
-    def capture_shard(self, shard: int, first: int, count: int) -> dict[str, Any]:
+    def capture_shard(self, shard: int, first: int, count: int, folder: str = "") -> dict[str, Any]:
+        """Capture sequences [first, first + count) of the sequences in `folder` (a subfolder of the spec's data
+        and output folders: "" for the training split) into shard `shard` there."""
         import torch
 
         from eagle_recipes.data.feature_cache import shard_path, write_shard
 
+        if folder not in self.sequences:
+            self.sequences[folder] = Sequences.load(Path(self.spec.data_folder) / folder)
         started = time.perf_counter()
-        sequences = [self.sequences.ids_of(i) for i in range(first, first + count)]
+        sequences = [self.sequences[folder].ids_of(i) for i in range(first, first + count)]
         rows: list[dict | None] = [None] * len(sequences)
         for positions in batches_by_tokens([len(s) for s in sequences]):
             for position, row in zip(positions, self.engine.capture([sequences[p] for p in positions])):
@@ -134,6 +137,6 @@ class CaptureActor(TaskActor):
                    "input_ids": torch.from_numpy(np.concatenate(sequences).astype(np.int32))}
         if self.spec.algorithm == "eagle3":
             tensors["final"] = torch.cat([r["final"] for r in rows]).to(stored)
-        write_shard(shard_path(Path(self.spec.out), shard), first, tensors)
-        return {"shard": shard, "sequences": count, "tokens": int(tensors["input_ids"].numel()),
+        write_shard(shard_path(Path(self.spec.out) / folder, shard), first, tensors)
+        return {"shard": shard, "folder": folder, "sequences": count, "tokens": int(tensors["input_ids"].numel()),
                 "seconds": time.perf_counter() - started}

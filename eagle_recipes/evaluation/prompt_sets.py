@@ -40,6 +40,14 @@ def mt_bench(max_prompts: int = 0, turns: str = "first") -> PromptSet:
     return PromptSet("mt-bench", prompts, categories)
 
 
+def speed_prompts(sets: list[PromptSet], count: int) -> list[list[dict]]:
+    """The prompts serving speed is measured on: `count` of the headline set's (MT-bench when it is measured, else
+    the first set), spread evenly over it (MT-bench: every category); first turns only."""
+    chosen = next((s for s in sets if s.name == "mt-bench"), sets[0])
+    prompts = [p for p in chosen.prompts if all(m.get("content") is not None for m in p)]
+    return [prompts[i * len(prompts) // count] for i in range(min(count, len(prompts)))]
+
+
 def first_turn(turns: list[dict]) -> list[dict] | None:
     """The messages up to and including the first user turn (None: the row has no user turn)."""
     first_user = next((i for i, t in enumerate(turns) if t["role"] == "user"), None)

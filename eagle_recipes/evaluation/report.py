@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from eagle_recipes.atomic import atomic_path, write_json
+from eagle_recipes.evaluation.speed import SpeedTable, plot_speed
 
 if TYPE_CHECKING:  # the reference decoder's module imports torch: not needed to read or write a report
     from eagle_recipes.draft.reference import Acceptance
@@ -62,6 +63,7 @@ class SetReport:
 class EvalReport:
     sets: dict[str, SetReport]
     settings: dict[str, Any]
+    speed: SpeedTable | None = None  # the serving-speed sweep (vLLM path)
 
     @property
     def headline_set(self) -> str | None:
@@ -80,22 +82,28 @@ class EvalReport:
         return {"settings": self.settings, "sets": {name: e.to_dict() for name, e in self.sets.items()},
                 "headline_set": self.headline_set,
                 "acceptance_length": headline.acceptance_length if headline else None,
-                "per_position": headline.per_position if headline else None}
+                "per_position": headline.per_position if headline else None,
+                "speed": self.speed.to_dict() if self.speed else None}
 
     def write(self, out: Path) -> None:
         """report.json and, when there is something to draw, per_position.png."""
         write_json(out / "report.json", self.to_dict())
         if self.sets:
-            plot_per_position(self.sets, out / "per_position.png")
+            plot_per_position(self.sets, out / "per_position.png", self.speed)
 
 
-def plot_per_position(sets: dict[str, SetReport], path: Path) -> None:
+def plot_per_position(sets: dict[str, SetReport], path: Path, speed: SpeedTable | None = None) -> None:
+    """Per-position acceptance per prompt set; beside it, with a speed sweep, speedup against k per load."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4))
+    if speed:
+        figure, (axis, speed_axis) = plt.subplots(1, 2, figsize=(12, 4))
+        plot_speed(speed_axis, speed)
+    else:
+        figure, axis = plt.subplots(figsize=(7, 4))
     width = 0.8 / max(1, len(sets))
     for index, (name, entry) in enumerate(sets.items()):
         rates = entry.per_position

@@ -1,5 +1,6 @@
 """Measure with real vLLM: the base engine first (reference outputs and tokens/s), then the speculative engine on
-the same prompts; tau and per-position acceptance from vLLM's own spec-decode counters, per prompt category."""
+the same prompts; tau and per-position acceptance from vLLM's own spec-decode counters, per prompt category. With
+speed settings, every engine also measures tokens/s at each load on the speed prompts (evaluation/speed.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from eagle_recipes.draft.reference import Acceptance
 from eagle_recipes.evaluation.prompt_sets import PromptSet
 from eagle_recipes.evaluation.report import SetReport
+from eagle_recipes.evaluation.speed import SpeedRow, SpeedSettings, SpeedTable
 
 
 def _counters(llm) -> tuple[int, list[int]]:
@@ -109,27 +111,66 @@ def _measure_set(llm, prompt_set: PromptSet, k: int, max_tokens: int, base_ids: 
         tokens_per_s_with_draft=spec_tokens / spec_wall if spec_wall else 0.0)
 
 
+def _speed_rows(llm, k: int, prompts: list[list[dict]], speed: SpeedSettings, thinking: bool | None,
+                progress) -> list[SpeedRow]:
+    """Tokens/s of this engine at each load on the speed prompts (groups of `load` requests served at once), with
+    tau and per-position acceptance of exactly these runs."""
+    generate(llm, prompts[:1], 4, thinking)  # an engine's first request pays for its own set-up: not timed
+    rows = []
+    for load in speed.concurrency:
+        chosen = prompts[: speed.prompts_at(load)]
+        progress(0, len(chosen), f"prompts (speed, k = {k}, load {load})")
+        drafts0, per_position0 = _counters(llm)
+        tokens, wall = 0, 0.0
+        for start in range(0, len(chosen), load):
+            ids, _, seconds = generate(llm, chosen[start: start + load], speed.max_tokens, thinking)
+            tokens, wall = tokens + sum(map(len, ids)), wall + seconds
+            progress(min(start + load, len(chosen)), len(chosen), f"prompts (speed, k = {k}, load {load})")
+        drafts1, per_position1 = _counters(llm)
+        per_position0 = per_position0 or [0] * len(per_position1)
+        acceptance = Acceptance(drafts1 - drafts0, [b - a for a, b in zip(per_position0, per_position1)])
+        rows.append(SpeedRow(k=k, concurrency=load, tokens_per_s=tokens / wall if wall else 0.0,
+                             acceptance_length=acceptance.acceptance_length if k else 1.0,
+                             per_position=acceptance.per_position if k else [], prompts=len(chosen), tokens=tokens))
+    return rows
+
+
 def evaluate_vllm(base: str, draft: str, method: str, k: int, sets: list[PromptSet], max_tokens: int,
                   dtype: str = "auto", log=print, progress=lambda done, total, unit: None,
-                  thinking: bool | None = None, verbose: bool = False) -> dict[str, SetReport]:
+                  thinking: bool | None = None, verbose: bool = False, speed: SpeedSettings | None = None,
+                  speed_prompts: list[list[dict]] | None = None) -> tuple[dict[str, SetReport], SpeedTable | None]:
+    """tau per prompt set at k (with losslessness and tokens/s), and with `speed` the sweep: the base alone and
+    every k from 1 to `k` at each load, one engine per k (an engine's k is fixed when it starts)."""
     from eagle_recipes.engines.placement import apply_engine_env
 
     apply_engine_env(verbose)
+    rows: list[SpeedRow] = []
     llm = engine(base, None, method, k, dtype)
     baseline: dict[str, tuple] = {}
     for prompt_set in sets:
         if any(m.get("content") is None for p in prompt_set.prompts for m in p):
             _fill_second_turns(llm, prompt_set, max_tokens, thinking)
         baseline[prompt_set.name] = _baseline(llm, prompt_set, max_tokens, progress, thinking)
+    if speed:
+        rows += _speed_rows(llm, 0, speed_prompts, speed, thinking, progress)
     del llm
     gc.collect()
-    llm = engine(base, draft, method, k, dtype)
     report: dict[str, SetReport] = {}
-    for prompt_set in sets:
-        base_ids, base_wall = baseline[prompt_set.name]
-        report[prompt_set.name] = _measure_set(llm, prompt_set, k, max_tokens, base_ids, base_wall, progress,
-                                               thinking)
-        log(report[prompt_set.name].summary(prompt_set.name))
-    del llm
-    gc.collect()
-    return report
+    for draft_tokens in (range(1, k + 1) if speed else [k]):
+        llm = engine(base, draft, method, draft_tokens, dtype)
+        if speed:
+            rows += _speed_rows(llm, draft_tokens, speed_prompts, speed, thinking, progress)
+            log(f"speed at k = {draft_tokens}: " + ", ".join(f"load {r.concurrency} {r.tokens_per_s:.1f} tokens/s"
+                                                            for r in rows[-len(speed.concurrency):]))
+        if draft_tokens == k:
+            for prompt_set in sets:
+                base_ids, base_wall = baseline[prompt_set.name]
+                report[prompt_set.name] = _measure_set(llm, prompt_set, k, max_tokens, base_ids, base_wall,
+                                                       progress, thinking)
+                log(report[prompt_set.name].summary(prompt_set.name))
+        del llm
+        gc.collect()
+    table = SpeedTable(rows, {"concurrency": list(speed.concurrency), "prompts": len(speed_prompts),
+                              "max_tokens": speed.max_tokens, "prompts_per_load": {
+                                  str(load): speed.prompts_at(load) for load in speed.concurrency}}) if speed else None
+    return report, table

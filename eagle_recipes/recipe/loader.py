@@ -182,6 +182,29 @@ def _check_rope_scaling(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
                                                      rope.get("original_max_position_embeddings"))]
 
 
+def _check_training_levers(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
+    """Training settings that cannot work together (each named, with what to do)."""
+    file, train = str(recipe.path), recipe.train
+    problems = []
+
+    def problem(key: str, message: str, hint: str) -> None:
+        problems.append(Problem(file, line_of(lines, key) or line_of(lines, "train"), key, message, hint))
+
+    if train.optimizer == "muon" and train.strategy == "fsdp":
+        problem("train.optimizer", "Muon orthogonalises whole matrices; FSDP shards them across workers",
+                'use strategy = "ddp" with Muon, or optimizer = "adamw" with FSDP')
+    if train.keep_best and not train.simulate_every:
+        problem("train.keep_best", "the best checkpoint is chosen by simulated tau, which is never measured",
+                "set train.simulate_every (e.g. 200)")
+    if train.simulate_every and not recipe.dataset.holdout_fraction:
+        problem("train.simulate_every", "simulated acceptance replays the held-out split, which is empty",
+                "set data.holdout_fraction (e.g. 0.05)")
+    if train.feature_noise and recipe.draft.algorithm != "eagle3":
+        problem("train.feature_noise", "noise goes on the aux hidden states only EAGLE-3 reads",
+                "remove it, or use draft.algorithm = \"eagle3\"")
+    return problems
+
+
 def _check_consistency(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
     file = str(recipe.path)
     problems = []
@@ -190,6 +213,7 @@ def _check_consistency(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
         problems.append(Problem(file, line_of(lines, "data"), "data.prompts", "no training data",
                                 "name prompt files in data.prompts, conversations in data.conversations, "
                                 "or set synthesis.self_prompts"))
+    problems += _check_training_levers(recipe, lines)
     if recipe.train.features == "cached" and recipe.capture.engine == "vllm" and not recipe.train.use_gpu:
         problems.append(Problem(file, line_of(lines, "capture.engine"), "capture.engine",
                                 "vLLM's hidden-state extractor needs GPUs (the CPU build cannot save the states)",

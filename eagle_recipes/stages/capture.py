@@ -27,6 +27,7 @@ from eagle_recipes.recipe import Recipe
 from eagle_recipes.run_folder import CAPTURE, SYNTHESIZE
 from eagle_recipes.stages.base import Stage, StageContext
 from eagle_recipes.stages.common import (
+    HOLDOUT,
     base_model_path,
     conversation_input_files,
     draft_config_for,
@@ -80,7 +81,8 @@ class CaptureStage(Stage):
         from eagle_recipes.data.feature_cache import HEAD
         from eagle_recipes.data.sequences import SEQUENCES_FILE
 
-        return [f"capture/{SEQUENCES_FILE}", f"capture/{HEAD}", f"capture/{SHARDS}/*.safetensors"]
+        return [f"capture/{SEQUENCES_FILE}", f"capture/{HEAD}", f"capture/{SHARDS}/*.safetensors",
+                f"capture/{HOLDOUT}/ (the held-out split's)"]
 
     @staticmethod
     def describe_resources(recipe: Recipe) -> list[str]:
@@ -109,6 +111,8 @@ class CaptureStage(Stage):
         recipe, capture = ctx.recipe, ctx.recipe.capture
         model_path = base_model_path(recipe)
         count = tokenize_training_data(recipe, ctx.upstream, model_path, ctx.out)
+        # the held-out split too (a few percent more): training replays it to simulate acceptance
+        held_out = tokenize_training_data(recipe, ctx.upstream, model_path, ctx.out / HOLDOUT, split="holdout")
         spec = capture_spec(recipe, model_path, ctx.out)
         sequences = Sequences.load(ctx.out)
         stored = getattr(torch, capture.dtype)
@@ -117,29 +121,42 @@ class CaptureStage(Stage):
         per_token = bytes_per_token(base_model_facts(model_path).hidden_size, len(spec.aux_layer_ids),
                                     stored.itemsize, spec.algorithm)
         _check_disk_room(ctx.out, per_token * sequences.tokens)
-        tasks, done_before = [], 0
-        for index, (first, size) in enumerate(shard_ranges(count, capture.sequences_per_shard)):
-            expected = sequences.ids[sequences.offsets[first]: sequences.offsets[first + size]]
-            if shard_is_whole(shard_path(ctx.out, index), first, expected):
-                done_before += size
-            else:
-                tasks.append({"shard": index, "first": first, "count": size})
+        tasks, done_before = _pending_shards(ctx.out, "", capture.sequences_per_shard)
+        if held_out:
+            tasks += _pending_shards(ctx.out, HOLDOUT, capture.sequences_per_shard)[0]
         if done_before:
             ctx.log(f"resuming: {done_before} of {count} sequences already captured")
         ctx.progress(done_before, count, "conversations")
         started, captured, tokens = time.time(), 0, 0
         placement = capture_placement(capture.engine, capture.tensor_parallel_size, cluster_has_gpus())
         for result in run_in_actor_pool(CaptureActor, tasks, capture.replicas, {"spec": spec.to_dict()}, placement):
-            captured += result["sequences"]
             tokens += result["tokens"]
-            ctx.progress(done_before + captured, count, "conversations")
+            if result["folder"] == "":
+                captured += result["sequences"]
+                ctx.progress(done_before + captured, count, "conversations")
         wall = time.time() - started
         shards = len(shard_ranges(count, capture.sequences_per_shard))
         return {"counts": {"sequences": count, "tokens": sequences.tokens, "captured_this_run": captured,
-                           "resumed_from_earlier_run": done_before, "shards": shards},
+                           "resumed_from_earlier_run": done_before, "shards": shards, "holdout_sequences": held_out},
                 "metrics": {"tokens_per_s": tokens / wall if wall and tokens else 0.0, "bytes_per_token": per_token,
                             "cache_bytes": per_token * sequences.tokens, "engine": capture.engine,
                             "dtype": capture.dtype}}
+
+
+def _pending_shards(out: Path, folder: str, per_shard: int) -> tuple[list[dict], int]:
+    """(the capture tasks of the shards still to write, sequences already captured whole) for the sequences in
+    out/folder: a shard is kept only when it holds exactly its sequences' token ids."""
+    from eagle_recipes.data.sequences import Sequences
+
+    sequences = Sequences.load(out / folder)
+    tasks, done = [], 0
+    for index, (first, size) in enumerate(shard_ranges(sequences.count, per_shard)):
+        expected = sequences.ids[sequences.offsets[first]: sequences.offsets[first + size]]
+        if shard_is_whole(shard_path(out / folder, index), first, expected):
+            done += size
+        else:
+            tasks.append({"shard": index, "first": first, "count": size, "folder": folder})
+    return tasks, done
 
 
 def _check_disk_room(out: Path, cache_bytes: int) -> None:

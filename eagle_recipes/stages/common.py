@@ -108,14 +108,18 @@ def draft_config_for(recipe: Recipe, model_path: str, draft_vocab_size: int):
                               draft_vocab_size)
 
 
-def tokenize_training_data(recipe: Recipe, upstream: dict[str, Path], model_path: str, out: Path) -> int:
-    """The training split's sequences (data/sequences.py) in `out`, tokenized once; returns their count. Train
-    (online) and capture (cached) both call this, so both see the same sequences in the same order."""
+HOLDOUT = "holdout"  # the held-out split's sequences (and, in capture, their features) in this subfolder
+
+
+def tokenize_training_data(recipe: Recipe, upstream: dict[str, Path], model_path: str, out: Path,
+                           split: str = "train") -> int:
+    """A split's sequences (data/sequences.py) in `out`, tokenized once; returns their count. Train (online) and
+    capture (cached) both call this, so both see the same sequences in the same order."""
     from eagle_recipes.data.sequences import has_sequences, sequence_count, tokenize
 
     if not has_sequences(out):
         tokenizer = load_recipe_tokenizer(recipe, model_path, thinking_when_rendered(recipe))
-        conversations = read_conversations(conversation_files(recipe, upstream), recipe, split="train")
+        conversations = read_conversations(conversation_files(recipe, upstream), recipe, split=split)
         tokenize(tokenizer, [c["conversations"] for c in conversations], recipe.train.max_seq_len).save(out)
     return sequence_count(out)
 

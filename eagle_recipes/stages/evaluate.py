@@ -26,6 +26,16 @@ from eagle_recipes.stages.common import (
 )
 
 
+def speed_settings(recipe: Recipe):
+    """The recipe's serving-speed sweep (None when off, or when the reference decoder measures)."""
+    from eagle_recipes.evaluation.speed import SpeedSettings
+
+    speed = recipe.eval.speed
+    if not speed.concurrency or recipe.eval.engine != "vllm":
+        return None
+    return SpeedSettings(tuple(speed.concurrency), speed.prompts, speed.max_tokens)
+
+
 def report_to_trackers(recipe: Recipe, report: dict) -> None:
     """tau and per-position acceptance into the training run's trackers, at its last step."""
     if not recipe.train.report_to:
@@ -71,12 +81,22 @@ class EvaluateStage(Stage):
     def describe_resources(recipe: Recipe) -> list[str]:
         return ["engine: vLLM, 1 GPU (or 1 CPU)" if recipe.eval.engine == "vllm" else "engine: PyTorch"]
 
+    @classmethod
+    def headline(cls, manifest: dict[str, Any]) -> str:
+        metrics = manifest.get("metrics", {})
+        best = metrics.get("fastest")
+        speed = f", best {best['speedup']:.2f}x (k={best['k']}, load {best['concurrency']})" if best else ""
+        return f"tau={metrics.get('acceptance_length', 0):.3g}{speed}"
+
     @staticmethod
     def outcome(recipe: Recipe, manifest: dict) -> list[str]:
         metrics = manifest["metrics"]
-        return [f"acceptance length tau = {metrics['acceptance_length']:.3f} at k = "
-                f"{metrics['num_speculative_tokens']} draft tokens (per position: "
-                f"{', '.join(f'{p:.2f}' for p in metrics['per_position'])}; prompt set {metrics['headline_set']})"]
+        lines = [f"acceptance length tau = {metrics['acceptance_length']:.3f} at k = "
+                 f"{metrics['num_speculative_tokens']} draft tokens (per position: "
+                 f"{', '.join(f'{p:.2f}' for p in metrics['per_position'])}; prompt set {metrics['headline_set']})"]
+        if metrics.get("speed_headline"):
+            lines.append(metrics["speed_headline"])
+        return lines
 
     @staticmethod
     def run(ctx: StageContext) -> dict[str, Any]:
@@ -101,13 +121,21 @@ class EvaluateStage(Stage):
         report = ray.get(task.remote(base_model_path(recipe), ctx.upstream[EXPORT] / DRAFT_FOLDER,
                                      speculative_method(recipe.draft.algorithm), k, sets, recipe.eval.max_tokens,
                                      recipe.eval.engine, ctx.out, recipe.data["eval"], dtype=recipe.model.dtype,
-                                     progress=ctx.progress, thinking=thinking_when_generating(recipe)))
+                                     progress=ctx.progress, thinking=thinking_when_generating(recipe),
+                                     speed=speed_settings(recipe)))
         write_complete_card(recipe, ctx.out.parent, report.to_dict(), ctx.out / "per_position.png")
         report_to_trackers(recipe, report.to_dict())
         for name, entry in report.sets.items():
             ctx.log(entry.summary(name))
+        speed = {}
+        if report.speed:
+            for load in report.speed.loads:
+                ctx.log(report.speed.advice(load))
+            fastest = max((report.speed.recommended(load) for load in report.speed.loads), key=lambda r: r.speedup)
+            speed = {"fastest": {"k": fastest.k, "concurrency": fastest.concurrency, "speedup": fastest.speedup},
+                     "speed_headline": report.speed.headline()}
         headline = report.headline
         return {"counts": {name: entry.prompts for name, entry in report.sets.items()},
                 "metrics": {"acceptance_length": headline.acceptance_length, "per_position": headline.per_position,
                             "num_speculative_tokens": k, "headline_set": report.headline_set,
-                            "lossless": report.lossless, "speedup": headline.speedup}}
+                            "lossless": report.lossless, "speedup": headline.speedup, **speed}}

@@ -19,6 +19,7 @@ from eagle_recipes.recipe import Recipe
 from eagle_recipes.run_folder import CALIBRATE, CAPTURE, SYNTHESIZE, TRAIN
 from eagle_recipes.stages.base import Stage, StageContext
 from eagle_recipes.stages.common import (
+    HOLDOUT,
     base_model_path,
     conversation_input_files,
     draft_config_for,
@@ -46,7 +47,10 @@ def train_config(recipe: Recipe, **paths: Any):
                        grad_clip=train.grad_clip, ttt_steps=train.ttt_steps, ttt_decay=train.ttt_decay,
                        loss_on=train.loss_on, checkpoint_every=train.checkpoint_every,
                        keep_checkpoints=train.keep_checkpoints, seed=train.seed,
-                       init_from_target=train.init_from_target)
+                       init_from_target=train.init_from_target, loss=train.loss, optimizer=train.optimizer,
+                       muon_lr_scale=train.muon_lr_scale, feature_noise=train.feature_noise,
+                       simulate_every=train.simulate_every, simulate_k=recipe.eval.num_speculative_tokens,
+                       keep_best=train.keep_best and bool(train.simulate_every))
 
 
 def compute_precision(precision: str, use_gpu: bool) -> str:
@@ -111,7 +115,7 @@ class TrainStage(Stage):
 
     @staticmethod
     def run(ctx: StageContext) -> dict[str, Any]:
-        from eagle_recipes.data.sequences import sequence_count
+        from eagle_recipes.data.sequences import has_sequences, sequence_count
         from eagle_recipes.draft.vocab import save_mapping
         from eagle_recipes.training.batches import steps_per_epoch
         from eagle_recipes.training.checkpoints import Checkpointer
@@ -122,12 +126,22 @@ class TrainStage(Stage):
         model_path = base_model_path(recipe)
         mapping = vocab_mapping(recipe, ctx.upstream, model_path)
         draft_config = draft_config_for(recipe, model_path, mapping.draft_vocab_size)
-        if train.features == "cached":  # capture tokenized them
+        holdout = {}
+        if train.features == "cached":  # capture tokenized them (and captured the held-out split's features)
             data_folder = ctx.upstream[CAPTURE]
             count = sequence_count(data_folder)
+            if train.simulate_every and has_sequences(data_folder / HOLDOUT):
+                holdout = {"holdout_folder": str(data_folder / HOLDOUT),
+                           "holdout_capture_dir": str(data_folder / HOLDOUT)}
         else:
             data_folder = ctx.out
             count = tokenize_training_data(recipe, ctx.upstream, model_path, data_folder)
+            if train.simulate_every and tokenize_training_data(recipe, ctx.upstream, model_path, ctx.out / HOLDOUT,
+                                                               split="holdout"):
+                holdout = {"holdout_folder": str(ctx.out / HOLDOUT)}
+        if train.simulate_every and not holdout:
+            ctx.log("train.simulate_every: the held-out split is empty (data.holdout_fraction leaves no "
+                    "conversation out): no simulated acceptance")
         if steps_per_epoch(count, train.num_workers, train.grad_accum, train.batch_size) == 0:
             raise ValueError(f"{count} training sequences are fewer than one global batch "
                              f"({train.num_workers} workers x {train.grad_accum} x {train.batch_size}); add data")
@@ -141,12 +155,15 @@ class TrainStage(Stage):
         config = train_config(
             recipe, model_path=model_path, draft_config=draft_config.to_dict(), vocab_file=str(ctx.out / "d2t.pt"),
             data_folder=str(data_folder), checkpoint_dir=str(checkpointer.folder), metrics_file=str(metrics.path),
-            capture_dir=str(ctx.upstream.get(CAPTURE, "")))
+            capture_dir=str(ctx.upstream.get(CAPTURE, "")), **holdout)
         started = time.time()
         fit(config, train.num_workers, train.cpus_per_worker, ctx.out / "ray", ctx.progress, tracking_spec(recipe))
         wall = time.time() - started
         state = checkpointer.load_latest()
-        write_trained(ctx.out / TRAINED_FOLDER, state["draft"], draft_config, mapping)
+        best = checkpointer.load_best() if config.keep_best else None
+        if best:
+            ctx.log(f"keeping the draft of step {best['step']} (best simulated tau {best['tau']:.3f})")
+        write_trained(ctx.out / TRAINED_FOLDER, (best or state)["draft"], draft_config, mapping)
         summary = metrics.summarize(state["step"], count, resumed_step)
         summary["metrics"].update(wall_s=wall, plots=metrics.plot(ctx.out),
                                   draft_vocab_size=mapping.draft_vocab_size, draft_config=asdict(draft_config),

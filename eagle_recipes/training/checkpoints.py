@@ -21,6 +21,7 @@ from eagle_recipes.atomic import atomic_path, write_json
 PREFIX = "step-"
 STATE = "state.pt"
 RECORD = "complete.json"
+BEST = "best"  # the draft of the best simulated acceptance so far (its record holds the step and tau)
 
 
 def checkpoint_name(step: int) -> str:
@@ -59,7 +60,8 @@ class Checkpointer:
             return False
 
     def discard_damaged(self, log: Callable[[str], None]) -> None:
-        for path in self.checkpoints():
+        best = self.folder / BEST
+        for path in self.checkpoints() + ([best] if best.exists() else []):
             if not self.is_whole(path):
                 log(f"checkpoint {path.name} is damaged: removed, resuming from an earlier one")
                 shutil.rmtree(path, ignore_errors=True)
@@ -68,6 +70,26 @@ class Checkpointer:
         """{"draft", "optimizer", "step"} of the latest checkpoint, or None."""
         latest = self.latest()
         return torch.load(latest / STATE, weights_only=False, map_location=device) if latest else None
+
+    def best(self) -> dict | None:
+        """{"step", "tau", "bytes"} of the best draft kept so far, or None."""
+        try:
+            return json.loads((self.folder / BEST / RECORD).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def load_best(self) -> dict | None:
+        """{"draft", "step", "tau"} of the best draft kept, or None."""
+        record = self.best()
+        if record is None:
+            return None
+        return {**torch.load(self.folder / BEST / STATE, weights_only=False, map_location="cpu"), **record}
+
+    def write_best(self, step: int, tau: float, draft_state: dict) -> None:
+        with atomic_path(self.folder / BEST) as tmp:
+            tmp.mkdir()
+            torch.save({"draft": draft_state}, tmp / STATE)
+            write_json(tmp / RECORD, {"step": step, "tau": tau, "bytes": (tmp / STATE).stat().st_size})
 
     def write(self, step: int, draft_state: dict, optimizer_state: dict) -> None:
         with atomic_path(self.folder / checkpoint_name(step)) as tmp:
@@ -92,6 +114,13 @@ class Checkpointer:
         draft_state, optimizer_state = self.gather(wrapped, draft, optimizer)
         if rank == 0:
             self.write(step, draft_state, optimizer_state)
+
+    def save_best(self, step: int, tau: float, rank: int, wrapped: torch.nn.Module, draft: torch.nn.Module,
+                  optimizer) -> None:
+        """Every rank calls this, as `save`; rank 0 keeps the draft as the best one."""
+        draft_state, _ = self.gather(wrapped, draft, optimizer)
+        if rank == 0:
+            self.write_best(step, tau, draft_state)
 
 
 class ShardedCheckpointer(Checkpointer):

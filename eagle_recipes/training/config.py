@@ -37,6 +37,15 @@ class TrainConfig:
     keep_checkpoints: int
     seed: int
     init_from_target: bool
+    loss: str = "kl"  # draft/losses.py
+    optimizer: str = "adamw"  # "adamw" | "muon"
+    muon_lr_scale: float = 1.0  # Muon's lr = lr x this
+    feature_noise: float = 0.0  # uniform noise of this amplitude on the aux states, training only
+    simulate_every: int = 0  # steps between simulated-acceptance measurements (0: never)
+    simulate_k: int = 5  # draft tokens per verify step in the simulation
+    holdout_folder: str = ""  # the held-out sequences (data.npz) the simulation replays
+    holdout_capture_dir: str = ""  # their captured features (cached training)
+    keep_best: bool = False  # the trained draft is the checkpoint of the best simulated tau
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

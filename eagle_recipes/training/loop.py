@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,7 +17,7 @@ from eagle_recipes.data.sequences import Sequences
 from eagle_recipes.devices import compute_dtype, worker_device
 from eagle_recipes.draft.config import DraftConfig
 from eagle_recipes.draft.model import EagleDraft, build_draft
-from eagle_recipes.draft.ttt import TTTObjective
+from eagle_recipes.draft.ttt import TargetOutputs, TTTObjective
 from eagle_recipes.trackers import TrackingSpec, step_scalars
 from eagle_recipes.training.batches import collate, micro_batch_indices, steps_per_epoch
 from eagle_recipes.training.checkpoints import Checkpointer, checkpointer_for
@@ -25,7 +25,9 @@ from eagle_recipes.training.config import TrainConfig
 from eagle_recipes.training.metrics import MetricsLog
 from eagle_recipes.training.parallel import clip_gradients, wrap_objective
 from eagle_recipes.training.schedule import learning_rate
-from eagle_recipes.training.target_source import TargetSource, make_target_source
+from eagle_recipes.training.optimizers import MuonWithAdamW, build_optimizer, set_learning_rate
+from eagle_recipes.training.simulation import HeldOut, simulated_acceptance
+from eagle_recipes.training.target_source import CachedTarget, TargetSource, make_target_source
 
 
 @dataclass
@@ -35,7 +37,7 @@ class Training:
     config: TrainConfig
     draft: EagleDraft
     objective: torch.nn.Module  # the TTT objective, wrapped for DDP / FSDP when it is
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | MuonWithAdamW
     target: TargetSource
     sequences: Sequences
     checkpointer: Checkpointer
@@ -45,6 +47,8 @@ class Training:
     step: int
     total: int
     per_epoch: int
+    held_out: HeldOut | None = None  # what the simulated acceptance replays
+    best_tau: float = 0.0
 
 
 def setup(config: TrainConfig, rank: int, world: int, local_rank: int) -> Training:
@@ -64,10 +68,9 @@ def setup(config: TrainConfig, rank: int, world: int, local_rank: int) -> Traini
     if state is not None:  # weights go in before any wrapper reshapes the parameters
         draft.load_state_dict(state["draft"])
         step = state["step"]
-    objective = wrap_objective(TTTObjective(draft, config.ttt_steps, config.ttt_decay), config.strategy, world,
-                               device)
-    optimizer = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    objective = wrap_objective(TTTObjective(draft, config.ttt_steps, config.ttt_decay, config.loss),
+                               config.strategy, world, device)
+    optimizer = build_optimizer(objective, config.optimizer, config.lr, config.weight_decay, config.muon_lr_scale)
     if state is not None:
         checkpointer.restore_optimizer(objective, optimizer, state["optimizer"])
     sequences = Sequences.load(Path(config.data_folder))
@@ -75,8 +78,22 @@ def setup(config: TrainConfig, rank: int, world: int, local_rank: int) -> Traini
     total = per_epoch * config.epochs
     if config.max_steps:
         total = min(total, config.max_steps)
+    best = checkpointer.best()
     return Training(config, draft, objective, optimizer, target, sequences, checkpointer, device, rank, world, step,
-                    total, per_epoch)
+                    total, per_epoch, held_out_of(config, target, draft_config, draft_ids, device),
+                    best["tau"] if best else 0.0)
+
+
+def held_out_of(config: TrainConfig, target: TargetSource, draft_config: DraftConfig, draft_ids: torch.Tensor,
+                device: torch.device) -> HeldOut | None:
+    """The held-out sequences and their base-model outputs (the online target serves any sequence; cached
+    training reads the capture stage's held-out cache)."""
+    if not config.simulate_every or not config.holdout_folder:
+        return None
+    if config.holdout_capture_dir:
+        target = CachedTarget(config, draft_config, draft_ids, device, compute_dtype(device),
+                              Path(config.holdout_capture_dir))
+    return HeldOut(Sequences.load(Path(config.holdout_folder)), target)
 
 
 def init_from_target(draft: EagleDraft, draft_head: torch.Tensor, final_norm: torch.nn.Module | None) -> None:
@@ -92,8 +109,7 @@ def train_step(training: Training) -> dict[str, Any]:
     config, started = training.config, time.time()
     epoch, step_in_epoch = divmod(training.step, training.per_epoch)
     lr = learning_rate(training.step, training.total, config.lr, config.warmup_ratio, config.schedule)
-    for group in training.optimizer.param_groups:
-        group["lr"] = lr
+    set_learning_rate(training.optimizer, lr)
     training.optimizer.zero_grad(set_to_none=True)
     sums = np.zeros((config.ttt_steps, 3))
     tokens = 0
@@ -105,6 +121,9 @@ def train_step(training: Training) -> dict[str, Any]:
                                                                                   config.loss_on))
         tokens += int(padding.sum())
         outputs = training.target.outputs(input_ids, loss_mask, padding, indices)
+        if config.feature_noise and training_algorithm(config) == "eagle3":
+            draw = (training.step * config.grad_accum + micro) * training.world + training.rank
+            outputs = with_feature_noise(outputs, config.feature_noise, config.seed, draw)
         with torch.autocast(training.device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
             loss, stats = training.objective(outputs, training.target.embed, lm_head)
         (loss / config.grad_accum).backward()
@@ -126,6 +145,33 @@ def train_step(training: Training) -> dict[str, Any]:
             "tokens_per_s": tokens * training.world / max(1e-9, time.time() - started)}
 
 
+def with_feature_noise(outputs: TargetOutputs, amplitude: float, seed: int, draw: int) -> TargetOutputs:
+    """The aux states with uniform noise in [-amplitude, amplitude] added (speculators' default 0.05), from a
+    generator seeded by (seed, draw), one draw per micro-batch: a resumed run draws the same noise."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + draw)
+    noise = torch.rand(outputs.hidden.shape, generator=generator).to(outputs.hidden.device, outputs.hidden.dtype)
+    return replace(outputs, hidden=outputs.hidden + (2 * noise - 1) * amplitude)
+
+
+def training_algorithm(config: TrainConfig) -> str:
+    return config.draft_config["algorithm"]
+
+
+def simulate(training: Training) -> dict[str, Any]:
+    """Simulated tau of the draft as it is now (every rank runs it: FSDP gathers the weights collectively)."""
+    config = training.config
+    lm_head = training.target.draft_head if training_algorithm(config) == "eagle1" else None
+    unsharded = hasattr(training.objective, "unshard")  # FSDP2: the root's parameters gathered for plain calls
+    if unsharded:
+        training.objective.unshard()
+    acceptance = simulated_acceptance(training.draft, training.held_out, config.simulate_k, training.target.embed,
+                                      training.device, lm_head)
+    if unsharded:
+        training.objective.reshard()
+    return {"simulated_tau": round(acceptance.acceptance_length, 5),
+            "simulated_per_position": [round(p, 4) for p in acceptance.per_position]}
+
+
 def save(training: Training) -> None:
     """A checkpoint of the draft and the optimizer (every rank takes part under FSDP; rank 0 writes)."""
     training.checkpointer.save(training.step, training.rank, training.objective, training.draft,
@@ -141,6 +187,9 @@ def run_steps(training: Training, progress: Callable | None, tracking: TrackingS
     with open_trackers(tracking, training) as trackers:
         while training.step < training.total:
             metrics = train_step(training)
+            if training.held_out and (training.step % config.simulate_every == 0 or training.step == training.total):
+                metrics.update(simulate(training))
+                keep_if_best(training, metrics["simulated_tau"])
             if training.rank == 0:
                 metrics_log.append(metrics)
                 trackers.log(training.step, step_scalars(metrics))
@@ -149,6 +198,13 @@ def run_steps(training: Training, progress: Callable | None, tracking: TrackingS
             if training.step % config.checkpoint_every == 0 or training.step == training.total:
                 save(training)
                 on_checkpoint(metrics)
+
+
+def keep_if_best(training: Training, tau: float) -> None:
+    if training.config.keep_best and tau > training.best_tau:
+        training.best_tau = tau
+        training.checkpointer.save_best(training.step, tau, training.rank, training.objective, training.draft,
+                                        training.optimizer)
 
 
 def train_loop(loop_config: dict) -> None:

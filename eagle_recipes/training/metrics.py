@@ -36,11 +36,16 @@ class MetricsLog:
     def summarize(self, final_step: int, count: int, resumed_step: int) -> dict[str, Any]:
         rows = self.rows()
         tail = rows[-max(1, len(rows) // 10):]
+        metrics = {"final_loss": float(np.mean([r["loss"][0] for r in tail])),
+                   "accuracy_per_step": np.mean([r["accuracy"] for r in tail], axis=0).round(4).tolist(),
+                   "tokens_per_s": float(np.mean([r["tokens_per_s"] for r in rows]))}
+        simulated = [r for r in rows if "simulated_tau" in r]
+        if simulated:
+            best = max(simulated, key=lambda r: r["simulated_tau"])
+            metrics.update(simulated_tau=simulated[-1]["simulated_tau"], best_simulated_tau=best["simulated_tau"],
+                           best_simulated_step=best["step"])
         return {"counts": {"steps": final_step, "sequences": count, "resumed_from_step": resumed_step,
-                           "steps_this_run": final_step - resumed_step},
-                "metrics": {"final_loss": float(np.mean([r["loss"][0] for r in tail])),
-                            "accuracy_per_step": np.mean([r["accuracy"] for r in tail], axis=0).round(4).tolist(),
-                            "tokens_per_s": float(np.mean([r["tokens_per_s"] for r in rows]))}}
+                           "steps_this_run": final_step - resumed_step}, "metrics": metrics}
 
     def plot(self, out: Path) -> list[str]:
         """loss.png and accuracy.png: per TTT step over training."""
@@ -66,6 +71,19 @@ class MetricsLog:
             axis.legend(fontsize=7, ncol=2)
             figure.tight_layout()
             path = out / f"{key}.png"
+            with atomic_path(path) as tmp:
+                figure.savefig(tmp, format="png", dpi=100)
+            plt.close(figure)
+            written.append(str(path))
+        simulated = [r for r in rows if "simulated_tau" in r]
+        if simulated:
+            figure, axis = plt.subplots(figsize=(7, 4))
+            axis.plot([r["step"] for r in simulated], [r["simulated_tau"] for r in simulated], "-o")
+            axis.set_xlabel("optimizer step")
+            axis.set_ylabel("tau (held-out, greedy, simulated)")
+            axis.set_title("simulated acceptance length")
+            figure.tight_layout()
+            path = out / "simulated_tau.png"
             with atomic_path(path) as tmp:
                 figure.savefig(tmp, format="png", dpi=100)
             plt.close(figure)

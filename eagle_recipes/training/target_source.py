@@ -70,10 +70,11 @@ class CachedTarget:
     """The capture stage's feature cache: features read back by sequence index; no base model in this worker."""
 
     def __init__(self, config: TrainConfig, draft_config: DraftConfig, draft_ids: torch.Tensor,
-                 device: torch.device, dtype: torch.dtype):
+                 device: torch.device, dtype: torch.dtype, features_folder: Path | None = None):
+        """`features_folder`: another split's cache (default: the training cache, config.capture_dir)."""
         from eagle_recipes.data.feature_cache import FeatureStore
 
-        self.store = FeatureStore(Path(config.capture_dir))
+        self.store = FeatureStore(Path(features_folder or config.capture_dir), Path(config.capture_dir))
         self.embed, self.draft_head, self.final_norm = self.store.head_modules(draft_ids, device, dtype)
         self.in_draft = self.store.draft_mask(draft_ids, device)
         self.device, self.dtype = device, dtype
