@@ -20,8 +20,13 @@ the run's held-out conversations:
 
 Writes `<out>/results.jsonl` (one line per trained draft), `<out>/learning_curve.md` and `<out>/learning_curve.png`
 (tau against training tokens and against CPU-minutes of training; capturing the features is a one-time cost,
-printed when they are captured). Variant keys: any `[train]` field of the recipe
-(lr, ttt_steps, ttt_decay, warmup_ratio, schedule, weight_decay, loss_on) and `draft.<override>`.
+printed when they are captured). Variant keys: any `[train]` field of the recipe (lr, ttt_steps, ttt_decay,
+warmup_ratio, schedule, weight_decay, loss_on, loss, optimizer, muon_lr_scale, feature_noise, anchors,
+block_loss_decay), `algorithm` (another drafter: eagle3, dflash) and `draft.<override>`.
+
+`--minutes M` trains each variant for as many steps as fit M minutes (equal compute); `--sizes 80,160,320
+--epochs 6.6` is the data axis: tau against the number of training conversations (nested subsets of the run's,
+each trained for the same epochs).
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PROJECT  # noqa: E402
+
+
+MASK_TOKEN = [0]  # DFlash's mask token of the base model's tokenizer (set once in main)
 
 
 @dataclass
@@ -126,6 +134,7 @@ def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, 
     import torch
 
     from eagle_recipes.draft.config import build_draft_config
+    from eagle_recipes.draft.dflash import DFlashObjective
     from eagle_recipes.draft.model import build_draft
     from eagle_recipes.draft.ttt import TargetOutputs, ttt_loss
     from eagle_recipes.training.batches import micro_batch_indices, steps_per_epoch
@@ -134,8 +143,11 @@ def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, 
     from eagle_recipes.training.schedule import learning_rate
 
     settings = {**recipe.data["train"], **variant.train}
-    config = build_draft_config(recipe.draft.algorithm, {**recipe.draft.overrides, **variant.draft}, facts,
-                                mapping.draft_vocab_size)
+    algorithm = variant.train.get("algorithm", recipe.draft.algorithm)  # a variant may train another drafter
+    overrides = {**recipe.draft.overrides, **variant.draft}
+    if algorithm == "dflash":
+        overrides.setdefault("mask_token_id", MASK_TOKEN[0])
+    config = build_draft_config(algorithm, overrides, facts, mapping.draft_vocab_size)
     torch.manual_seed(settings.get("seed", 0))
     draft = build_draft(config)
     if settings.get("init_from_target"):
@@ -144,6 +156,8 @@ def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, 
     optimizer = build_optimizer(draft, settings.get("optimizer", "adamw"), settings["lr"],
                                 settings.get("weight_decay", 0.0), settings.get("muon_lr_scale", 1.0))
     per_epoch = steps_per_epoch(len(captured), 1, 1, 1)
+    objective = DFlashObjective(draft, settings.get("anchors", 64), settings.get("block_loss_decay", 4.0),
+                                settings.get("loss", "kl"), settings.get("seed", 0)) if algorithm == "dflash" else None
     started, tokens = time.process_time(), 0
     wall = time.time()
     for step in range(steps):
@@ -158,8 +172,11 @@ def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, 
         if settings.get("feature_noise"):
             batch = with_feature_noise(batch, settings["feature_noise"], settings.get("seed", 0), step)
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = ttt_loss(draft, batch, embed, settings["ttt_steps"], settings["ttt_decay"],
-                           loss_kind=settings.get("loss", "kl"))
+        if algorithm == "dflash":
+            loss, _ = objective(batch, embed, None, step)
+        else:
+            loss, _ = ttt_loss(draft, batch, embed, settings["ttt_steps"], settings["ttt_decay"],
+                               loss_kind=settings.get("loss", "kl"))
         loss.backward()
         if settings.get("grad_clip"):
             torch.nn.utils.clip_grad_norm_(draft.parameters(), settings["grad_clip"])
@@ -173,11 +190,15 @@ def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, 
 
 def simulated_tau(draft, config, eval_set, embed, k: int) -> dict:
     from eagle_recipes.draft.reference import Acceptance, simulate_greedy_chain
+    from eagle_recipes.draft.dflash import dflash_correctness
     from eagle_recipes.draft.ttt import step_correctness
 
     total = Acceptance(accepted_per_position=[0] * k)
     for outputs, prompt_len in eval_set:
-        correct = step_correctness(draft, outputs, embed, k)[:, 0]
+        if config.algorithm == "dflash":
+            correct = dflash_correctness(draft, outputs, embed, k)[:, 0]
+        else:
+            correct = step_correctness(draft, outputs, embed, k)[:, 0]
         total.add(simulate_greedy_chain(correct, prompt_len - 1, outputs.input_ids.shape[1]))
     return {"acceptance_length": round(total.acceptance_length, 4),
             "per_position": [round(p, 4) for p in total.per_position], "drafts": total.drafts}
@@ -186,7 +207,7 @@ def simulated_tau(draft, config, eval_set, embed, k: int) -> dict:
 def vllm_tau(draft, config, mapping, model_path, recipe, out: Path) -> dict:
     from eagle_recipes.evaluation.prompt_sets import mt_bench
     from eagle_recipes.evaluation.vllm_path import evaluate_vllm
-    from eagle_recipes.draft.export import write_draft
+    from eagle_recipes.draft.export import export_layout, speculative_method, write_draft
 
     folder = out / "draft"
     if folder.exists():
@@ -194,9 +215,11 @@ def vllm_tau(draft, config, mapping, model_path, recipe, out: Path) -> dict:
 
         shutil.rmtree(folder)
     k = recipe.eval.num_speculative_tokens
-    write_draft(folder, draft.state_dict(), config, "flat", "float32", model_path, k, mapping.d2t, mapping.t2d)
+    write_draft(folder, draft.state_dict(), config, export_layout(config.algorithm, "flat"), "float32", model_path, k,
+                mapping.d2t, mapping.t2d)
     prompt_sets = [mt_bench()]
-    report, _ = evaluate_vllm(model_path, str(folder), "eagle3", k, prompt_sets, recipe.eval.max_tokens)
+    report, _ = evaluate_vllm(model_path, str(folder), speculative_method(config.algorithm), k, prompt_sets,
+                              recipe.eval.max_tokens)
     return {name: {"acceptance_length": round(e.acceptance_length, 4),
                    "per_position": [round(p, 4) for p in e.per_position]} for name, e in report.items()}
 
@@ -282,6 +305,9 @@ def main() -> None:
     from eagle_recipes.draft.vocab import load_d2t
     from eagle_recipes.models import load_base_config
     from eagle_recipes.recipe import load_recipe
+    from transformers import AutoTokenizer
+
+    from eagle_recipes.data.chat import mask_token_id
     from eagle_recipes.data.sequences import Sequences
     from eagle_recipes.run_folder import CALIBRATE, SYNTHESIZE
     from eagle_recipes.stages.common import base_model_path, draft_config_for, tokenize_training_data
@@ -296,6 +322,7 @@ def main() -> None:
     base_config = load_base_config(model_path)
     facts = BaseModelFacts.from_config(base_config)
     mapping = load_d2t(run / CALIBRATE / "d2t.pt", facts.vocab_size)
+    MASK_TOKEN[0] = mask_token_id(AutoTokenizer.from_pretrained(model_path))
     aux_ids = draft_config_for(recipe, model_path, mapping.draft_vocab_size).aux_layer_ids
     draft_ids = mapping.target_ids
     target = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()

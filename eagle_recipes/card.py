@@ -37,7 +37,8 @@ def _long_context_lines(recipe: Recipe, draft: dict) -> list[str]:
 
 def _data_lines(recipe: Recipe, manifests: dict) -> list[str]:
     synthesis, dataset = recipe.synthesis, recipe.dataset
-    sources = [Path(p).name for p in (dataset.prompts or dataset.conversations)]
+    sources = [getattr(s, "label", "") or Path(s).name for s in recipe.prompt_sources()]
+    sources += [Path(p).name for p in dataset.conversations]
     if synthesis.self_prompts:
         sources.append(f"{synthesis.self_prompts} prompts the base model wrote itself")
     lines = [f"- sources: {', '.join(sources) or '-'}"]
@@ -111,7 +112,7 @@ def render_card(recipe: Recipe, output_dir: Path, report: dict | None = None) ->
     base = _model_name(recipe)
     k, serving_note = _serving_k(recipe, report)
     serving = serving_snippet(base, run.draft, recipe.draft.algorithm, k)
-    algorithm = recipe.draft.algorithm.upper().replace("EAGLE", "EAGLE-")
+    algorithm = {"eagle3": "EAGLE-3", "eagle1": "EAGLE-1", "dflash": "DFlash"}[recipe.draft.algorithm]
     layout = export_layout(recipe.draft.algorithm, recipe.export.layout)
     tags = ["speculative-decoding", recipe.draft.algorithm, "eagle-recipes"]
     hub_id = [f"base_model: {base}"] if "/" in base else []  # the Hub's metadata field takes a Hub id
@@ -127,6 +128,8 @@ def render_card(recipe: Recipe, output_dir: Path, report: dict | None = None) ->
              f"{draft.get('vocab_size', '?')} tokens (`d2t` maps them back)",
              *([f"- reads the base model's hidden states after layers {draft['aux_layer_ids']}"]
                if draft.get("aux_layer_ids") else []),
+             *([f"- one pass drafts a block of {draft['block_size'] - 1} tokens (mask token id "
+                f"{draft.get('mask_token_id')})"] if recipe.draft.algorithm == "dflash" else []),
              f"- layout: {layout} (`config.json` + `model.safetensors`)",
              *_long_context_lines(recipe, draft), "",
              "## Data", "", *_data_lines(recipe, manifests), "",

@@ -138,8 +138,10 @@ def cmd_run(args) -> int:
         return 130
     except Exception as error:  # noqa: BLE001 - the runner already showed which stage failed
         errors.print(f"error: {failure_line(error)}", markup=False, highlight=False)
-        errors.print(f"(the whole traceback is in {recipe.output_dir / 'run.json'}; finished stages are kept: "
-                     "run the same command again after fixing it)", markup=False, highlight=False)
+        summary_file = recipe.output_dir / "run.json"
+        if summary_file.is_file():  # a stage failed (a run that never started wrote none)
+            errors.print(f"(the whole traceback is in {summary_file}; finished stages are kept: run the same "
+                         "command again after fixing it)", markup=False, highlight=False)
         return 1
     _print_outcome(recipe, summary)
     return 0
@@ -204,7 +206,7 @@ def cmd_eval(args) -> int:
     if not check.ok:
         raise UserError(f"{draft}: engines would not load this draft as it is (problems above); "
                         "fix it or export it again")
-    base = resolve_model(args.base)
+    base = resolve_model(args.base, key="--base")
     out = Path(args.out or draft.parent / "eval")
     ensure_writable_folder(out, "pass --out a writable folder")
     sets = resolve_sets([args.prompts], lambda spec: Path(spec), None, args.max_prompts, "first")

@@ -86,7 +86,7 @@ def convert_gguf(gguf: Path) -> Path:
     return folder
 
 
-def resolve_model(spec: str, recipe_folder: Path | None = None, fetch: bool = True) -> str:
+def resolve_model(spec: str, recipe_folder: Path | None = None, fetch: bool = True, key: str = "model.path") -> str:
     """Turn the recipe's `model.path` into something transformers and vLLM load (a folder or a Hub id).
 
     With fetch=False nothing is downloaded or converted; a model that is not at hand yet raises ModelError.
@@ -121,7 +121,23 @@ def resolve_model(spec: str, recipe_folder: Path | None = None, fetch: bool = Tr
         raise ModelError(f"{path}: a file, not a model folder; give a model folder, a .gguf file or a Hub id")
     if path.is_absolute() or spec.startswith((".", "~")) or spec.count("/") > 1:
         raise ModelError(f"{spec}: no such model folder (Hub ids look like org/name)")
+    if fetch:
+        check_hub_model(spec, key)
     return spec  # a Hub id
+
+
+def check_hub_model(model_id: str, key: str) -> None:
+    """A Hub model must be in the Hugging Face cache or the Hub reachable: else fail now, naming the recipe key,
+    rather than in a loader's connection error minutes later."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from eagle_recipes.data.sources import hub_reachable
+
+    if isinstance(try_to_load_from_cache(model_id, "config.json"), str) or hub_reachable():
+        return
+    raise ModelError(f"{key} = '{model_id}': the Hugging Face Hub is unreachable and the model is not in the "
+                     "Hugging Face cache; download it where the Hub is reachable (then HF_HUB_OFFLINE=1 uses the "
+                     "cache), or set it to a local model folder")
 
 
 def read_config_json(path: Path) -> dict:

@@ -125,3 +125,29 @@ def prompts_file(path: Path, count: int = 6, length: int = 5, seed: int = 1) -> 
         rows.append({"prompt": " ".join(f"t{t}" for t in tokens)})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def build_dflash_copy_draft(target_folder: Path, perm: list[int], wrong: set[int] = frozenset(), block_size: int = 4):
+    """(DFlash draft, DraftConfig, d2t) for the permutation target whose every mask slot proposes perm[bonus token]:
+    right in slot 1 (unless the bonus token is in `wrong`), wrong in the later slots (their truth is perm applied
+    twice or more). Its queries are zero, so attention is uniform; only the bonus slot has a value (the mask token
+    is <eos>, whose embedding is zero; the context's values are zero), and the LM head maps it through perm."""
+    from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
+    from eagle_recipes.draft.model import build_draft
+
+    facts = BaseModelFacts.from_config(json.loads((target_folder / "config.json").read_text()))
+    config = build_draft_config("dflash", {"intermediate_size": 64, "num_hidden_layers": 1, "block_size": block_size,
+                                           "mask_token_id": VOCAB}, facts, VOCAB)
+    draft = build_draft(config)
+    with torch.no_grad():
+        for parameter in draft.parameters():
+            parameter.zero_()
+        for name, parameter in draft.named_parameters():
+            if name.endswith("norm.weight"):
+                parameter.fill_(1.0)
+        attention = draft.layers[0].self_attn
+        attention.v_proj.weight.copy_(10 * torch.eye(HIDDEN))  # value = 80 * onehot(bonus token)
+        attention.o_proj.weight.copy_(torch.eye(HIDDEN))
+        for token, following in enumerate(perm):
+            draft.lm_head.weight[perm[(token + 1) % VOCAB] if token in wrong else following, token] = 1.0
+    return draft, config, torch.zeros(VOCAB, dtype=torch.int64)

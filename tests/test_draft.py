@@ -15,6 +15,7 @@ from eagle_recipes.draft.config import (
     default_aux_layer_ids,
     valid_fields,
 )
+from eagle_recipes.draft.export import export_layout
 from eagle_recipes.draft.layouts import config_facts, layout_config, optional_tensors, required_tensors, to_layout
 from eagle_recipes.draft.model import Attention, TTTCache, build_draft
 from eagle_recipes.draft.ttt import TargetOutputs, ttt_loss
@@ -162,7 +163,7 @@ def test_catalog_draft_builds_at_full_size_on_meta(path):
     config = build_draft_config(recipe.draft.algorithm, recipe.draft.overrides, base, recipe.vocab.draft_vocab_size)
     with torch.device("meta"):
         draft = build_draft(config)
-    layout = "eagle1" if config.algorithm == "eagle1" else "flat"
+    layout = export_layout(config.algorithm, "flat")
     state = to_layout(draft.state_dict(), layout)
     if config.draft_vocab_size != config.vocab_size:
         state["d2t"] = torch.empty(config.draft_vocab_size, dtype=torch.int64, device="meta")
@@ -173,7 +174,10 @@ def test_catalog_draft_builds_at_full_size_on_meta(path):
     expected = {**required_tensors(layout, facts),
                 **{k: v for k, v in optional_tensors(layout, facts).items() if k == "t2d"}}
     assert {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v[0]) for k, v in expected.items()}
-    assert written["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == list(config.aux_layer_ids)
+    if layout == "dflash":  # vLLM's DFlash counts layer outputs: our aux id (a layer's input) minus one
+        assert written["dflash_config"]["target_layer_ids"] == [i - 1 for i in config.aux_layer_ids]
+    else:
+        assert written["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == list(config.aux_layer_ids)
     assert written["num_attention_heads"] == base.num_attention_heads and written["vocab_size"] == base.vocab_size
 
 

@@ -104,3 +104,14 @@ def test_detect_format():
     assert detect_format({"messages": []}) == "openai"
     assert detect_format({"text": "x"}) == "prompt"
     assert detect_format([1]) is None
+
+
+def test_the_same_conversation_under_two_ids_is_kept_once(tmp_path):
+    turns = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
+    first = write_jsonl(tmp_path / "a.jsonl", [{"conversation_id": "a-1", "conversations": turns}])
+    second = write_jsonl(tmp_path / "b.jsonl", [{"conversation_id": "b-7", "conversations": turns},
+                                                {"conversation_id": "b-8", "conversations": turns[:1]}])
+    data = load_conversations([first, second])
+    assert sorted(c["conversation_id"] for c in data.conversations) == ["a-1", "b-8"]
+    assert data.skipped == {"duplicate conversation": 1}
+    assert data.skipped_lines() == ["skipped 1 rows of b.jsonl: duplicate conversation (first: b.jsonl line 1)"]

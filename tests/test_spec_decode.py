@@ -215,3 +215,25 @@ def test_a_qwen3_layer_copy_draft_reaches_k_plus_one_only_with_its_qk_norms(perm
     vllm = evaluate_vllm(str(target), str(folder), "eagle3", K, [prompts], MAX_TOKENS)[0][prompts.name]
     assert reference.acceptance_length == K + 1
     assert vllm.acceptance_length > K + 1 - 0.3 and vllm.lossless, vllm
+
+
+def test_vllm_serves_a_dflash_export_as_the_reference_decoder_drafts(permutation_setup, tmp_path):
+    """Our DFlash export in vLLM's `dflash` method (one pass, the block [bonus, MASK x k]): acceptance per position
+    equal to the reference decoder's within rounding (slot 1 right but where the draft is made wrong, slot 2
+    never), and lossless."""
+    from eagle_recipes.draft.export import write_draft
+    from eagle_recipes.draft.vocab import mapping_from_ids
+    from tests.builders import build_dflash_copy_draft
+
+    target, _, _, prompts = permutation_setup
+    draft, config, _ = build_dflash_copy_draft(target, permutation(), wrong=set(range(0, 64, 4)))
+    mapping = mapping_from_ids(list(range(64)), 65)
+    folder = tmp_path / "dflash"
+    report = write_draft(folder, draft.state_dict(), config, "dflash", "float32", str(target), 2, mapping.d2t,
+                         mapping.t2d)
+    assert report.ok, report.lines()
+    reference = evaluate_reference(str(target), folder, 2, [prompts], MAX_TOKENS)[prompts.name]
+    vllm = evaluate_vllm(str(target), str(folder), "dflash", 2, [prompts], MAX_TOKENS)[0][prompts.name]
+    assert 0.6 < reference.per_position[0] < 0.95 and reference.per_position[1] == 0.0, reference
+    assert vllm.per_position[1] == 0.0 and abs(vllm.per_position[0] - reference.per_position[0]) < 0.1, (vllm, reference)
+    assert vllm.lossless, vllm.identical_outputs

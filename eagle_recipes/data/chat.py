@@ -102,3 +102,13 @@ def render_batch(tokenizer, conversations: list[list[dict]], max_len: int | None
             mask |= (starts >= start) & (starts < end)
         rendered.append(Rendered(list(input_ids), mask.tolist()))
     return rendered
+
+
+def mask_token_id(tokenizer) -> int:
+    """A token to fill DFlash's mask slots with: the tokenizer's mask token, else its last added special token that
+    chats do not use (SmolLM2: <empty_output>), else its last token."""
+    if tokenizer.mask_token_id is not None:
+        return int(tokenizer.mask_token_id)
+    in_use = set(tokenizer.all_special_ids)
+    spare = [i for i, token in tokenizer.added_tokens_decoder.items() if token.special and i not in in_use]
+    return max(spare) if spare else len(tokenizer) - 1

@@ -38,7 +38,9 @@ HEAD = "head.safetensors"
 
 def bytes_per_token(hidden_size: int, aux_layers: int, dtype_bytes: int, algorithm: str) -> int:
     """Feature bytes one token costs in the cache (hidden + final + top + input id)."""
-    states = (aux_layers + 1) if algorithm == "eagle3" else 1
+    from eagle_recipes.draft.config import reads_aux_states
+
+    states = (aux_layers + 1) if reads_aux_states(algorithm) else 1  # the aux states and the final one
     return states * hidden_size * dtype_bytes + 4 + 4
 
 

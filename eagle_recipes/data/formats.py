@@ -33,17 +33,21 @@ class DataFormatError(UserError):
 class LoadedData:
     conversations: list[dict]
     skipped: Counter = field(default_factory=Counter)  # reason -> count
-    first_skipped: dict[str, str] = field(default_factory=dict)  # reason -> "file line N" of its first row
-    formats: dict[str, str] = field(default_factory=dict)  # file -> detected format
+    by_source: Counter = field(default_factory=Counter)  # (source, reason) -> count
+    first_skipped: dict[tuple[str, str], str] = field(default_factory=dict)  # (source, reason) -> where the first was
+    formats: dict[str, str] = field(default_factory=dict)  # file path or dataset label -> detected format
+    used: dict[str, int] = field(default_factory=dict)  # source -> conversations taken from it
 
-    def skip(self, reason: str, path: Path, line: int) -> None:
+    def skip(self, reason: str, source: str, where: str) -> None:
+        """A row of `source` (a file name or a dataset's label) at `where` ("line 3", "row 12") is unusable."""
         self.skipped[reason] += 1
-        self.first_skipped.setdefault(reason, f"{path.name} line {line}")
+        self.by_source[source, reason] += 1
+        self.first_skipped.setdefault((source, reason), where)
 
     def skipped_lines(self) -> list[str]:
-        """One line per reason: how many rows, and where the first one is."""
-        return [f"skipped {count} input rows: {reason} (first: {self.first_skipped[reason]})"
-                for reason, count in self.skipped.items()]
+        """One line per source and reason: how many rows, and where the first one is."""
+        return [f"skipped {count} rows of {source}: {reason} (first: {source} {self.first_skipped[source, reason]})"
+                for (source, reason), count in self.by_source.items()]
 
 
 def detect_format(record: Any) -> str | None:
@@ -67,11 +71,15 @@ def _read_rows(path: Path) -> Iterator[tuple[int, Any]]:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        try:
-            rows = pq.read_table(path).to_pylist()
+        try:  # batch by batch: a large file is never held whole
+            batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
+            number = 0
+            for batch in batches:
+                for row in batch.to_pylist():
+                    number += 1
+                    yield number, row
         except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a damaged file
             raise DataFormatError(f"{path}: not a readable Parquet file ({str(error)[:200]})") from None
-        yield from enumerate(rows, start=1)
         return
     number = 0
     try:
@@ -143,23 +151,32 @@ def merge_consecutive(turns: list[dict]) -> list[dict]:
 
 
 def _file_format(path: Path, fmt: str) -> str:
+    return _detected_format(str(path), _read_rows(path), fmt, "line")
+
+
+def _detected_format(name: str, rows: Iterator[tuple[int, Any]], fmt: str, unit: str) -> str:
+    """The format of a source from its first rows (or `fmt` when the recipe names one)."""
     if fmt != "auto":
         return fmt
-    rows = list(_take(_read_rows(path), DETECT_LINES))
+    rows = list(_take(rows, DETECT_LINES))
     if not rows:
-        raise DataFormatError(f"{path}: the file has no rows")
+        raise DataFormatError(f"{name}: the source has no rows")
     for _, row in rows:
         found = detect_format(row)
         if found:
             return found
     broken = next((number for number, row in rows if isinstance(row, Exception)), None)
     if broken is not None:
-        raise DataFormatError(f"{path}: line {broken} is not valid JSON, and no row before line {rows[-1][0] + 1} "
-                              "is in a known format; each line must be one whole JSON object")
+        raise DataFormatError(f"{name}: {unit} {broken} is not valid JSON, and no row before {unit} "
+                              f"{rows[-1][0] + 1} is in a known format; each line must be one whole JSON object")
+    missing = next((row["__missing_column__"] for _, row in rows if isinstance(row, dict)
+                    and "__missing_column__" in row), None)
+    if missing:
+        raise DataFormatError(f"{name}: no column {missing!r}; set `column` to the one holding the conversation")
     raise DataFormatError(
-        f"{path}: no known conversation format in its first {DETECT_LINES} rows; expected JSONL or Parquet rows "
+        f"{name}: no known conversation format in its first {DETECT_LINES} rows; expected rows "
         "with 'conversations' [{from, value}] (ShareGPT) or [{role, content}] (conversations), 'messages' [{role, "
-        "content}] (OpenAI), or a 'prompt'/'text' string; or set data.format")
+        "content}] (OpenAI), or a 'prompt'/'text' string; or set data.format (or the entry's `column`)")
 
 
 def _take(iterator: Iterator, count: int) -> Iterator:
@@ -169,38 +186,80 @@ def _take(iterator: Iterator, count: int) -> Iterator:
         yield item
 
 
-def load_conversations(paths: list[Path], fmt: str = "auto", max_samples: int = 0, seed: int = 0) -> LoadedData:
-    """Read every file, normalize, de-duplicate ids, shuffle deterministically and cut to max_samples."""
+def load_conversations(sources: list, fmt: str = "auto", max_samples: int = 0, seed: int = 0) -> LoadedData:
+    """Read every source (a file path, or a data/sources.py DatasetSource), normalize, skip what cannot be used,
+    de-duplicate by id and by content across sources, shuffle deterministically and cut to max_samples (shared by
+    the sources' weights when they give any)."""
     data = LoadedData(conversations=[])
-    seen: set[str] = set()
-    for path in paths:
-        if not path.exists():
-            raise DataFormatError(f"{path}: file not found")
-        file_format = _file_format(path, fmt)
-        data.formats[str(path)] = file_format
-        for number, row in _read_rows(path):
-            if isinstance(row, Exception):
-                data.skip("malformed JSON", path, number)
-                continue
-            if detect_format(row) not in (file_format, None) and fmt == "auto":
-                file_row_format = detect_format(row)
-                conversation, reason = normalize(row, file_row_format)  # mixed files: trust each row's shape
-            else:
-                conversation, reason = normalize(row, file_format) if isinstance(row, dict) else (None, "not an object")
+    seen_ids: set[str] = set()
+    seen_content: set[str] = set()
+    taken: list[list[dict]] = []
+    for source in sources:
+        name, rows, unit = _source_rows(source)
+        source_format = _detected_format(name, _source_rows(source)[1], fmt, unit)
+        data.formats[str(source) if isinstance(source, Path) else name] = source_format
+        conversations = []
+        for number, row in rows:
+            conversation, reason = _conversation_of(row, source_format, fmt)
             if conversation is None:
-                data.skip(reason, path, number)
+                data.skip(reason, name, f"{unit} {number}")
                 continue
-            if conversation["conversation_id"] in seen:
-                data.skip("duplicate id", path, number)
+            content = hashlib.sha1(json.dumps(conversation["conversations"], sort_keys=True).encode()).hexdigest()
+            if conversation["conversation_id"] in seen_ids:
+                data.skip("duplicate id", name, f"{unit} {number}")
                 continue
-            seen.add(conversation["conversation_id"])
-            conversation["source"] = path.name
-            data.conversations.append(conversation)
-    data.conversations.sort(key=lambda c: c["conversation_id"])  # input order must not change the shuffle
-    random.Random(seed).shuffle(data.conversations)
-    if max_samples:
-        data.conversations = data.conversations[:max_samples]
+            if content in seen_content:
+                data.skip("duplicate conversation", name, f"{unit} {number}")
+                continue
+            seen_ids.add(conversation["conversation_id"])
+            seen_content.add(content)
+            conversation["source"] = name
+            conversations.append(conversation)
+        taken.append(conversations)
+    data.conversations = _mixed(sources, taken, max_samples, seed)
+    data.used = dict(Counter(c["source"] for c in data.conversations))
     return data
+
+
+def _source_rows(source) -> tuple[str, Iterator[tuple[int, Any]], str]:
+    """(name in messages, its rows, what a row is called) of a file path or a dataset."""
+    if isinstance(source, Path):
+        if not source.exists():
+            raise DataFormatError(f"{source}: file not found")
+        return source.name, _read_rows(source), "line"
+    from eagle_recipes.data.sources import dataset_rows
+
+    return source.label, dataset_rows(source), "row"
+
+
+def _conversation_of(row: Any, source_format: str, fmt: str) -> tuple[dict | None, str]:
+    if isinstance(row, Exception):
+        return None, "malformed JSON"
+    if not isinstance(row, dict):
+        return None, "not an object"
+    if "__missing_column__" in row:
+        return None, f"no column {row['__missing_column__']!r}"
+    row_format = detect_format(row)
+    if fmt == "auto" and row_format not in (source_format, None):
+        return normalize(row, row_format)  # mixed sources: trust each row's shape
+    return normalize(row, source_format)
+
+
+def _mixed(sources: list, taken: list[list[dict]], max_samples: int, seed: int) -> list[dict]:
+    """Every source's conversations in one deterministic order (by id, then a seeded shuffle), cut to max_samples;
+    with weights, each source gives its share of max_samples (seeded), the rest of what it has unused."""
+    weights = [getattr(source, "weight", None) for source in sources]
+    if max_samples and any(w is not None for w in weights):
+        total = sum(w or 0.0 for w in weights)
+        chosen = []
+        for weight, conversations in zip(weights, taken):
+            conversations = sorted(conversations, key=lambda c: c["conversation_id"])
+            random.Random(seed).shuffle(conversations)
+            chosen += conversations[: round(max_samples * (weight or 0.0) / total)] if total else []
+        taken = [chosen]
+    conversations = sorted((c for group in taken for c in group), key=lambda c: c["conversation_id"])
+    random.Random(seed).shuffle(conversations)  # input order must not change the shuffle
+    return conversations[:max_samples] if max_samples else conversations
 
 
 def is_holdout(conversation_id_: str, fraction: float) -> bool:

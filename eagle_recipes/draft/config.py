@@ -1,4 +1,4 @@
-"""The EAGLE-3 and EAGLE-1 default architectures, in one place, and the merge of a recipe's overrides.
+"""The EAGLE-3, EAGLE-1 and DFlash default architectures, in one place, and the merge of a recipe's overrides.
 
 A draft is fully described by `DraftConfig`: the defaults below, then the recipe's `[draft.overrides]`, then the
 fields that must follow the base model (hidden size, vocabulary, layer count), which are filled in and cannot be
@@ -36,6 +36,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 EAGLE3_ONLY = ("aux_layer_ids", "norm_before_residual", "norm_before_fc", "fc_norm", "norm_output", "qk_norm")
 DEFAULTS["eagle1"] = {k: v for k, v in DEFAULTS["eagle3"].items() if k not in EAGLE3_ONLY}
+# DFlash (draft/dflash.py): Qwen3 layers (q/k norms always) over a block of block_size tokens, one pass
+DEFAULTS["dflash"] = {
+    **{k: v for k, v in DEFAULTS["eagle3"].items() if k not in EAGLE3_ONLY or k == "aux_layer_ids"},
+    "num_hidden_layers": 2,
+    "block_size": 8,  # the block: the token just produced and block_size - 1 mask slots (drafts per pass)
+    "mask_token_id": None,  # None: the tokenizer's mask token, else its last added special token not in chats
+}
 
 # Fields that must equal the base model's: the draft reads the target's embeddings and hidden states.
 DERIVED = ("hidden_size", "vocab_size", "target_num_layers", "draft_vocab_size")
@@ -45,6 +52,11 @@ class DraftConfigError(ValueError):
     def __init__(self, key: str, message: str, hint: str = ""):
         self.key, self.message, self.hint = key, message, hint
         super().__init__(f"{key}: {message}" + (f" ({hint})" if hint else ""))
+
+
+def reads_aux_states(algorithm: str) -> bool:
+    """EAGLE-3 and DFlash read the base model's aux hidden states; EAGLE-1 its final state."""
+    return algorithm in ("eagle3", "dflash")
 
 
 def text_config(config: dict) -> dict:
@@ -117,6 +129,8 @@ class DraftConfig:
     fc_norm: bool = False
     norm_output: bool = False
     qk_norm: bool = False
+    block_size: int = 0  # DFlash
+    mask_token_id: int | None = None  # DFlash
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,12 +192,19 @@ def build_draft_config(
     if heads % values["num_key_value_heads"]:
         raise DraftConfigError("draft.overrides.num_key_value_heads",
                                f"{values['num_key_value_heads']} does not divide num_attention_heads={heads}")
-    if algorithm == "eagle3":
+    if algorithm == "dflash":
+        values["qk_norm"] = True
+        if values["block_size"] < 2:
+            raise DraftConfigError("draft.overrides.block_size", f"{values['block_size']} leaves no token to draft",
+                                   "use at least 2 (the token just produced and one mask slot)")
+    if algorithm in ("eagle3", "dflash"):
         ids = values["aux_layer_ids"] or default_aux_layer_ids(base.num_hidden_layers)
-        bad = [i for i in ids if not 0 <= i < base.num_hidden_layers]
+        lowest = 1 if algorithm == "dflash" else 0  # DFlash names layer outputs (id - 1): the embeddings have none
+        bad = [i for i in ids if not lowest <= i < base.num_hidden_layers]
         if bad:
             raise DraftConfigError("draft.overrides.aux_layer_ids", f"ids {bad} are outside the base model's "
-                                   f"{base.num_hidden_layers} layers", f"use ids in 0..{base.num_hidden_layers - 1}")
+                                   f"{base.num_hidden_layers} layers",
+                                   f"use ids in {lowest}..{base.num_hidden_layers - 1}")
         if len(set(ids)) != len(ids):
             raise DraftConfigError("draft.overrides.aux_layer_ids", f"ids {ids} repeat a layer",
                                    "serving engines de-duplicate them and then fail; give distinct ids")

@@ -13,25 +13,27 @@ from eagle_recipes.draft.layouts import layout_config, to_layout
 
 def speculative_method(algorithm: str) -> str:
     """vLLM's `speculative_config.method` for a draft algorithm."""
-    return "eagle3" if algorithm == "eagle3" else "eagle"
+    return {"eagle3": "eagle3", "eagle1": "eagle", "dflash": "dflash"}[algorithm]
 
 
-def sglang_algorithm(algorithm: str) -> str:
-    """SGLang's `--speculative-algorithm` for a draft algorithm."""
-    return "EAGLE3" if algorithm == "eagle3" else "EAGLE"
+def sglang_algorithm(algorithm: str) -> str | None:
+    """SGLang's `--speculative-algorithm` for a draft algorithm (None: this project serves it with vLLM only)."""
+    return {"eagle3": "EAGLE3", "eagle1": "EAGLE"}.get(algorithm)
 
 
 def export_layout(algorithm: str, requested: str) -> str:
-    """The layout an export writes: EAGLE-1 has one (vLLM's `eagle`); EAGLE-3 the recipe's `export.layout`."""
-    return "eagle1" if algorithm == "eagle1" else requested
+    """The layout an export writes: EAGLE-1 and DFlash have one each; EAGLE-3 the recipe's `export.layout`."""
+    return algorithm if algorithm in ("eagle1", "dflash") else requested
 
 
 def serving_snippet(base: str, draft: Path | str, algorithm: str, k: int) -> str:
     """The vLLM and SGLang commands that serve `draft` beside `base` with k draft tokens."""
     sglang = sglang_algorithm(algorithm)
     spec = json.dumps({"method": speculative_method(algorithm), "model": str(draft), "num_speculative_tokens": k})
-    return (f"# Serve with vLLM\nvllm serve {base} --speculative-config '{spec}'\n\n"
-            f"# Serve with SGLang\npython -m sglang.launch_server --model-path {base} \\\n"
+    vllm = f"# Serve with vLLM\nvllm serve {base} --speculative-config '{spec}'\n"
+    if sglang is None:
+        return vllm
+    return (vllm + f"\n# Serve with SGLang\npython -m sglang.launch_server --model-path {base} \\\n"
             f"  --speculative-algorithm {sglang} --speculative-draft-model-path {draft} \\\n"
             f"  --speculative-num-steps {k} --speculative-eagle-topk 1 --speculative-num-draft-tokens {k + 1}\n")
 
@@ -48,7 +50,7 @@ def write_draft(folder: Path, state: dict, config: DraftConfig, layout: str, dty
     torch_dtype = getattr(torch, dtype)
     tensors = {name: tensor.detach().to(torch_dtype).contiguous()
                for name, tensor in to_layout(state, layout).items()}
-    if layout != "eagle1" and config.draft_vocab_size != config.vocab_size:
+    if layout != "eagle1" and config.draft_vocab_size != config.vocab_size:  # EAGLE-3 and DFlash
         tensors["d2t"] = d2t.to(torch.int64).contiguous()
         tensors["t2d"] = t2d.to(torch.bool).contiguous()
     with atomic_path(folder) as tmp:

@@ -29,13 +29,15 @@ FLOAT_DTYPES = {"F32", "BF16", "F16"}
 def layout_of(config: dict) -> str:
     if config.get("speculators_model_type"):
         return "speculators"
+    if "DFlash" in " ".join(config.get("architectures", [])) or "dflash_config" in config:
+        return "dflash"
     if "Eagle3" in " ".join(config.get("architectures", [])) or "eagle_config" in config:
         return "flat"
     return "eagle1"
 
 
 def algorithm_of(layout: str) -> str:
-    return "eagle1" if layout == "eagle1" else "eagle3"
+    return layout if layout in ("eagle1", "dflash") else "eagle3"
 
 
 # ---------------------------------------------------------------- config.json
@@ -61,7 +63,15 @@ def config_facts(config: dict) -> dict[str, Any]:
     for key, default in (("hidden_act", "silu"), ("rms_norm_eps", 1e-6), ("rope_theta", 10000.0),
                          ("rope_scaling", None), ("max_position_embeddings", 4096)):
         facts[key] = body.get(key, default)
-    if layout != "eagle1":
+    if layout == "dflash":  # vLLM's DFlash names layer outputs: target_layer_ids + 1 are our aux ids
+        dflash = config.get("dflash_config") or {}
+        ids = dflash.get("target_layer_ids")
+        facts.update(draft_vocab_size=config.get("draft_vocab_size") or body["vocab_size"],
+                     target_hidden_size=config.get("target_hidden_size") or body["hidden_size"],
+                     aux_layer_ids=[i + 1 for i in ids or [0, 0, 0]], aux_ids_written=bool(ids),
+                     block_size=int(config.get("block_size") or 0), mask_token_id=dflash.get("mask_token_id"),
+                     qk_norm=True)
+    elif layout != "eagle1":
         facts["draft_vocab_size"] = config.get("draft_vocab_size") or body["vocab_size"]
         facts["target_hidden_size"] = config.get("target_hidden_size") or body["hidden_size"]
         ids = (config.get("eagle_config") or {}).get("eagle_aux_hidden_state_layer_ids") \
@@ -98,6 +108,12 @@ def layout_config(config: DraftConfig, layout: str, dtype: str, base_model: str,
     llama = _llama_fields(config, dtype)
     if layout == "eagle1":
         return {**llama, "architectures": ["LlamaForCausalLM"]}
+    if layout == "dflash":  # Qwen3 layers; `block_size` documents the block (vLLM drafts num_speculative_tokens)
+        return {**llama, "architectures": ["DFlashDraftModel"], "draft_vocab_size": config.draft_vocab_size,
+                "target_hidden_size": config.hidden_size, "block_size": config.block_size,
+                "layer_types": ["full_attention"] * config.num_hidden_layers,
+                "dflash_config": {"mask_token_id": config.mask_token_id,
+                                  "target_layer_ids": [i - 1 for i in config.aux_layer_ids]}}
     eagle3 = {"draft_vocab_size": config.draft_vocab_size, "target_hidden_size": config.hidden_size,
               "norm_before_residual": config.norm_before_residual, "norm_before_fc": config.norm_before_fc,
               "fc_norm": config.fc_norm, "norm_output": config.norm_output}
@@ -169,6 +185,7 @@ def draft_config_from_facts(facts: dict[str, Any], layout: str) -> DraftConfig:
         head_dim=facts["head_dim"], hidden_act=facts["hidden_act"], rms_norm_eps=facts["rms_norm_eps"],
         rope_theta=facts["rope_theta"], rope_scaling=facts["rope_scaling"],
         max_position_embeddings=facts["max_position_embeddings"],
+        block_size=facts.get("block_size", 0), mask_token_id=facts.get("mask_token_id"),
         aux_layer_ids=tuple(facts.get("aux_layer_ids", ())),
         norm_before_residual=facts.get("norm_before_residual", False),
         **{switch: facts.get(switch, False) for switch in ("norm_before_fc", "fc_norm", "norm_output", "qk_norm")})
@@ -211,10 +228,12 @@ def required_tensors(layout: str, c: dict, first_layer: str | None = None) -> di
         for i in range(layers):
             out.update(_layer(f"layers.{i}", c, hidden, input_norm=i > 0, hidden_norm=False))
         return {k: (v, None) for k, v in out.items()}
-    first = first_layer or ("midlayer" if layout == "flat" else "layers.0")
-    out.update(_layer(first, c, 2 * hidden, input_norm=True, hidden_norm=True))
-    for i in range(1, layers):
-        out.update(_layer(f"layers.{i}", c, hidden, input_norm=True, hidden_norm=False))
+    if layout == "dflash":  # Qwen3 layers (q/k norms), fc and hidden_norm over the context, norm, LM head
+        for i in range(layers):
+            out.update(_layer(f"layers.{i}", {**c, "qk_norm": True}, hidden, input_norm=True, hidden_norm=False))
+        out["hidden_norm.weight"] = (hidden,)
+    else:
+        out.update(_eagle3_layers(first_layer or ("midlayer" if layout == "flat" else "layers.0"), c))
     aux, target_hidden = len(c["aux_layer_ids"]), c["target_hidden_size"]
     out["fc.weight"] = (hidden, aux * target_hidden)
     if c.get("norm_before_fc"):
@@ -227,6 +246,15 @@ def required_tensors(layout: str, c: dict, first_layer: str | None = None) -> di
     if c["draft_vocab_size"] != c["vocab_size"]:
         result["d2t"] = ((c["draft_vocab_size"],), "I64")  # without it vLLM maps draft ids with zeros
     return result
+
+
+def _eagle3_layers(first: str, c: dict) -> dict[str, tuple]:
+    """EAGLE-3's first layer (2H wide input, hidden_norm) and the plain layers after it."""
+    hidden = c["hidden_size"]
+    out = _layer(first, c, 2 * hidden, input_norm=True, hidden_norm=True)
+    for i in range(1, c["num_hidden_layers"]):
+        out.update(_layer(f"layers.{i}", c, hidden, input_norm=True, hidden_norm=False))
+    return out
 
 
 def optional_tensors(layout: str, c: dict) -> dict[str, TensorSpec]:
@@ -252,7 +280,7 @@ def to_layout(state: dict, layout: str) -> dict:
     """Our module names -> the layout's names (EAGLE-3 extra layers are numbered from 1)."""
     renamed = {}
     for name, tensor in state.items():
-        if layout in ("flat", "speculators") and name.startswith("layers."):
+        if layout in ("flat", "speculators") and name.startswith("layers."):  # DFlash: our names as they are
             index, rest = name.split(".", 2)[1:]
             name = f"layers.{int(index) + 1}.{rest}"
         if layout == "speculators" and name.startswith("midlayer."):
@@ -267,7 +295,7 @@ def from_layout(tensors: dict, layout: str) -> dict:
     for name, tensor in tensors.items():
         if name in ("d2t", "t2d", "embed_tokens.weight"):
             continue
-        if layout != "eagle1" and name.startswith("layers."):
+        if layout in ("flat", "speculators") and name.startswith("layers."):
             index, rest = name.split(".", 2)[1:]
             name = f"midlayer.{rest}" if index == "0" else f"layers.{int(index) - 1}.{rest}"
         state[name] = tensor

@@ -14,7 +14,16 @@ whose target top token is not a draft token carry no loss anyway (draft/ttt.py).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+@dataclass
+class StepStats:
+    loss: float
+    correct: int  # counted columns where the draft's top token is the target's top token
+    counted: int  # columns whose label is under the loss mask (in the draft vocabulary or not)
+
 
 LOSSES = ("kl", "tv", "nla", "lk_hybrid")
 LK_HYBRID_ETA = 3.0

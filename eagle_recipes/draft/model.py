@@ -14,39 +14,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers import LlamaConfig
-from transformers.models.llama.modeling_llama import (
-    LlamaRotaryEmbedding,
-    apply_rotary_pos_emb,
-)
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from eagle_recipes.draft.config import DraftConfig
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, size: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
-
-
-class MLP(nn.Module):
-    def __init__(self, hidden: int, intermediate: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+from eagle_recipes.draft.dflash import DFlashDraft
+from eagle_recipes.draft.layers import MLP, RMSNorm, _rotary
 
 
 class TTTCache:
@@ -136,19 +109,6 @@ class DecoderLayer(nn.Module):
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
-def _rotary(config: DraftConfig) -> LlamaRotaryEmbedding:
-    """The draft's rotary embedding. `rope_theta` and `rope_scaling` are the keywords both transformers 4.x and
-    5.x read (5.x folds them into `rope_parameters`); tests check the frequencies against the config."""
-    scaling = None
-    if config.rope_scaling:
-        scaling = dict(config.rope_scaling)
-        scaling["rope_type"] = scaling.get("rope_type", scaling.get("type", "default"))
-    llama = LlamaConfig(hidden_size=config.hidden_size, num_attention_heads=config.num_attention_heads,
-                        head_dim=config.head_dim, max_position_embeddings=config.max_position_embeddings,
-                        rope_theta=config.rope_theta, rope_scaling=scaling)
-    return LlamaRotaryEmbedding(llama)
-
-
 class EagleDraft(nn.Module):
     """Shared unroll: `step` runs the decoder stack once on (token embedding, hidden) for every position."""
 
@@ -228,5 +188,6 @@ class Eagle1Draft(EagleDraft):
                             query_positions)
 
 
-def build_draft(config: DraftConfig) -> EagleDraft:
-    return Eagle3Draft(config) if config.algorithm == "eagle3" else Eagle1Draft(config)
+def build_draft(config: DraftConfig) -> EagleDraft | DFlashDraft:
+    drafts = {"eagle3": Eagle3Draft, "eagle1": Eagle1Draft, "dflash": DFlashDraft}
+    return drafts[config.algorithm](config)

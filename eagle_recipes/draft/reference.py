@@ -1,4 +1,5 @@
-"""The reference decoder: greedy chain drafting over a target and a draft, in plain PyTorch.
+"""The reference decoder: greedy chain drafting over a target and a draft, in plain PyTorch (a DFlash draft
+proposes its block in one pass instead: draft/dflash.py's `draft_block`).
 
 It is the oracle of the draft model. It runs the draft exactly as a serving engine does (each draft step one
 position further on, reading the draft's own output as the next step's hidden state) but recomputes the whole
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from eagle_recipes.draft.config import DraftConfig
+from eagle_recipes.draft.dflash import DFlashDraft, draft_block
 from eagle_recipes.draft.model import EagleDraft, TTTCache
 from eagle_recipes.draft.target import target_features
 
@@ -76,10 +78,10 @@ def draft_chain(draft: EagleDraft, config: DraftConfig, embed, lm_head, features
     return proposals, step_logits
 
 
-def reference_generate(target, draft: EagleDraft, config: DraftConfig, d2t: torch.Tensor, prompt_ids: list[int],
+def reference_generate(target, draft: EagleDraft | DFlashDraft, config: DraftConfig, d2t: torch.Tensor, prompt_ids: list[int],
                        k: int, max_tokens: int, eos_ids: set[int]) -> tuple[list[int], Acceptance]:
     """Greedy chain drafting of k tokens per verify step; exact target greedy output by construction."""
-    draft_to_target = torch.arange(config.draft_vocab_size) + d2t if config.algorithm == "eagle3" else None
+    draft_to_target = torch.arange(config.draft_vocab_size) + d2t if config.algorithm != "eagle1" else None
     embed, lm_head = target.get_input_embeddings(), target.get_output_embeddings()
     stats = Acceptance(accepted_per_position=[0] * k)
     with torch.no_grad():
@@ -93,8 +95,11 @@ def reference_generate(target, draft: EagleDraft, config: DraftConfig, d2t: torc
             generated.append(bonus)
             if bonus in eos_ids or len(generated) >= max_tokens:
                 break
-            drafted, _ = draft_chain(draft, config, embed, lm_head, features, verified[1:] + [bonus], k,
-                                     draft_to_target)
+            if isinstance(draft, DFlashDraft):  # one pass: the block [bonus, MASK x k] over every verified state
+                drafted = draft_block(draft, features[0], bonus, k, embed)
+            else:
+                drafted, _ = draft_chain(draft, config, embed, lm_head, features, verified[1:] + [bonus], k,
+                                         draft_to_target)
             proposals = [int(draft_to_target[t]) for t in drafted] if draft_to_target is not None else drafted
             # verify: one target forward over the bonus and the proposals
             out = target(input_ids=torch.tensor([[bonus] + proposals]), past_key_values=cache,

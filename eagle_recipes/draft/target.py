@@ -13,11 +13,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from eagle_recipes.draft.config import reads_aux_states
+
 
 def target_features(hidden_states: Sequence[torch.Tensor], algorithm: str, aux_layer_ids) -> torch.Tensor:
-    """What the draft reads from one target forward: EAGLE-3 the aux states (ascending layer ids, concatenated),
+    """What the draft reads from one target forward: EAGLE-3 and DFlash the aux states (ascending layer ids, concatenated),
     EAGLE-1 the final normed state. `hidden_states` is transformers' output_hidden_states tuple."""
-    if algorithm == "eagle3":
+    if reads_aux_states(algorithm):
         return torch.cat([hidden_states[i] for i in aux_layer_ids], dim=-1)
     return hidden_states[-1]
 

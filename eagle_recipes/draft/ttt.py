@@ -19,7 +19,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from eagle_recipes.draft.losses import position_losses
+from eagle_recipes.draft.losses import StepStats, position_losses
 from eagle_recipes.draft.model import Eagle1Draft, Eagle3Draft, EagleDraft, TTTCache
 
 EAGLE1_CLASSIFICATION_WEIGHT = 0.1  # EAGLE paper: L = L_reg + 0.1 L_cls
@@ -35,13 +35,6 @@ class TargetOutputs:
     draft_logits: torch.Tensor  # [B, T, K] target logits restricted to the draft vocabulary
     top_in_draft: torch.Tensor  # [B, T] bool: the target's argmax over its full vocabulary is a draft token
     hidden: torch.Tensor  # EAGLE-3: [B, T, 3H] aux states; EAGLE-1: [B, T, H] final normed states
-
-
-@dataclass
-class StepStats:
-    loss: float
-    correct: int  # counted columns where the draft's top token is the target's top token
-    counted: int  # columns whose label is under the loss mask (in the draft vocabulary or not)
 
 
 @dataclass
@@ -143,7 +136,9 @@ class TTTObjective(torch.nn.Module):
         super().__init__()
         self.draft, self.steps, self.decay, self.loss_kind = draft, steps, decay, loss_kind
 
-    def forward(self, target: TargetOutputs, embed: torch.nn.Embedding, lm_head: torch.nn.Linear | None = None):
+    def forward(self, target: TargetOutputs, embed: torch.nn.Embedding, lm_head: torch.nn.Linear | None = None,
+                draw: int = 0):
+        """`draw` (which micro-batch this is) is for objectives that sample; the unroll samples nothing."""
         return ttt_loss(self.draft, target, embed, self.steps, self.decay, lm_head, loss_kind=self.loss_kind)
 
 

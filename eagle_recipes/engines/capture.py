@@ -21,6 +21,7 @@ import numpy as np
 
 from eagle_recipes.data.sequences import Sequences
 from eagle_recipes.devices import available_device, compute_dtype, has_gpu_here, torch_threads
+from eagle_recipes.draft.config import reads_aux_states
 from eagle_recipes.engines.actor_pool import TaskActor
 
 TOKENS_PER_FORWARD = 4096  # sequences are batched up to this many (padded) tokens per forward
@@ -135,7 +136,7 @@ class CaptureActor(TaskActor):
         tensors = {"hidden": torch.cat([r["hidden"] for r in rows]).to(stored),
                    "top": torch.cat([r["top"] for r in rows]).to(torch.int32),
                    "input_ids": torch.from_numpy(np.concatenate(sequences).astype(np.int32))}
-        if self.spec.algorithm == "eagle3":
+        if reads_aux_states(self.spec.algorithm):
             tensors["final"] = torch.cat([r["final"] for r in rows]).to(stored)
         write_shard(shard_path(Path(self.spec.out) / folder, shard), first, tensors)
         return {"shard": shard, "folder": folder, "sequences": count, "tokens": int(tensors["input_ids"].numel()),

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from eagle_recipes.devices import compute_dtype, has_gpu_here
+from eagle_recipes.draft.config import reads_aux_states
 
 
 class VLLMCaptureEngine:
@@ -35,7 +36,7 @@ class VLLMCaptureEngine:
 
         facts = base_model_facts(spec.model_path)
         self.spec, self.eps = spec, facts.rms_norm_eps
-        self.layer_ids = (list(spec.aux_layer_ids) if spec.algorithm == "eagle3" else []) + [facts.num_hidden_layers]
+        self.layer_ids = (list(spec.aux_layer_ids) if reads_aux_states(spec.algorithm) else []) + [facts.num_hidden_layers]
         self.storage = Path(tempfile.mkdtemp(prefix="eagle-recipes-states-"))  # the engine's files, read at once
         kwargs: dict[str, Any] = dict(
             model=spec.model_path, tensor_parallel_size=spec.tensor_parallel_size,
@@ -82,7 +83,7 @@ class VLLMCaptureEngine:
             final = raw_final * torch.rsqrt(raw_final.pow(2).mean(-1, keepdim=True) + self.eps) * self.norm
             final = final.to(self.compute)
             top = top_tokens(lambda x: x @ self.lm_head.T, final)
-            hidden = states[:, :-1].reshape(len(ids), -1) if self.spec.algorithm == "eagle3" else final
+            hidden = states[:, :-1].reshape(len(ids), -1) if reads_aux_states(self.spec.algorithm) else final
             rows.append({"hidden": hidden.cpu(), "final": final.cpu(), "top": top.cpu()})
         return rows
 

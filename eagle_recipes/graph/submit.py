@@ -18,7 +18,7 @@ from eagle_recipes.recipe import Recipe
 
 
 def named_files(recipe: Recipe) -> list[Path]:
-    """Every file the recipe names (they must travel with the job)."""
+    """Every file (and dataset folder) the recipe names (they must travel with the job)."""
     return [recipe.resolve(path) for _, path in recipe.named_files()]
 
 
@@ -31,7 +31,10 @@ def stage_job_folder(recipe: Recipe) -> tuple[Path, str]:
     for path in files:
         target = folder / path.relative_to(root)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, target)
+        if path.is_dir():  # a dataset folder in the Hub's layout
+            shutil.copytree(path, target, dirs_exist_ok=True)
+        else:
+            shutil.copy2(path, target)
     return folder, str(recipe.path.relative_to(root))
 
 

@@ -42,7 +42,7 @@ def _schema_problem(error: ValidationError, file: str, lines: dict[str, int]) ->
     line = line_of(lines, path)
     validator, instance = error.validator, error.instance
     if validator == "additionalProperties":
-        allowed = field_names(re.sub(r"\.\d+", "", path))
+        allowed = list(error.schema.get("properties", {})) or field_names(re.sub(r"\.\d+", "", path))
         problems = []
         for key in sorted(set(instance) - set(allowed)):
             full = f"{path}.{key}" if path else key
@@ -66,6 +66,9 @@ def _schema_problem(error: ValidationError, file: str, lines: dict[str, int]) ->
                         f"{hint}choose one of them".strip())]
     if validator == "oneOf" and path.endswith("temperature"):
         return [Problem(file, line, path, f"{instance!r} is not a number >= 0 or a list of them")]
+    if validator == "oneOf" and isinstance(instance, dict):  # a table where a string or a table goes: its own errors
+        table_errors = [e for e in error.context if e.validator != "type" or list(e.relative_schema_path)[1:] != ["type"]]
+        return [problem for e in table_errors for problem in _schema_problem(e, file, lines)]
     if validator == "pattern":
         description = error.schema.get("description", "")
         return [Problem(file, line, path, f"{instance!r} does not match {error.validator_value}", description)]
@@ -94,10 +97,15 @@ def _check_files(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
 def _check_data_files(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
     """The first rows of each data file must be readable in their format (the stages read the rest)."""
     from eagle_recipes.data.formats import check_data_file
+    from eagle_recipes.data.sources import DatasetSource, shape_problem
 
     problems = []
+    for source in recipe.prompt_sources():
+        problem = shape_problem(source) if isinstance(source, DatasetSource) else ""
+        if problem:
+            problems.append(Problem(str(recipe.path), line_of(lines, source.key), f"{source.key}.dataset", problem))
     for key, relative in recipe.named_files():
-        if not key.startswith(("data.prompts", "data.conversations", "eval.prompts")):
+        if not key.startswith(("data.prompts", "data.conversations", "eval.prompts")) or key.endswith(".dataset"):
             continue
         path = recipe.resolve(relative)
         if not path.exists():
@@ -137,10 +145,18 @@ def _check_against_model(recipe: Recipe, raw: dict, lines: dict[str, int]) -> li
                                 f"{written_vocab} is larger than the base model's vocabulary ({facts.vocab_size})",
                                 f"use at most {facts.vocab_size}; {facts.vocab_size} means no compression"))
     try:
-        build_draft_config(recipe.draft.algorithm, recipe.draft.overrides, facts, recipe.vocab.draft_vocab_size)
+        draft = build_draft_config(recipe.draft.algorithm, recipe.draft.overrides, facts,
+                                   recipe.vocab.draft_vocab_size)
     except DraftConfigError as error:
         problems.append(Problem(file, line_of(lines, error.key), error.key, error.message, error.hint))
         return problems
+    k = recipe.eval.num_speculative_tokens
+    if draft.algorithm == "dflash" and k > draft.block_size - 1:
+        problems.append(Problem(file, line_of(lines, "eval.num_speculative_tokens") or line_of(lines, "eval"),
+                                "eval.num_speculative_tokens",
+                                f"{k} mask slots, but the DFlash block of {draft.block_size} trains "
+                                f"{draft.block_size - 1}", f"use at most {draft.block_size - 1}, or raise "
+                                "draft.overrides.block_size"))
     return problems + _check_worker_memory(recipe, lines)
 
 
@@ -199,8 +215,8 @@ def _check_training_levers(recipe: Recipe, lines: dict[str, int]) -> list[Proble
     if train.simulate_every and not recipe.dataset.holdout_fraction:
         problem("train.simulate_every", "simulated acceptance replays the held-out split, which is empty",
                 "set data.holdout_fraction (e.g. 0.05)")
-    if train.feature_noise and recipe.draft.algorithm != "eagle3":
-        problem("train.feature_noise", "noise goes on the aux hidden states only EAGLE-3 reads",
+    if train.feature_noise and recipe.draft.algorithm == "eagle1":
+        problem("train.feature_noise", "noise goes on the aux hidden states, which EAGLE-1 does not read",
                 "remove it, or use draft.algorithm = \"eagle3\"")
     return problems
 

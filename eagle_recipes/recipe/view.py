@@ -53,9 +53,20 @@ class Recipe:
     def eval_prompt_files(self) -> list[str]:
         return [p for p in self.eval.prompts if p not in NAMED_PROMPT_SETS]
 
+    def prompt_sources(self) -> list:
+        """data.prompts as sources: file paths, and datasets by name (data/sources.py), paths made absolute."""
+        from eagle_recipes.data.sources import source_of
+
+        return [source_of(entry, f"data.prompts.{i}", self.resolve) for i, entry in enumerate(self.dataset.prompts)]
+
     def named_files(self) -> list[tuple[str, str]]:
-        """Every file the recipe names, as (TOML key, path as written): checked by validate, sent by submit."""
-        named = [(f"data.prompts.{i}", p) for i, p in enumerate(self.dataset.prompts)]
+        """Every file (or dataset folder) the recipe names, as (TOML key, path as written): checked by validate,
+        sent by submit. Hub datasets are not files."""
+        from eagle_recipes.data.sources import DatasetSource
+
+        named = [(f"data.prompts.{i}", p) for i, p in enumerate(self.dataset.prompts) if isinstance(p, str)]
+        named += [(f"{s.key}.dataset", s.dataset) for s in self.prompt_sources()
+                  if isinstance(s, DatasetSource) and s.is_local]
         named += [(f"data.conversations.{i}", p) for i, p in enumerate(self.dataset.conversations)]
         named += [(f"eval.prompts.{self.eval.prompts.index(p)}", p) for p in self.eval_prompt_files]
         named += [(key, value) for key, value in (("vocab.draft_vocab_cache", self.vocab.draft_vocab_cache),

@@ -191,6 +191,13 @@ class CalibrateStage(Stage):
     description = "count token frequencies, keep the top-K as the draft vocabulary (d2t/t2d)"
     headline_metric = "coverage"
 
+    @classmethod
+    def headline(cls, manifest: dict[str, Any]) -> str:
+        metrics = manifest.get("metrics", {})
+        held_out = metrics.get("holdout_coverage")
+        return (f"{metrics.get('draft_vocab_size')} tokens, covering {metrics.get('coverage', 0):.1%} of training"
+                + (f", {held_out:.1%} of held-out" if held_out is not None else ""))
+
     @staticmethod
     def enabled(recipe: Recipe) -> tuple[bool, str]:
         return calibrates(recipe)
@@ -256,9 +263,15 @@ class CalibrateStage(Stage):
         covered = mapping.t2d.numpy()
         coverage = {split: float(c[covered].sum() / max(1, c.sum())) for split, c in counts.items() if c.sum()}
         for split, value in coverage.items():
-            if value < COVERAGE_WARNING:
-                ctx.log(f"warning: the draft vocabulary covers only {value:.1%} of {split} tokens "
-                        f"(< {COVERAGE_WARNING:.0%}); raise vocab.draft_vocab_size")
+            if value >= COVERAGE_WARNING:
+                continue
+            shrunk = len(mapping.d2t) >= distinct  # every token training saw is a draft token already
+            remedy = ("more (and more varied) training conversations would; a larger draft_vocab_size cannot, "
+                      "since every token the training split holds is in it" if shrunk
+                      else "raise vocab.draft_vocab_size")
+            name = "held-out" if split == "holdout" else "training"
+            ctx.log(f"warning: the draft vocabulary covers {value:.1%} of the {name} split's tokens "
+                    f"(< {COVERAGE_WARNING:.0%}); {remedy}")
         save_mapping(mapping, ctx.out)
         with atomic_path(ctx.out / "counts.npy") as tmp, open(tmp, "wb") as handle:
             np.save(handle, train)

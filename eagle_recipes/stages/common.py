@@ -104,8 +104,12 @@ def draft_config_for(recipe: Recipe, model_path: str, draft_vocab_size: int):
     from eagle_recipes.draft.config import build_draft_config
     from eagle_recipes.models import base_model_facts
 
-    return build_draft_config(recipe.draft.algorithm, recipe.draft.overrides, base_model_facts(model_path),
-                              draft_vocab_size)
+    overrides = dict(recipe.draft.overrides)
+    if recipe.draft.algorithm == "dflash" and overrides.get("mask_token_id") is None:
+        from eagle_recipes.data.chat import mask_token_id
+
+        overrides["mask_token_id"] = mask_token_id(load_recipe_tokenizer(recipe, model_path, None))
+    return build_draft_config(recipe.draft.algorithm, overrides, base_model_facts(model_path), draft_vocab_size)
 
 
 HOLDOUT = "holdout"  # the held-out split's sequences (and, in capture, their features) in this subfolder

@@ -19,6 +19,7 @@ from typing import Any, Iterator, Protocol
 from eagle_recipes.atomic import write_jsonl
 from eagle_recipes.data.chat import strip_thinking
 from eagle_recipes.data.formats import DataFormatError, load_conversations
+from eagle_recipes.data.sources import DatasetSource
 from eagle_recipes.engines.actor_pool import TaskActor
 from eagle_recipes.engines.generation import OpenAIEngine, Sampling
 from eagle_recipes.recipe import Recipe
@@ -227,6 +228,41 @@ def _make_runner(recipe: Recipe, model_path: str, tokenizer) -> TaskRunner:
                                     settings.timeout_s, settings.max_retries, tokenizer), tokenizer)
 
 
+def describe_sources(sources: list) -> str:
+    """The prompt sources as plan shows them, with their row counts where known offline."""
+    from eagle_recipes.data.sources import count_rows
+
+    shown = []
+    for source in sources:
+        if isinstance(source, DatasetSource):
+            rows = count_rows(source)
+            where = "local" if source.is_local else f"Hub{'@' + source.revision if source.revision else ''}"
+            bound = "" if source.is_local else "up to "
+            shown.append(f"{source.label} ({where}, {f'{bound}{rows:,} rows' if rows else 'rows known once read'}"
+                         + (f", weight {source.weight:g}" if source.weight else "") + ")")
+        else:
+            shown.append(source.name)
+    return "sources: " + "; ".join(shown)
+
+
+def skipped_by_source(loaded) -> dict[str, int]:
+    return {f"{source}: {reason}": count for (source, reason), count in loaded.by_source.items()}
+
+
+def source_records(sources: list, loaded) -> list[dict]:
+    """What the manifest keeps of each source: its conversations used and, for a Hub dataset, the commit read."""
+    from eagle_recipes.data.sources import resolved_revision
+
+    records = []
+    for source in sources:
+        name = source.label if isinstance(source, DatasetSource) else source.name
+        record = {"source": name, "conversations": loaded.used.get(name, 0)}
+        if isinstance(source, DatasetSource) and not source.is_local:
+            record.update(dataset=source.dataset, revision=source.revision, commit=resolved_revision(source))
+        records.append(record)
+    return records
+
+
 class SynthesizeStage(Stage):
     name = SYNTHESIZE
     description = "the base model regenerates the assistant turns (and writes self prompts)"
@@ -248,7 +284,11 @@ class SynthesizeStage(Stage):
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:
-        return [recipe.resolve(p) for p in recipe.dataset.prompts]
+        """Prompt files, and every data file of a local dataset folder (Hub datasets: their revision setting)."""
+        files = []
+        for source in recipe.prompt_sources():
+            files += source.data_files() if isinstance(source, DatasetSource) else [source]
+        return files
 
     @staticmethod
     def outputs(recipe: Recipe) -> list[str]:
@@ -257,23 +297,26 @@ class SynthesizeStage(Stage):
     @staticmethod
     def describe_resources(recipe: Recipe) -> list[str]:
         synthesis = recipe.synthesis
+        lines = [describe_sources(recipe.prompt_sources())] if recipe.dataset.prompts else []
         if synthesis.engine == "vllm":
             per_engine = f"{synthesis.tensor_parallel_size} GPU (or 1 CPU)"
-            return [f"engines: {synthesis.replicas} x vLLM, {per_engine} each"]
-        if synthesis.engine == "openai":
-            return [f"server: {synthesis.openai.base_url}"]
-        return []
+            lines.append(f"engines: {synthesis.replicas} x vLLM, {per_engine} each")
+        elif synthesis.engine == "openai":
+            lines.append(f"server: {synthesis.openai.base_url}")
+        return lines
 
     @staticmethod
     def run(ctx: StageContext) -> dict[str, Any]:
         recipe, synthesis = ctx.recipe, ctx.recipe.synthesis
-        loaded = load_conversations([recipe.resolve(p) for p in recipe.dataset.prompts], recipe.dataset.format,
-                                    recipe.dataset.max_samples, recipe.dataset.shuffle_seed)
+        sources = recipe.prompt_sources()
+        loaded = load_conversations(sources, recipe.dataset.format, recipe.dataset.max_samples,
+                                    recipe.dataset.shuffle_seed)
         for line in loaded.skipped_lines():
             ctx.log(line)
         if not loaded.conversations and not synthesis.self_prompts:
-            raise DataFormatError(f"{', '.join(recipe.dataset.prompts)}: no usable conversation ("
-                                  + "; ".join(loaded.skipped_lines()) + "); each row needs a user turn")
+            names = ", ".join(s.label if isinstance(s, DatasetSource) else str(s) for s in sources)
+            raise DataFormatError(f"{names}: no usable conversation (" + "; ".join(loaded.skipped_lines())
+                                  + "); each row needs a user turn")
         shards_dir = ctx.out / SHARDS
         shards_dir.mkdir(parents=True, exist_ok=True)
         if synthesis.engine == "none":
@@ -309,11 +352,13 @@ class SynthesizeStage(Stage):
         return {"counts": {"conversations": done_before + generated, "generated_this_run": generated,
                            "resumed_from_earlier_run": done_before, "truncated": truncated,
                            "generated_tokens": tokens, "skipped": dict(loaded.skipped),
+                           "skipped_by_source": skipped_by_source(loaded),
                            "self_prompts": synthesis.self_prompts,
                            "shards": len(planned),
                            "engines_used": len(engines)},
                 "metrics": {"tokens_per_s": tokens / wall if wall else 0.0, "conversations": done_before + generated,
-                            "input_formats": loaded.formats}}
+                            "input_formats": loaded.formats,
+                            "sources": source_records(ctx.recipe.prompt_sources(), loaded)}}
 
 
 def _normalize_only(ctx: StageContext, loaded) -> dict[str, Any]:
@@ -321,5 +366,7 @@ def _normalize_only(ctx: StageContext, loaded) -> dict[str, Any]:
     conversations = loaded.conversations
     for index in range(0, len(conversations), size):
         write_jsonl(ctx.out / SHARDS / f"{index // size:05d}.jsonl", conversations[index: index + size])
-    return {"counts": {"conversations": len(conversations), "skipped": dict(loaded.skipped)},
-            "metrics": {"conversations": len(conversations), "input_formats": loaded.formats}}
+    return {"counts": {"conversations": len(conversations), "skipped": dict(loaded.skipped),
+                       "skipped_by_source": skipped_by_source(loaded)},
+            "metrics": {"conversations": len(conversations), "input_formats": loaded.formats,
+                            "sources": source_records(ctx.recipe.prompt_sources(), loaded)}}

@@ -50,7 +50,8 @@ def train_config(recipe: Recipe, **paths: Any):
                        init_from_target=train.init_from_target, loss=train.loss, optimizer=train.optimizer,
                        muon_lr_scale=train.muon_lr_scale, feature_noise=train.feature_noise,
                        simulate_every=train.simulate_every, simulate_k=recipe.eval.num_speculative_tokens,
-                       keep_best=train.keep_best and bool(train.simulate_every))
+                       keep_best=train.keep_best and bool(train.simulate_every), anchors=train.anchors,
+                       block_loss_decay=train.block_loss_decay)
 
 
 def compute_precision(precision: str, use_gpu: bool) -> str:
@@ -61,12 +62,13 @@ def compute_precision(precision: str, use_gpu: bool) -> str:
 
 
 def vocab_mapping(recipe: Recipe, upstream: dict[str, Path], model_path: str):
-    """The draft vocabulary: calibrate's (or the recipe's cache) for EAGLE-3, the whole vocabulary for EAGLE-1."""
+    """The draft vocabulary: calibrate's (or the recipe's cache) for EAGLE-3 and DFlash, the whole vocabulary for
+    EAGLE-1."""
     from eagle_recipes.draft.vocab import identity_mapping, load_d2t
     from eagle_recipes.models import base_model_facts
 
     vocab_size = base_model_facts(model_path).vocab_size
-    if recipe.draft.algorithm == "eagle3":
+    if recipe.draft.algorithm != "eagle1":
         return load_d2t(vocab_file(recipe, upstream), vocab_size)
     return identity_mapping(vocab_size)
 

@@ -46,6 +46,12 @@ class TrainConfig:
     holdout_folder: str = ""  # the held-out sequences (data.npz) the simulation replays
     holdout_capture_dir: str = ""  # their captured features (cached training)
     keep_best: bool = False  # the trained draft is the checkpoint of the best simulated tau
+    anchors: int = 64  # DFlash: blocks per sequence
+    block_loss_decay: float = 4.0  # DFlash: slot k weighs exp(-(k-1)/this)
+
+    @property
+    def block_size(self) -> int:
+        return int(self.draft_config.get("block_size") or 0)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

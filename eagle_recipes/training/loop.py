@@ -16,6 +16,7 @@ import torch
 from eagle_recipes.data.sequences import Sequences
 from eagle_recipes.devices import compute_dtype, worker_device
 from eagle_recipes.draft.config import DraftConfig
+from eagle_recipes.draft.dflash import DFlashObjective
 from eagle_recipes.draft.model import EagleDraft, build_draft
 from eagle_recipes.draft.ttt import TargetOutputs, TTTObjective
 from eagle_recipes.trackers import TrackingSpec, step_scalars
@@ -68,8 +69,7 @@ def setup(config: TrainConfig, rank: int, world: int, local_rank: int) -> Traini
     if state is not None:  # weights go in before any wrapper reshapes the parameters
         draft.load_state_dict(state["draft"])
         step = state["step"]
-    objective = wrap_objective(TTTObjective(draft, config.ttt_steps, config.ttt_decay, config.loss),
-                               config.strategy, world, device)
+    objective = wrap_objective(make_objective(draft, config), config.strategy, world, device)
     optimizer = build_optimizer(objective, config.optimizer, config.lr, config.weight_decay, config.muon_lr_scale)
     if state is not None:
         checkpointer.restore_optimizer(objective, optimizer, state["optimizer"])
@@ -82,6 +82,13 @@ def setup(config: TrainConfig, rank: int, world: int, local_rank: int) -> Traini
     return Training(config, draft, objective, optimizer, target, sequences, checkpointer, device, rank, world, step,
                     total, per_epoch, held_out_of(config, target, draft_config, draft_ids, device),
                     best["tau"] if best else 0.0)
+
+
+def make_objective(draft, config: TrainConfig) -> torch.nn.Module:
+    """What one forward trains: the training-time-test unroll (EAGLE), or the block objective (DFlash)."""
+    if training_algorithm(config) == "dflash":
+        return DFlashObjective(draft, config.anchors, config.block_loss_decay, config.loss, config.seed)
+    return TTTObjective(draft, config.ttt_steps, config.ttt_decay, config.loss)
 
 
 def held_out_of(config: TrainConfig, target: TargetSource, draft_config: DraftConfig, draft_ids: torch.Tensor,
@@ -111,7 +118,7 @@ def train_step(training: Training) -> dict[str, Any]:
     lr = learning_rate(training.step, training.total, config.lr, config.warmup_ratio, config.schedule)
     set_learning_rate(training.optimizer, lr)
     training.optimizer.zero_grad(set_to_none=True)
-    sums = np.zeros((config.ttt_steps, 3))
+    sums = np.zeros((config.block_size - 1 if training_algorithm(config) == "dflash" else config.ttt_steps, 3))
     tokens = 0
     lm_head = training.target.draft_head if training.draft.config.algorithm == "eagle1" else None
     for micro in range(config.grad_accum):
@@ -121,11 +128,11 @@ def train_step(training: Training) -> dict[str, Any]:
                                                                                   config.loss_on))
         tokens += int(padding.sum())
         outputs = training.target.outputs(input_ids, loss_mask, padding, indices)
-        if config.feature_noise and training_algorithm(config) == "eagle3":
-            draw = (training.step * config.grad_accum + micro) * training.world + training.rank
+        draw = (training.step * config.grad_accum + micro) * training.world + training.rank  # seeds what is random
+        if config.feature_noise and training_algorithm(config) != "eagle1":
             outputs = with_feature_noise(outputs, config.feature_noise, config.seed, draw)
         with torch.autocast(training.device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
-            loss, stats = training.objective(outputs, training.target.embed, lm_head)
+            loss, stats = training.objective(outputs, training.target.embed, lm_head, draw)
         (loss / config.grad_accum).backward()
         for j, s in enumerate(stats):
             sums[j] += (s.loss, s.correct, s.counted)

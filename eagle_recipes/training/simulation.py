@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from eagle_recipes.data.sequences import Sequences
+from eagle_recipes.draft.dflash import DFlashDraft, dflash_correctness
 from eagle_recipes.draft.model import EagleDraft
 from eagle_recipes.draft.reference import Acceptance, simulate_greedy_chain
 from eagle_recipes.draft.ttt import step_correctness
@@ -40,7 +41,10 @@ def simulated_acceptance(draft: EagleDraft, held_out: HeldOut, k: int, embed, de
         for index in range(held_out.sequences.count):
             input_ids, loss_mask, padding = (t.to(device) for t in collate(held_out.sequences, [index], "assistant"))
             outputs = held_out.target.outputs(input_ids, loss_mask, padding, [index])
-            correct = step_correctness(draft, outputs, embed, k, lm_head)[:, 0]
+            if isinstance(draft, DFlashDraft):
+                correct = dflash_correctness(draft, outputs, embed, k)[:, 0]
+            else:
+                correct = step_correctness(draft, outputs, embed, k, lm_head)[:, 0]
             for first, end in assistant_spans(held_out.sequences.mask_of(index)):
                 if first > 0:
                     total.add(simulate_greedy_chain(correct, first - 1, end))

@@ -1,0 +1,144 @@
+"""DFlash, the one-pass block drafter: the training forward (every anchor of a sequence at once, each block seeing
+the context before its anchor) equals drafting one block at a time over the context cut at the anchor, as the
+engine and the reference decoder draft, and stops being equal when the block's visibility or positions are
+perturbed; its simulated acceptance equals the reference decoder's; vLLM serves its export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from eagle_recipes.draft import dflash
+from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
+from eagle_recipes.draft.model import build_draft
+from eagle_recipes.training.target_source import target_outputs
+
+VOCAB, HIDDEN, SEQ, BLOCK = 96, 64, 14, 5
+
+
+def _setup():
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=128, num_hidden_layers=8,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         rope_theta=10000.0, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    target = LlamaForCausalLM(config).eval()
+    facts = BaseModelFacts.from_config(target.config.to_dict())
+    draft_config = build_draft_config("dflash", {"intermediate_size": 96, "block_size": BLOCK, "mask_token_id": 7},
+                                      facts, 48)
+    torch.manual_seed(1)
+    draft = build_draft(draft_config).eval()
+    with torch.no_grad():
+        for parameter in draft.parameters():
+            parameter.normal_(1.0 if parameter.dim() == 1 else 0.0, 0.3)
+    torch.manual_seed(2)
+    ids = torch.randint(0, VOCAB, (1, SEQ))
+    draft_ids = torch.arange(48) * 2
+    outputs = target_outputs(target, ids, torch.ones_like(ids), torch.ones_like(ids), draft_config.aux_layer_ids,
+                             draft_ids, "dflash")
+    return target, draft, outputs
+
+
+def _one_block_at_a_time(draft, outputs, embed, anchor: int) -> torch.Tensor:
+    """The block at `anchor` as the engine drafts it: the context cut at the anchor, positions anchor.. ."""
+    ids = outputs.input_ids[0]
+    tokens = torch.tensor([[int(ids[anchor])] + [draft.config.mask_token_id] * (BLOCK - 1)])
+    context = draft.context(outputs.hidden[0, :anchor])
+    return draft.block_forward(context, embed(tokens), torch.arange(anchor, anchor + BLOCK)[None],
+                               torch.ones(1, anchor, dtype=torch.bool))[0]
+
+
+def _compare(draft, outputs, embed) -> None:
+    anchors = torch.arange(0, SEQ - 1)
+    with torch.no_grad():
+        batched = dflash.blocks_at(draft, outputs.hidden[0], outputs.input_ids[0], anchors, embed)
+        for index, anchor in enumerate(anchors.tolist()):
+            reference = _one_block_at_a_time(draft, outputs, embed, anchor)
+            scale = float(reference.abs().max())
+            torch.testing.assert_close(batched[index], reference, atol=2e-5 * scale, rtol=1e-4,
+                                       msg=lambda m: f"anchor {anchor}: {m}")
+
+
+def test_training_blocks_equal_drafting_one_block_at_a_time():
+    target, draft, outputs = _setup()
+    _compare(draft, outputs, target.get_input_embeddings())
+
+
+@pytest.mark.parametrize("perturbation", ["context visible at the anchor", "block shifted one position"])
+def test_the_oracle_fails_when_the_block_mask_or_positions_are_perturbed(monkeypatch, perturbation):
+    target, draft, outputs = _setup()
+    if perturbation == "context visible at the anchor":
+        monkeypatch.setattr(dflash, "context_visibility",
+                            lambda anchors, length: torch.arange(length)[None] <= anchors[:, None])
+    else:
+        monkeypatch.setattr(dflash, "anchor_blocks",
+                            lambda anchors, size: anchors[:, None] + 1 + torch.arange(size)[None])
+    with pytest.raises(AssertionError):
+        _compare(draft, outputs, target.get_input_embeddings())
+
+
+def test_block_loss_counts_every_slot_and_trains():
+    target, draft, outputs = _setup()
+    draft.train()
+    objective = dflash.DFlashObjective(draft, anchors_per_sequence=6, gamma=4.0, loss_kind="kl", seed=0)
+    loss, stats = objective(outputs, target.get_input_embeddings(), None, 0)
+    assert len(stats) == BLOCK - 1 and all(s.counted > 0 for s in stats)
+    assert stats[0].counted >= stats[-1].counted  # later slots run past the sequence's end more often
+    loss.backward()
+    assert draft.fc.weight.grad.abs().sum() > 0 and draft.layers[1].mlp.up_proj.weight.grad.abs().sum() > 0
+    again, _ = objective(outputs, target.get_input_embeddings(), None, 0)
+    assert float(again) == pytest.approx(float(loss))  # the same draw samples the same anchors
+    other, _ = objective(outputs, target.get_input_embeddings(), None, 1)
+    assert float(other) != float(loss)
+
+
+def test_simulated_acceptance_equals_the_reference_decoder(tmp_path):
+    from eagle_recipes.draft.reference import reference_generate, simulate_greedy_chain
+    from tests.builders import build_dflash_copy_draft, build_permutation_target, permutation
+
+    perm = permutation()
+    folder = build_permutation_target(tmp_path / "target", perm)
+    target = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    draft, config, d2t = build_dflash_copy_draft(folder, perm, wrong=set(range(0, 64, 3)))
+    k, max_tokens, prompt = 3, 40, [5, 9, 17]
+    _, expected = reference_generate(target, draft, config, d2t, prompt, k, max_tokens, eos_ids={64})
+    continuation = list(prompt)
+    for _ in range(max_tokens + k + 1):
+        continuation.append(perm[continuation[-1]])
+    ids = torch.tensor([continuation])
+    outputs = target_outputs(target, ids, torch.ones_like(ids), torch.ones_like(ids), config.aux_layer_ids,
+                             torch.arange(config.draft_vocab_size) + d2t, "dflash")
+    correct = dflash.dflash_correctness(draft, outputs, target.get_input_embeddings(), k)[:, 0]
+    simulated = simulate_greedy_chain(correct, len(prompt) - 1, ids.shape[1], stop=len(prompt) + max_tokens)
+    assert 0 < simulated.accepted < k * simulated.drafts  # slot 1 mostly right, later slots wrong
+    assert (simulated.drafts, simulated.accepted_per_position) == (expected.drafts, expected.accepted_per_position)
+
+
+def test_dflash_trains_and_exports_through_the_graph(tmp_path, tiny_llama, ray_session):
+    """The recipe's `draft.algorithm = "dflash"` through calibrate, train (loss per mask slot, simulated tau) and
+    export (vLLM's layout, checked)."""
+    import json
+
+    from eagle_recipes.draft.inspect import inspect_draft
+    from tests.helpers import run_stage, small_recipe
+
+    recipe = small_recipe(tmp_path, tiny_llama, steps=12, lr="0.003",
+                          extra="[draft.overrides]\nblock_size = 4\nnum_hidden_layers = 1\n")
+    text = recipe.read_text().replace("[train]\n", "[train]\nsimulate_every = 6\nanchors = 8\n")
+    text = text.replace('algorithm = "eagle3"', "")
+    text = text.replace("[vocab]\n", '[draft]\nalgorithm = "dflash"\n[vocab]\n')
+    text = text.replace('prompts = ["prompts.jsonl"]\n', 'prompts = ["prompts.jsonl"]\nholdout_fraction = 0.2\n')
+    recipe.write_text(text.replace("[eval]\nenabled = false", "[eval]\nenabled = false\nnum_speculative_tokens = 3"))
+    for stage in ("synthesize", "calibrate", "train", "export"):
+        result = run_stage(recipe, stage)
+    rows = [json.loads(line) for line in (tmp_path / "out" / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 12 and all(len(r["loss"]) == 3 for r in rows)  # one loss per mask slot
+    assert [r["step"] for r in rows if "simulated_tau" in r] == [6, 12]
+    draft = tmp_path / "out" / "export" / "draft"
+    report = inspect_draft(draft)
+    assert report.ok and report.layout == "dflash", report.lines()
+    config = json.loads((draft / "config.json").read_text())
+    assert config["architectures"] == ["DFlashDraftModel"] and config["block_size"] == 4
+    assert config["dflash_config"]["mask_token_id"] == 16  # SmolLM2's tokenizer: <empty_output>
+    assert result["metrics"]["layout"] == "dflash"
+    assert '"method": "dflash"' in (draft / "README.md").read_text()
