@@ -57,9 +57,10 @@ def parse_variant(text: str) -> Variant:
     train, draft = {}, {}
     for item in filter(None, assignments.split(",")):
         key, value = item.split("=", 1)
-        parsed = json.loads(value) if value[:1] in "0123456789-[{tf" and value not in ("true", "false") \
-            else value
-        parsed = {"true": True, "false": False}.get(value, parsed)
+        try:  # numbers, true/false, lists; anything else is a string (loss=tv)
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
         (draft if key.startswith("draft.") else train)[key.removeprefix("draft.")] = parsed
     return Variant(name, train, draft)
 
@@ -160,7 +161,10 @@ def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, 
                                 settings.get("loss", "kl"), settings.get("seed", 0)) if algorithm == "dflash" else None
     started, tokens = time.process_time(), 0
     wall = time.time()
+    warm = None  # wall time once the first steps (allocator and kernel warm-up) are done
     for step in range(steps):
+        if step == min(10, steps - 1):
+            warm = (time.time(), step)
         epoch, step_in_epoch = divmod(step, per_epoch)
         lr = learning_rate(step, steps, settings["lr"], settings["warmup_ratio"], settings["schedule"])
         set_learning_rate(optimizer, lr)
@@ -184,8 +188,9 @@ def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, 
         tokens += int(outputs.padding.sum())
         if (step + 1) % 100 == 0:
             log(f"  {variant.name} step {step + 1}/{steps} loss0 {float(loss):.3f} ({time.time() - wall:.0f} s)")
+    per_step = (time.time() - warm[0]) / max(1, steps - warm[1])
     return draft.eval(), config, {"cpu_s": time.process_time() - started, "wall_s": time.time() - wall,
-                                  "tokens": tokens, "epochs": steps / per_epoch}
+                                  "tokens": tokens, "epochs": steps / per_epoch, "step_s": per_step}
 
 
 def simulated_tau(draft, config, eval_set, embed, k: int) -> dict:
@@ -292,6 +297,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true",
                         help="rewrite the table and the figure from <out>/results.jsonl (every run so far), train nothing")
     args = parser.parse_args()
+    variants = [parse_variant(v) for v in args.variant] or [Variant("recipe", {}, {})]  # bad ones fail now
     if args.quick:
         args.steps = "10"
     if args.report_only:
@@ -353,7 +359,6 @@ def main() -> None:
     online_s = online_step_seconds(target, train_set, recipe, facts, mapping, embed, aux_ids, draft_ids)
     log(f"{len(train_set)} training sequences; eval: " + ", ".join(f"{n} {len(v)}" for n, v in evals.items())
         + f"; online step {online_s:.2f} CPU-s")
-    variants = [parse_variant(v) for v in args.variant] or [Variant("recipe", {}, {})]
     results_file = out / "results.jsonl"
     rows = []
     for variant, steps, subset in planned_runs(args, variants, recipe, facts, mapping, train_set, draft_head, embed,
@@ -397,9 +402,9 @@ def planned_runs(args, variants, recipe, facts, mapping, train_set, draft_head, 
         return
     for variant in variants:
         if args.minutes:
-            _, _, timing = train_draft(variant, 30, recipe, facts, mapping, train_set, draft_head, embed, log)
-            steps = max(1, int(args.minutes * 60 * 30 / timing["wall_s"]))
-            log(f"{variant.name}: {timing['wall_s'] / 30:.3f} s a step: {steps} steps in {args.minutes:g} minutes")
+            _, _, timing = train_draft(variant, 60, recipe, facts, mapping, train_set, draft_head, embed, log)
+            steps = max(1, int(args.minutes * 60 / timing["step_s"]))
+            log(f"{variant.name}: {timing['step_s']:.3f} s a step: {steps} steps in {args.minutes:g} minutes")
             yield variant, steps, train_set
         else:
             for steps in [int(s) for s in args.steps.split(",")]:

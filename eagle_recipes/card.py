@@ -74,6 +74,10 @@ def _training_lines(recipe: Recipe, manifests: dict) -> list[str]:
              f"steps, lr {recipe.train.lr:g}, loss on {recipe.train.loss_on} tokens",
              f"- {train.get('wall_s', 0) / 60:.1f} minutes on {hardware} "
              f"({recipe.train.strategy}, base model features {recipe.train.features})"]
+    if metrics.get("best_simulated_tau") is not None:
+        lines.append(f"- simulated tau on the held-out split (k = {recipe.eval.num_speculative_tokens}): "
+                     f"{metrics['simulated_tau']:.3f} at the end, best {metrics['best_simulated_tau']:.3f} at step "
+                     f"{metrics['best_simulated_step']}; the exported draft is step {metrics.get('exported_step')}'s")
     accuracy = metrics.get("accuracy_per_step")
     if accuracy:
         lines.append(f"- training accuracy per TTT step at the end: {', '.join(f'{a:.2f}' for a in accuracy)}")

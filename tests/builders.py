@@ -21,6 +21,15 @@ VOCAB = 64  # tokens t0..t63; one more id (64) is <eos>, never predicted
 HIDDEN = 64
 
 
+def zero_but_norms(module: torch.nn.Module) -> None:
+    """Every weight zero, every norm weight one: a module that computes nothing until its weights are set."""
+    for parameter in module.parameters():
+        parameter.zero_()
+    for name, parameter in module.named_parameters():
+        if name.endswith("norm.weight"):
+            parameter.fill_(1.0)
+
+
 def permutation(seed: int = 0) -> list[int]:
     generator = torch.Generator().manual_seed(seed)
     return torch.randperm(VOCAB, generator=generator).tolist()
@@ -40,6 +49,14 @@ def _tokenizer(folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def greedy_continuation(perm: list[int], prompt: list[int], tokens: int) -> list[int]:
+    """The permutation target's greedy output after `prompt` (next = perm[current]), prompt included."""
+    ids = list(prompt)
+    for _ in range(tokens):
+        ids.append(perm[ids[-1]])
+    return ids
+
+
 def build_permutation_target(folder: Path, perm: list[int], layers: int = 8) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -49,11 +66,7 @@ def build_permutation_target(folder: Path, perm: list[int], layers: int = 8) -> 
                          bos_token_id=VOCAB)
     model = LlamaForCausalLM(config)
     with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.zero_()
-        for name, parameter in model.named_parameters():
-            if name.endswith("norm.weight"):
-                parameter.fill_(1.0)
+        zero_but_norms(model)
         model.model.embed_tokens.weight[:VOCAB] = torch.eye(HIDDEN)
         for token, following in enumerate(perm):
             model.lm_head.weight[following, token] = 1.0
@@ -82,11 +95,7 @@ def build_copy_draft(target_folder: Path, perm: list[int], wrong: set[int] = fro
     draft = build_draft(config)
     slow = HIDDEN // 2 - 1  # the rotary pair (slow, slow + d/2) with the lowest frequency
     with torch.no_grad():
-        for parameter in draft.parameters():
-            parameter.zero_()
-        for name, parameter in draft.named_parameters():
-            if name.endswith("norm.weight"):
-                parameter.fill_(1.0)
+        zero_but_norms(draft)
         attention = draft.midlayer.self_attn
         # input = cat(norm(embed) = 8 * onehot, norm(hidden)); the sum over the embed half is 8 for every token
         if qk_norm:
@@ -140,11 +149,7 @@ def build_dflash_copy_draft(target_folder: Path, perm: list[int], wrong: set[int
                                            "mask_token_id": VOCAB}, facts, VOCAB)
     draft = build_draft(config)
     with torch.no_grad():
-        for parameter in draft.parameters():
-            parameter.zero_()
-        for name, parameter in draft.named_parameters():
-            if name.endswith("norm.weight"):
-                parameter.fill_(1.0)
+        zero_but_norms(draft)
         attention = draft.layers[0].self_attn
         attention.v_proj.weight.copy_(10 * torch.eye(HIDDEN))  # value = 80 * onehot(bonus token)
         attention.o_proj.weight.copy_(torch.eye(HIDDEN))

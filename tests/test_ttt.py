@@ -162,7 +162,7 @@ def test_simulated_acceptance_equals_the_reference_decoder(tmp_path):
     the reference decoder's acceptance counts exactly (what learning_curve.py's `simulated` engine relies on)."""
     from eagle_recipes.draft.reference import reference_generate, simulate_greedy_chain
     from eagle_recipes.draft.ttt import step_correctness
-    from tests.builders import build_copy_draft, build_permutation_target, permutation
+    from tests.builders import build_copy_draft, build_permutation_target, greedy_continuation, permutation
 
     perm = permutation()
     folder = build_permutation_target(tmp_path / "target", perm)
@@ -170,10 +170,7 @@ def test_simulated_acceptance_equals_the_reference_decoder(tmp_path):
     draft, config, d2t = build_copy_draft(folder, perm, wrong=set(range(0, 64, 3)))
     k, max_tokens, prompt = 3, 40, [5, 9, 17]
     _, expected = reference_generate(target, draft, config, d2t, prompt, k, max_tokens, eos_ids={64})
-    continuation = list(prompt)
-    for _ in range(max_tokens + k + 1):  # the target's greedy output: next = perm[current]
-        continuation.append(perm[continuation[-1]])
-    ids = torch.tensor([continuation])
+    ids = torch.tensor([greedy_continuation(perm, prompt, max_tokens + k + 1)])
     outputs = target_outputs(target, ids, torch.ones_like(ids), torch.ones_like(ids), config.aux_layer_ids,
                              torch.arange(config.draft_vocab_size) + d2t, "eagle3")
     correct = step_correctness(draft, outputs, target.get_input_embeddings(), k)[:, 0]

@@ -167,7 +167,7 @@ class TrainStage(Stage):
             ctx.log(f"keeping the draft of step {best['step']} (best simulated tau {best['tau']:.3f})")
         write_trained(ctx.out / TRAINED_FOLDER, (best or state)["draft"], draft_config, mapping)
         summary = metrics.summarize(state["step"], count, resumed_step)
-        summary["metrics"].update(wall_s=wall, plots=metrics.plot(ctx.out),
+        summary["metrics"].update(wall_s=wall, plots=metrics.plot(ctx.out), exported_step=(best or state)["step"],
                                   draft_vocab_size=mapping.draft_vocab_size, draft_config=asdict(draft_config),
                                   train_config=config.to_dict())
         return summary
