@@ -40,6 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PROJECT  # noqa: E402
+from curve_plots import plot_curves, plot_data_axis, plot_levers  # noqa: E402
 
 
 MASK_TOKEN = [0]  # DFlash's mask token of the base model's tokenizer (set once in main)
@@ -248,36 +249,6 @@ def online_step_seconds(target, captured, recipe, facts, mapping, embed, aux_ids
     return (time.process_time() - started) / 20
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    names = [n for n in dict.fromkeys(r["variant"] for r in rows) if sum(r["variant"] == n for r in rows) > 1]
-    for name in names:  # curves only: one-point variants are in the table
-        mine = sorted((r for r in rows if r["variant"] == name), key=lambda r: r["steps"])
-        for split, style in (("mt-bench", "-o"), ("holdout", "--s")):
-            taus = [r["tau"][split]["acceptance_length"] for r in mine]
-            axes[0].plot([r["tokens"] for r in mine], taus, style, label=f"{name}, {split}")
-            axes[1].plot([r["train_cpu_min"] for r in mine], taus, style, label=f"{name}, {split}")
-            for row, tau in zip(mine, taus):
-                axes[0].annotate(str(row["steps"]), (row["tokens"], tau), fontsize=7, xytext=(3, 3),
-                                 textcoords="offset points")
-    axes[0].set_xscale("log")
-    axes[0].set_xlabel("training tokens seen (labels: optimizer steps)")
-    axes[1].set_xlabel("CPU-minutes of training from cached features")
-    for axis in axes:
-        axis.set_ylabel("tau (k = 5, greedy)")
-        axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
-    figure.suptitle("learning curve: tau against training tokens and compute")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipe", default=str(PROJECT / "recipes" / "quickstart.toml"))
@@ -425,33 +396,10 @@ def report(out: Path) -> None:
     (out / "learning_curve.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
     simulated = [r for r in rows if r["engine"] == "simulated"]
-    plot(simulated, out / "learning_curve.png")
+    plot_curves(simulated, out / "learning_curve.png")
+    plot_levers(simulated, out / "levers.png")
     if len({r.get("conversations") for r in simulated}) > 1:
         plot_data_axis(simulated, out / "data_axis.png")
-
-
-def plot_data_axis(rows: list[dict], path: Path) -> None:
-    """tau against the number of training conversations (at equal epochs), one line per variant and prompt set."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for name in dict.fromkeys(r["variant"] for r in rows):
-        mine = sorted((r for r in rows if r["variant"] == name), key=lambda r: r["conversations"])
-        for split, style in (("mt-bench", "-o"), ("holdout", "--s")):
-            axis.plot([r["conversations"] for r in mine], [r["tau"][split]["acceptance_length"] for r in mine], style,
-                      label=f"{name}, {split}")
-    axis.set_xscale("log", base=2)
-    axis.set_xlabel("training conversations (equal epochs)")
-    axis.set_ylabel("tau (k = 5, greedy, simulated)")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7)
-    axis.set_title("the data axis: tau against conversations")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 if __name__ == "__main__":
