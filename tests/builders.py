@@ -156,3 +156,24 @@ def build_dflash_copy_draft(target_folder: Path, perm: list[int], wrong: set[int
         for token, following in enumerate(perm):
             draft.lm_head.weight[perm[(token + 1) % VOCAB] if token in wrong else following, token] = 1.0
     return draft, config, torch.zeros(VOCAB, dtype=torch.int64)
+
+
+def simulated_and_reference_acceptance(folder: Path, perm: list[int], draft, config, d2t, correctness):
+    """(simulated, reference) acceptance of a draft on the permutation target: the reference decoder drafting and
+    verifying, against `correctness(draft, outputs, embed, k)` over the target's greedy continuation replayed as
+    chain drafting (what learning_curve.py's `simulated` engine and train.simulate_every compute)."""
+    from transformers import LlamaForCausalLM
+
+    from eagle_recipes.draft.reference import reference_generate, simulate_greedy_chain
+    from eagle_recipes.training.target_source import target_outputs
+
+    target = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    k, max_tokens, prompt = 3, 40, [5, 9, 17]
+    _, expected = reference_generate(target, draft, config, d2t, prompt, k, max_tokens, eos_ids={VOCAB})
+    ids = torch.tensor([greedy_continuation(perm, prompt, max_tokens + k + 1)])
+    outputs = target_outputs(target, ids, torch.ones_like(ids), torch.ones_like(ids), config.aux_layer_ids,
+                             torch.arange(config.draft_vocab_size) + d2t, config.algorithm)
+    correct = correctness(draft, outputs, target.get_input_embeddings(), k)[:, 0]
+    simulated = simulate_greedy_chain(correct, len(prompt) - 1, ids.shape[1], stop=len(prompt) + max_tokens)
+    return simulated, expected
+

@@ -93,21 +93,15 @@ def test_block_loss_counts_every_slot_and_trains():
 
 
 def test_simulated_acceptance_equals_the_reference_decoder(tmp_path):
-    from eagle_recipes.draft.reference import reference_generate, simulate_greedy_chain
-    from tests.builders import build_dflash_copy_draft, build_permutation_target, greedy_continuation, permutation
+    from tests.builders import (build_dflash_copy_draft, build_permutation_target, permutation,
+                                simulated_and_reference_acceptance)
 
     perm = permutation()
     folder = build_permutation_target(tmp_path / "target", perm)
-    target = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     draft, config, d2t = build_dflash_copy_draft(folder, perm, wrong=set(range(0, 64, 3)))
-    k, max_tokens, prompt = 3, 40, [5, 9, 17]
-    _, expected = reference_generate(target, draft, config, d2t, prompt, k, max_tokens, eos_ids={64})
-    ids = torch.tensor([greedy_continuation(perm, prompt, max_tokens + k + 1)])
-    outputs = target_outputs(target, ids, torch.ones_like(ids), torch.ones_like(ids), config.aux_layer_ids,
-                             torch.arange(config.draft_vocab_size) + d2t, "dflash")
-    correct = dflash.dflash_correctness(draft, outputs, target.get_input_embeddings(), k)[:, 0]
-    simulated = simulate_greedy_chain(correct, len(prompt) - 1, ids.shape[1], stop=len(prompt) + max_tokens)
-    assert 0 < simulated.accepted < k * simulated.drafts  # slot 1 mostly right, later slots wrong
+    simulated, expected = simulated_and_reference_acceptance(folder, perm, draft, config, d2t,
+                                                             dflash.dflash_correctness)
+    assert 0 < simulated.accepted < 3 * simulated.drafts  # slot 1 mostly right, later slots wrong
     assert (simulated.drafts, simulated.accepted_per_position) == (expected.drafts, expected.accepted_per_position)
 
 
