@@ -95,3 +95,16 @@ def test_an_eagle1_recipe_has_no_calibrate_stage_and_trains_on_synthesis_alone(t
     other = load_recipe(write_recipe(tmp_path, RECIPE + '[draft]\nalgorithm = "eagle1"\n[vocab]\ncount = "all"\n',
                                      name="other.toml"))
     assert compile_plan(other).stage("train").fingerprint == plan.stage("train").fingerprint
+
+
+def test_eagle3_and_dflash_share_one_capture_and_eagle1_does_not(tmp_path, smollm2_config):
+    """The capture stores what the draft reads: the aux states for EAGLE-3 and DFlash, the final state for EAGLE-1."""
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "hi"}\n')
+
+    def capture_fingerprint(algorithm: str) -> str:
+        recipe = load_recipe(write_recipe(tmp_path, RECIPE + f'[draft]\nalgorithm = "{algorithm}"\n',
+                                          name=f"{algorithm}.toml"))
+        return compile_plan(recipe).stage("capture").fingerprint
+
+    assert capture_fingerprint("eagle3") == capture_fingerprint("dflash")
+    assert capture_fingerprint("eagle1") != capture_fingerprint("eagle3")

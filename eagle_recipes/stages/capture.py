@@ -64,10 +64,14 @@ class CaptureStage(Stage):
 
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:
+        from eagle_recipes.draft.config import reads_aux_states
+
         draft = recipe.data["draft"]
+        # what is captured, not which drafter reads it: EAGLE-3 and DFlash read the same aux states, so
+        # switching between them reuses the capture
+        reads = "aux states" if reads_aux_states(draft["algorithm"]) else "final state"
         return {"capture": recipe.data["capture"], **rendering_settings(recipe),
-                "draft": {"algorithm": draft["algorithm"],
-                          "aux_layer_ids": draft.get("overrides", {}).get("aux_layer_ids")}}
+                "draft": {"reads": reads, "aux_layer_ids": draft.get("overrides", {}).get("aux_layer_ids")}}
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:
