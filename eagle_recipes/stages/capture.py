@@ -67,11 +67,12 @@ class CaptureStage(Stage):
         from eagle_recipes.draft.config import reads_aux_states
 
         draft = recipe.data["draft"]
-        # what is captured, not which drafter reads it: EAGLE-3 and DFlash read the same aux states, so
-        # switching between them reuses the capture
-        reads = "aux states" if reads_aux_states(draft["algorithm"]) else "final state"
+        # what is captured, not which drafter reads it: DFlash reads the aux states EAGLE-3 reads, so it is
+        # fingerprinted as EAGLE-3 (switching reuses the capture, and EAGLE-3 runs captured before stay up to date)
+        captured_for = "eagle3" if reads_aux_states(draft["algorithm"]) else draft["algorithm"]
         return {"capture": recipe.data["capture"], **rendering_settings(recipe),
-                "draft": {"reads": reads, "aux_layer_ids": draft.get("overrides", {}).get("aux_layer_ids")}}
+                "draft": {"algorithm": captured_for,
+                          "aux_layer_ids": draft.get("overrides", {}).get("aux_layer_ids")}}
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:
