@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_quick_arguments, conversations, model_name, model_path  # noqa: E402
+from common import add_quick_arguments, conversations, hardware, model_name, model_path  # noqa: E402
 
 
 def seed_topk(tokenizer, files: list[Path], k: int) -> tuple[set[int], int]:
@@ -89,6 +89,7 @@ def main() -> None:
     def rate(seconds: float) -> str:
         return f"{seed_tokens / seconds:12,.0f} tokens/s  ({seconds:.2f} s)"
 
+    print(f"measured on {hardware()}")
     print(f"{model_name(args.model)}: conversations {len(rows)}, tokens {seed_tokens}, K {args.k}, identical top-K set: {ours_set == seed_set}"
           f" (tokens above the K-th count identical: {strict <= seed_set and strict <= ours_set})")
     print(f"steady state   seed {rate(seed_count_s)}   eagle-recipes {rate(ours_count_s)}")

@@ -20,6 +20,16 @@ def add_quick_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=SMOLLM2, help="base model (default: SmolLM2-135M-Instruct)")
 
 
+def hardware() -> str:
+    """What the figures were measured on (every benchmark prints it beside its figures): the CPU capability torch
+    dispatches to and whether bfloat16 is native, or the GPU."""
+    import torch
+
+    from eagle_recipes.devices import available_device, describe_hardware
+
+    return f"{describe_hardware(available_device())}, {torch.get_num_threads()} threads"
+
+
 def model_path(model: str = SMOLLM2) -> str:
     from eagle_recipes.models import resolve_model
 

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PROJECT, conversations  # noqa: E402
+from common import PROJECT, conversations, hardware  # noqa: E402
 
 READ = """
 import resource, sys, time
@@ -78,6 +78,7 @@ def main() -> None:
     for label, (kept, rss, seconds) in (("dataset folder (datasets, streamed)", by_name),
                                         ("one JSONL file", by_file)):
         print(f"{label:38s} {kept:,} conversations kept, peak RSS {rss:,} MiB, {seconds:.1f} s")
+    print(f"measured on {hardware()}")
     print(f"peak RSS ratio (dataset / file): {by_name[1] / by_file[1]:.2f}x")
 
 

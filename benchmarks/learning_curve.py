@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PROJECT  # noqa: E402
+from common import PROJECT, hardware  # noqa: E402
 from curve_plots import plot_curves, plot_data_axis, plot_levers  # noqa: E402
 
 
@@ -291,6 +291,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     log = lambda message: print(message, flush=True)  # noqa: E731
+    log(f"measured on {hardware()}")
     recipe = load_recipe(Path(args.recipe))
     run = Path(args.run) if args.run else recipe.output_dir
     out = Path(args.out)
@@ -346,7 +347,7 @@ def main() -> None:
                "steps": steps, "epochs": round(timing["epochs"], 2), "tokens": timing["tokens"],
                "train_cpu_min": round(timing["cpu_s"] / 60, 2), "train_wall_min": round(timing["wall_s"] / 60, 2),
                "online_cpu_min": round(steps * online_s / 60, 2), "engine": args.engine, "tau": tau,
-               "conversations": len(subset)}
+               "conversations": len(subset), "hardware": hardware()}
         rows.append(row)
         with open(results_file, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(row) + "\n")

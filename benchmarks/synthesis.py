@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import add_quick_arguments, model_name, model_path, prompts  # noqa: E402
+from common import add_quick_arguments, hardware, model_name, model_path, prompts  # noqa: E402
 
 
 def seed_path(model: str, texts: list[str], max_tokens: int, threads: int) -> tuple[int, float, float]:
@@ -94,6 +94,7 @@ def main() -> None:
     print(f"seed path measured: {seed_tokens} tokens, generation {seed_s:.1f} s, end to end {seed_total_s:.1f} s",
           flush=True)
     ours_tokens, ours_s, ours_total_s = in_process_path(model, texts, args.max_tokens)
+    print(f"measured on {hardware()}")
     print(f"{model_name(args.model)}, {len(texts)} prompts x max {args.max_tokens} tokens, greedy")
     for name, tokens, generation_s, total_s in [
             (f"seed path (OpenAI server + {args.threads} client threads)", seed_tokens, seed_s, seed_total_s),

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_quick_arguments, conversations, model_name, model_path  # noqa: E402
+from common import add_quick_arguments, conversations, hardware, model_name, model_path  # noqa: E402
 
 
 def main() -> None:
@@ -111,6 +111,7 @@ def main() -> None:
                 for name, value in timings.items():
                     seconds[name] += value
     rate = {name: tokens / value for name, value in seconds.items()}
+    print(f"measured on {hardware()}")
     print(f"{model_name(args.model)}, EAGLE-3, {args.ttt_steps} TTT steps, draft vocab {len(draft_ids)}, "
           f"{len(sequences) - 1} sequences ({tokens} tokens), {args.threads} threads")
     for name in seconds:

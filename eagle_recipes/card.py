@@ -102,10 +102,13 @@ def _evaluation_lines(report: dict) -> list[str]:
 
 def _speed_intro(settings: dict) -> str:
     per_load = ", ".join(f"{count} at load {load}" for load, count in settings.get("prompts_per_load", {}).items())
-    return (f"Measured on the machine that ran the evaluation, vLLM, greedy: tokens/s with the draft at each k "
-            f"against the base model alone with the same engine settings, {settings.get('max_tokens')} tokens per "
-            f"MT-bench prompt ({per_load} prompts; load = requests served at once). Measure again on the "
-            "hardware you serve on: the best k depends on it.")
+    hardware = f" ({settings['hardware']})" if settings.get("hardware") else ""
+    repeats = (f", each load measured {settings['repeats']} times (median, ± half the range)"
+               if settings.get("repeats", 1) > 1 else "")
+    return (f"Measured on the machine that ran the evaluation{hardware}, vLLM, greedy: tokens/s with the draft at "
+            f"each k against the base model alone with the same engine settings, {settings.get('max_tokens')} tokens "
+            f"per MT-bench prompt ({per_load} prompts; load = requests served at once){repeats}. Measure again on "
+            "the hardware you serve on: the best k depends on it.")
 
 
 def render_card(recipe: Recipe, output_dir: Path, report: dict | None = None) -> str:

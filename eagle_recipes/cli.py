@@ -211,7 +211,7 @@ def cmd_eval(args) -> int:
     ensure_writable_folder(out, "pass --out a writable folder")
     sets = resolve_sets([args.prompts], lambda spec: Path(spec), None, args.max_prompts, "first")
     settings = {k: v for k, v in vars(args).items() if k != "func"}
-    speed = SpeedSettings(tuple(args.concurrency), args.speed_prompts, args.speed_max_tokens) \
+    speed = SpeedSettings(tuple(args.concurrency), args.speed_prompts, args.speed_max_tokens, repeats=args.speed_repeats) \
         if args.concurrency and args.engine == "vllm" else None
     report = evaluate_draft(base, draft, speculative_method(algorithm_of(check.layout)), args.num_speculative_tokens,
                             sets, args.max_tokens, args.engine, out, settings,
@@ -338,6 +338,8 @@ def _add_draft_commands(command) -> None:
                    help="loads for the speed sweep over k = 1..K (default: 1 16; none: no sweep)")
     p.add_argument("--speed-prompts", type=_at_least(1), default=16, help="MT-bench prompts of the speed sweep")
     p.add_argument("--speed-max-tokens", type=_at_least(1), default=64, help="tokens per prompt in the sweep")
+    p.add_argument("--speed-repeats", type=_at_least(1), default=3,
+                   help="measurements of each load on each engine (median and spread)")
     p.add_argument("--verbose", action="store_true", help="also show vLLM's own log lines")
     p.set_defaults(func=cmd_eval)
     p = command("publish", "upload a draft folder (and its model card) to the Hugging Face Hub",

@@ -56,3 +56,13 @@ def test_data_sources_benchmark_quick():
     out = bench("data_sources.py", "--quick")
     assert re.search(r"peak RSS ratio \(dataset / file\): \d+\.\d+x", out), out
     assert "2,000 conversations kept" in out
+
+
+def test_optimizer_step_benchmark_quick():
+    out = bench("optimizer_step.py", "--quick")
+    lines = out.strip().splitlines()
+    assert re.match(r"native \(CPU \w+, bfloat16 (native|emulated), 2 threads\): optimizer step adamw \d\.\d+ s, "
+                    r"muon \d\.\d+ s \((Muon|Float32Muon), ", lines[0]), out
+    # restricted to AVX2, torch has no native bfloat16: Muon's iteration runs in float32
+    assert re.match(r"avx2 \(CPU AVX2, bfloat16 emulated, 2 threads\): .* \(Float32Muon, ", lines[1]), out
+    assert re.match(r"recipe's optimizer step within AdamW's \+ 0\.25 s on every kind measured: (yes|NO)$", lines[2]), out

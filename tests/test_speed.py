@@ -39,3 +39,26 @@ def test_round_trip_and_the_card_table():
 def test_prompts_per_load():
     settings = SpeedSettings(concurrency=(1, 16), prompts=16, max_tokens=64)
     assert settings.prompts_at(1) == 4 and settings.prompts_at(16) == 16 and settings.prompts_at(32) == 16
+
+
+def test_repeats_give_the_median_and_spread_and_a_lead_within_the_spread_is_called_a_tie():
+    # load 1: the base alone and k = 1 to 3 measured three times each; k = 2 leads k = 1 by 1.5%, while the
+    # repeats of either spread 4-5%: too close to call. Load 16: k = 0 leads by 25%, far beyond its 2% spread.
+    samples = {(0, 1): [17.0, 17.4, 17.2], (1, 1): [20.0, 20.8, 20.1], (2, 1): [20.4, 21.2, 20.3],
+               (3, 1): [19.0, 19.2, 19.1], (0, 16): [147.0, 148.0, 150.0], (1, 16): [114.0, 115.0, 116.0]}
+    speed = SpeedTable([SpeedRow.from_samples(k, load, values, acceptance_length=1.0 + 0.1 * k)
+                        for (k, load), values in samples.items()], {"hardware": "CPU AVX2, bfloat16 emulated"})
+    best = speed.recommended(1)
+    assert best.k == 2 and best.tokens_per_s == 20.4 and best.spread == round((21.2 - 20.3) / 20.4, 4)
+    assert speed.runner_up(1).k == 1 and speed.within_noise(1)
+    assert "k = 1 (1.17x) is within the measurement's spread (4% over 3 repeats): too close to call" in speed.advice(1)
+    assert not speed.within_noise(16) and "too close" not in speed.advice(16)
+    assert speed.headline().startswith("fastest: k = 2 at load 1, 1.19x the base alone "
+                                       "(CPU AVX2, bfloat16 emulated, spread 4%, within noise of the next)")
+    assert SpeedTable.from_dict(speed.to_dict()).rows[2].samples == [20.4, 21.2, 20.3]
+    assert speed.markdown()[3] == "| 1 | 20.1 ±2%, 1.17x, 1.10 | 115.0 ±1%, 0.78x, 1.10 |"
+
+
+def test_the_sweep_measures_the_ks_asked_for_up_to_k():
+    assert SpeedSettings((1,), 16, 64).ks(5) == [1, 2, 3, 4, 5]
+    assert SpeedSettings((1,), 16, 64, draft_tokens=(3, 1, 2, 9)).ks(5) == [1, 2, 3]

@@ -35,7 +35,8 @@ def vllm_engine_kwargs(model: str, dtype: str) -> dict[str, Any]:
     if has_gpu_here():
         return {} if dtype == "auto" else {"dtype": dtype}
     return dict(
-        # float32 on CPU: without AVX-512 BF16 support, bfloat16 runs ~5x slower (measured here)
+        # float32 on every CPU (devices.py): bfloat16 is emulated on AVX2-only CPUs, and one dtype everywhere keeps
+        # synthesis and evaluation giving the same tokens on every kind of CPU
         dtype="float32" if dtype == "auto" else dtype, enforce_eager=True, gpu_memory_utilization=0.3,
         max_model_len=cpu_max_model_len(model),
         # a chunked prefill's discarded sample rewinds the request's seeded generator, which a CPU generator
@@ -65,7 +66,7 @@ def engine_placement(tensor_parallel_size: int, on_gpus: bool) -> dict[str, Any]
     CPU: one core, and the CPU build's settings in the process's environment. One GPU: the actor takes it. Several
     (tensor parallel): the actor takes none itself and is placed in a placement group of one GPU bundle per
     tensor-parallel rank, which vLLM's Ray executor fills with its workers (as Ray Data LLM does). The GPU branches
-    are tested for their shape only on CPU machines (tests/test_placement.py); they run on GPU clusters.
+    are tested for their shape only on CPU machines (tests/test_fsdp.py); they run on GPU clusters.
     """
     if not on_gpus:
         return {"num_cpus": 1, "runtime_env": {"env_vars": cpu_engine_env()}}

@@ -42,21 +42,14 @@ class SetReport:
     def identical_outputs(self) -> str:
         return f"{self.identical}/{self.prompts}"
 
-    @property
-    def speedup(self) -> float | None:
-        if not self.tokens_per_s_with_draft or not self.tokens_per_s_target_alone:
-            return None
-        return self.tokens_per_s_with_draft / self.tokens_per_s_target_alone
-
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "lossless": self.lossless, "identical_outputs": self.identical_outputs,
-                "speedup": self.speedup}
+        return {**asdict(self), "lossless": self.lossless, "identical_outputs": self.identical_outputs}
 
     def summary(self, name: str) -> str:
-        speed = f", speedup x{self.speedup:.2f}" if self.speedup is not None else ""
+        # no speed figure here: these runs batch a category at a time, which is no load a server sees; the speed
+        # sweep's advice is the one figure to act on
         return (f"{name}: tau {self.acceptance_length:.3f}, per position "
-                f"{', '.join(f'{p:.2f}' for p in self.per_position)}, identical outputs {self.identical_outputs}"
-                + speed)
+                f"{', '.join(f'{p:.2f}' for p in self.per_position)}, identical outputs {self.identical_outputs}")
 
 
 @dataclass

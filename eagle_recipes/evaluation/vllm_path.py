@@ -120,18 +120,22 @@ def _speed_rows(llm, k: int, prompts: list[list[dict]], speed: SpeedSettings, th
     for load in speed.concurrency:
         chosen = prompts[: speed.prompts_at(load)]
         progress(0, len(chosen), f"prompts (speed, k = {k}, load {load})")
+        unit = f"prompts (speed, k = {k}, load {load})"
         drafts0, per_position0 = _counters(llm)
-        tokens, wall = 0, 0.0
-        for start in range(0, len(chosen), load):
-            ids, _, seconds = generate(llm, chosen[start: start + load], speed.max_tokens, thinking)
-            tokens, wall = tokens + sum(map(len, ids)), wall + seconds
-            progress(min(start + load, len(chosen)), len(chosen), f"prompts (speed, k = {k}, load {load})")
+        samples, tokens = [], 0
+        for repeat in range(speed.repeats):  # the same work each time: greedy, so the same tokens
+            tokens, wall = 0, 0.0
+            for start in range(0, len(chosen), load):
+                ids, _, seconds = generate(llm, chosen[start: start + load], speed.max_tokens, thinking)
+                tokens, wall = tokens + sum(map(len, ids)), wall + seconds
+                progress(repeat * len(chosen) + min(start + load, len(chosen)), speed.repeats * len(chosen), unit)
+            samples.append(tokens / wall if wall else 0.0)
         drafts1, per_position1 = _counters(llm)
         per_position0 = per_position0 or [0] * len(per_position1)
         acceptance = Acceptance(drafts1 - drafts0, [b - a for a, b in zip(per_position0, per_position1)])
-        rows.append(SpeedRow(k=k, concurrency=load, tokens_per_s=tokens / wall if wall else 0.0,
-                             acceptance_length=acceptance.acceptance_length if k else 1.0,
-                             per_position=acceptance.per_position if k else [], prompts=len(chosen), tokens=tokens))
+        rows.append(SpeedRow.from_samples(k, load, samples, acceptance_length=acceptance.acceptance_length if k else 1.0,
+                                          per_position=acceptance.per_position if k else [], prompts=len(chosen),
+                                          tokens=tokens))
     return rows
 
 
@@ -141,6 +145,7 @@ def evaluate_vllm(base: str, draft: str, method: str, k: int, sets: list[PromptS
                   speed_prompts: list[list[dict]] | None = None) -> tuple[dict[str, SetReport], SpeedTable | None]:
     """tau per prompt set at k (with losslessness and tokens/s), and with `speed` the sweep: the base alone and
     every k from 1 to `k` at each load, one engine per k (an engine's k is fixed when it starts)."""
+    from eagle_recipes.devices import available_device, describe_hardware
     from eagle_recipes.engines.placement import apply_engine_env
 
     apply_engine_env(verbose)
@@ -156,9 +161,10 @@ def evaluate_vllm(base: str, draft: str, method: str, k: int, sets: list[PromptS
     del llm
     gc.collect()
     report: dict[str, SetReport] = {}
-    for draft_tokens in (range(1, k + 1) if speed else [k]):
+    swept = speed.ks(k) if speed else []
+    for draft_tokens in sorted(set(swept) | {k}):
         llm = engine(base, draft, method, draft_tokens, dtype)
-        if speed:
+        if draft_tokens in swept:
             rows += _speed_rows(llm, draft_tokens, speed_prompts, speed, thinking, progress)
             log(f"speed at k = {draft_tokens}: " + ", ".join(f"load {r.concurrency} {r.tokens_per_s:.1f} tokens/s"
                                                             for r in rows[-len(speed.concurrency):]))
@@ -170,7 +176,9 @@ def evaluate_vllm(base: str, draft: str, method: str, k: int, sets: list[PromptS
                 log(report[prompt_set.name].summary(prompt_set.name))
         del llm
         gc.collect()
-    table = SpeedTable(rows, {"concurrency": list(speed.concurrency), "prompts": len(speed_prompts),
-                              "max_tokens": speed.max_tokens, "prompts_per_load": {
+    table = SpeedTable(rows, {"hardware": describe_hardware(available_device()),
+                              "concurrency": list(speed.concurrency), "prompts": len(speed_prompts),
+                              "max_tokens": speed.max_tokens, "repeats": speed.repeats, "draft_tokens": swept,
+                              "prompts_per_load": {
                                   str(load): speed.prompts_at(load) for load in speed.concurrency}}) if speed else None
     return report, table

@@ -33,7 +33,8 @@ def speed_settings(recipe: Recipe):
     speed = recipe.eval.speed
     if not speed.concurrency or recipe.eval.engine != "vllm":
         return None
-    return SpeedSettings(tuple(speed.concurrency), speed.prompts, speed.max_tokens)
+    return SpeedSettings(tuple(speed.concurrency), speed.prompts, speed.max_tokens, repeats=speed.repeats,
+                         draft_tokens=tuple(speed.draft_tokens))
 
 
 def report_to_trackers(recipe: Recipe, report: dict) -> None:
@@ -138,4 +139,4 @@ class EvaluateStage(Stage):
         return {"counts": {name: entry.prompts for name, entry in report.sets.items()},
                 "metrics": {"acceptance_length": headline.acceptance_length, "per_position": headline.per_position,
                             "num_speculative_tokens": k, "headline_set": report.headline_set,
-                            "lossless": report.lossless, "speedup": headline.speedup, **speed}}
+                            "lossless": report.lossless, **speed}}

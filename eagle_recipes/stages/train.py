@@ -1,4 +1,4 @@
-"""Train: an EAGLE-3 (or EAGLE-1) draft on Ray Train.
+"""Train: an EAGLE-3, EAGLE-1 or DFlash draft on Ray Train.
 
 The base model's outputs come from one of two sources (`train.features`): `online`, the frozen base model
 inside each worker, run forward at every step; or `cached`, the capture stage's feature cache, read back by
@@ -35,13 +35,13 @@ METRICS = "metrics.jsonl"
 
 def train_config(recipe: Recipe, **paths: Any):
     """The TrainConfig of this recipe, with the run's paths."""
-    from eagle_recipes.devices import torch_threads
+    from eagle_recipes.devices import torch_threads, training_precision
     from eagle_recipes.training.config import TrainConfig
 
     train = recipe.train
     return TrainConfig(**paths, features=train.features, threads=torch_threads(train.cpus_per_worker),
                        use_gpu=train.use_gpu, strategy=train.strategy,
-                       precision=compute_precision(train.precision, train.use_gpu),
+                       precision=training_precision(train.precision, train.use_gpu),
                        epochs=train.epochs, max_steps=train.max_steps, batch_size=train.batch_size, grad_accum=train.grad_accum, lr=train.lr,
                        weight_decay=train.weight_decay, warmup_ratio=train.warmup_ratio, schedule=train.schedule,
                        grad_clip=train.grad_clip, ttt_steps=train.ttt_steps, ttt_decay=train.ttt_decay,
@@ -54,11 +54,16 @@ def train_config(recipe: Recipe, **paths: Any):
                        block_loss_decay=train.block_loss_decay)
 
 
-def compute_precision(precision: str, use_gpu: bool) -> str:
-    """train.precision resolved: auto is bfloat16 on GPUs, float32 on CPUs."""
-    if precision != "auto":
-        return precision
-    return "bfloat16" if use_gpu else "float32"
+def warn_emulated_bfloat16(config, log) -> None:
+    """bfloat16 autocast asked for on a CPU that emulates it (AVX2 only): each matmul ~20x float32's."""
+    import torch
+
+    from eagle_recipes.devices import describe_hardware, native_bfloat16
+
+    cpu = torch.device("cpu")
+    if not config.use_gpu and config.precision == "bfloat16" and not native_bfloat16(cpu):
+        log(f'train.precision = "bfloat16" on a CPU that emulates it ({describe_hardware(cpu)}): each matmul costs '
+            'about 20x its float32 twin; "float32" (or "auto") trains faster here')
 
 
 def vocab_mapping(recipe: Recipe, upstream: dict[str, Path], model_path: str):
@@ -158,8 +163,10 @@ class TrainStage(Stage):
             recipe, model_path=model_path, draft_config=draft_config.to_dict(), vocab_file=str(ctx.out / "d2t.pt"),
             data_folder=str(data_folder), checkpoint_dir=str(checkpointer.folder), metrics_file=str(metrics.path),
             capture_dir=str(ctx.upstream.get(CAPTURE, "")), **holdout)
+        warn_emulated_bfloat16(config, ctx.log)
         started = time.time()
-        fit(config, train.num_workers, train.cpus_per_worker, ctx.out / "ray", ctx.progress, tracking_spec(recipe))
+        fit(config, train.num_workers, train.cpus_per_worker, ctx.out / "ray", ctx.progress, tracking_spec(recipe),
+            ctx.log)
         wall = time.time() - started
         state = checkpointer.load_latest()
         best = checkpointer.load_best() if config.keep_best else None

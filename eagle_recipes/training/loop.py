@@ -28,6 +28,7 @@ from eagle_recipes.training.parallel import clip_gradients, wrap_objective
 from eagle_recipes.training.schedule import learning_rate
 from eagle_recipes.training.optimizers import MuonWithAdamW, build_optimizer, set_learning_rate
 from eagle_recipes.training.simulation import HeldOut, simulated_acceptance
+from eagle_recipes.training.step_cost import PHASES
 from eagle_recipes.training.target_source import CachedTarget, TargetSource, make_target_source
 
 
@@ -60,7 +61,7 @@ def setup(config: TrainConfig, rank: int, world: int, local_rank: int) -> Traini
     draft = build_draft(draft_config).to(device)
     d2t = torch.load(config.vocab_file, weights_only=True).to(torch.int64)
     draft_ids = (torch.arange(d2t.numel()) + d2t).to(device)
-    target = make_target_source(config, draft_config, draft_ids, device, compute_dtype(device))
+    target = make_target_source(config, draft_config, draft_ids, device, compute_dtype(device, config.precision))
     if config.init_from_target and draft_config.algorithm == "eagle3":
         init_from_target(draft, target.draft_head.weight, target.final_norm)
     checkpointer = checkpointer_for(config.strategy, Path(config.checkpoint_dir), config.keep_checkpoints)
@@ -70,7 +71,8 @@ def setup(config: TrainConfig, rank: int, world: int, local_rank: int) -> Traini
         draft.load_state_dict(state["draft"])
         step = state["step"]
     objective = wrap_objective(make_objective(draft, config), config.strategy, world, device)
-    optimizer = build_optimizer(objective, config.optimizer, config.lr, config.weight_decay, config.muon_lr_scale)
+    optimizer = build_optimizer(objective, config.optimizer, config.lr, config.weight_decay, config.muon_lr_scale,
+                                device)
     if state is not None:
         checkpointer.restore_optimizer(objective, optimizer, state["optimizer"])
     sequences = Sequences.load(Path(config.data_folder))
@@ -98,7 +100,7 @@ def held_out_of(config: TrainConfig, target: TargetSource, draft_config: DraftCo
     if not config.simulate_every or not config.holdout_folder:
         return None
     if config.holdout_capture_dir:
-        target = CachedTarget(config, draft_config, draft_ids, device, compute_dtype(device),
+        target = CachedTarget(config, draft_config, draft_ids, device, compute_dtype(device, config.precision),
                               Path(config.holdout_capture_dir))
     return HeldOut(Sequences.load(Path(config.holdout_folder)), target)
 
@@ -119,7 +121,9 @@ def train_step(training: Training) -> dict[str, Any]:
     set_learning_rate(training.optimizer, lr)
     training.optimizer.zero_grad(set_to_none=True)
     sums = np.zeros((config.block_size - 1 if training_algorithm(config) == "dflash" else config.ttt_steps, 3))
-    tokens = 0
+    tokens, padded, length = 0, 0, 0
+    seconds = dict.fromkeys(PHASES, 0.0)
+    clock = time.perf_counter()
     lm_head = training.target.draft_head if training.draft.config.algorithm == "eagle1" else None
     for micro in range(config.grad_accum):
         indices = micro_batch_indices(training.sequences.count, config.seed, epoch, step_in_epoch, training.rank,
@@ -127,19 +131,23 @@ def train_step(training: Training) -> dict[str, Any]:
         input_ids, loss_mask, padding = (t.to(training.device) for t in collate(training.sequences, indices,
                                                                                   config.loss_on))
         tokens += int(padding.sum())
+        padded, length = padded + input_ids.numel(), max(length, input_ids.shape[1])
         outputs = training.target.outputs(input_ids, loss_mask, padding, indices)
         draw = (training.step * config.grad_accum + micro) * training.world + training.rank  # seeds what is random
         if config.feature_noise and training_algorithm(config) != "eagle1":
             outputs = with_feature_noise(outputs, config.feature_noise, config.seed, draw)
         with torch.autocast(training.device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
             loss, stats = training.objective(outputs, training.target.embed, lm_head, draw)
+        clock = _lap(seconds, "forward", clock)
         (loss / config.grad_accum).backward()
+        clock = _lap(seconds, "backward", clock)
         for j, s in enumerate(stats):
             sums[j] += (s.loss, s.correct, s.counted)
     grad_norm = 0.0
     if config.grad_clip:
         grad_norm = clip_gradients(training.draft, config.grad_clip)
     training.optimizer.step()
+    _lap(seconds, "optimizer", clock)
     training.step += 1
     if training.world > 1:  # metrics over the whole global batch, not rank 0's share
         totals = torch.tensor(sums, dtype=torch.float64, device=training.device)
@@ -149,7 +157,35 @@ def train_step(training: Training) -> dict[str, Any]:
     return {"step": training.step, "epoch": epoch, "lr": lr, "grad_norm": grad_norm,
             "loss": [round(float(l / micro_batches), 5) for l in sums[:, 0]],
             "accuracy": [round(float(c / max(1, n)), 5) for _, c, n in sums],
-            "tokens_per_s": tokens * training.world / max(1e-9, time.time() - started)}
+            "tokens_per_s": tokens * training.world / max(1e-9, time.time() - started),
+            "seconds": {phase: round(value, 4) for phase, value in seconds.items()},
+            "padded_tokens": padded, "sequence_length": length}
+
+
+def _lap(seconds: dict[str, float], phase: str, since: float) -> float:
+    """Add the time since `since` to `phase`; the new mark."""
+    now = time.perf_counter()
+    seconds[phase] += now - since
+    return now
+
+
+DIAGNOSED_STEP = 3  # the first steps pay for warm-up; the third step of a run is the one compared
+
+
+def check_step_cost(training: Training, metrics: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Compare a step's measured phases with what its arithmetic costs on this CPU; say which part is slow."""
+    from eagle_recipes.devices import describe_hardware, native_bfloat16
+    from eagle_recipes.training.step_cost import StepContext, diagnose, estimate_seconds, measure_rates, step_work
+
+    config = training.config
+    unroll = 1 if training_algorithm(config) == "dflash" else config.ttt_steps
+    work = step_work(training.draft, metrics["padded_tokens"], metrics["sequence_length"], unroll, config.optimizer)
+    estimated = estimate_seconds(work, measure_rates(training.device))
+    context = StepContext(config.optimizer, config.features, config.precision, describe_hardware(training.device),
+                          native_bfloat16(training.device))
+    message = diagnose(metrics["seconds"], estimated, context)
+    if message:
+        log(message)
 
 
 def with_feature_noise(outputs: TargetOutputs, amplitude: float, seed: int, draw: int) -> TargetOutputs:
@@ -186,14 +222,19 @@ def save(training: Training) -> None:
 
 
 def run_steps(training: Training, progress: Callable | None, tracking: TrackingSpec | None,
-              on_checkpoint: Callable[[dict], None] = lambda metrics: None) -> None:
+              on_checkpoint: Callable[[dict], None] = lambda metrics: None,
+              log: Callable[[str], None] | None = None) -> None:
     """Train to the last step: metrics per step from rank 0, a checkpoint every `checkpoint_every` steps and at
-    the end (then `on_checkpoint(metrics)`)."""
+    the end (then `on_checkpoint(metrics)`); on a CPU, the run's third step checked against its estimate."""
     config = training.config
     metrics_log = MetricsLog(Path(config.metrics_file))
+    first = training.step
     with open_trackers(tracking, training) as trackers:
         while training.step < training.total:
             metrics = train_step(training)
+            if (log and training.rank == 0 and training.device.type == "cpu"
+                    and training.step - first == DIAGNOSED_STEP):
+                check_step_cost(training, metrics, log)
             if training.held_out and (training.step % config.simulate_every == 0 or training.step == training.total):
                 metrics.update(simulate(training))
                 keep_if_best(training, metrics["simulated_tau"])
@@ -227,7 +268,7 @@ def train_loop(loop_config: dict) -> None:
         # per-step metrics go to metrics.jsonl, the trackers and the progress display instead
         ray.train.report({"step": training.step, "loss0": metrics["loss"][0], "accuracy0": metrics["accuracy"][0]})
 
-    run_steps(training, loop_config.get("progress"), loop_config.get("tracking"), report)
+    run_steps(training, loop_config.get("progress"), loop_config.get("tracking"), report, loop_config.get("log"))
 
 
 def open_trackers(tracking: TrackingSpec | None, training: Training):

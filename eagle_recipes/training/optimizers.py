@@ -1,14 +1,64 @@
 """The optimizer of the draft: AdamW on every parameter, or Muon on the matrices (fc, attention and MLP
 projections: orthogonalised momentum updates) with AdamW on the rest (norms, the LM head), as speculators trains
-drafts. Each parameter group carries an `lr_scale`: the schedule sets lr = schedule(step) x lr_scale."""
+drafts. Each parameter group carries an `lr_scale`: the schedule sets lr = schedule(step) x lr_scale.
+
+Muon orthogonalises each update with a Newton-Schulz iteration that torch runs in bfloat16, whatever the device.
+Where bfloat16 matmuls are emulated (AVX2-only CPUs) that costs ~20x the float32 iteration: 25 s a step for the
+quickstart's draft. There the iteration runs in float32 (`Float32Muon`); GPUs and CPUs with native bfloat16 keep
+torch's own optimizer.
+"""
 
 from __future__ import annotations
 
 from typing import Iterable
 
 import torch
+from torch.optim import _muon
 
 OPTIMIZERS = ("adamw", "muon")
+
+
+def newton_schulz(update: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
+                  dtype: torch.dtype) -> torch.Tensor:
+    """torch's quintic Newton-Schulz orthogonalisation (`torch.optim._muon`), computed in `dtype`."""
+    a, b, c = coefficients
+    transposed = update.size(0) > update.size(1)
+    ortho = (update.T if transposed else update).to(dtype, copy=True)
+    ortho.div_(ortho.norm().clamp(min=eps))  # spectral norm at most 1
+    for _ in range(steps):
+        gram = ortho @ ortho.T
+        ortho = torch.addmm(ortho, torch.addmm(gram, gram, gram, beta=b, alpha=c), ortho, beta=a)
+    return ortho.T if transposed else ortho
+
+
+class Float32Muon(torch.optim.Muon):
+    """torch's Muon (same hyperparameters, state and checkpoints) with its Newton-Schulz iteration in float32:
+    the one step torch does not let a caller choose the dtype of, written out as `_single_tensor_muon` does."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            momentum = group["momentum"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(param.grad, memory_format=torch.preserve_format)
+                buffer = state["momentum_buffer"]
+                buffer.lerp_(param.grad, 1 - momentum)
+                update = param.grad.lerp(buffer, momentum) if group["nesterov"] else buffer
+                update = newton_schulz(update, group["ns_coefficients"], group["ns_steps"], group["eps"],
+                                       torch.float32).to(param.dtype)
+                param.mul_(1 - group["lr"] * group["weight_decay"])
+                param.add_(update, alpha=-_muon._adjust_lr(group["lr"], group["adjust_lr_fn"], param.shape))
+
+
+def muon_class(device: torch.device) -> type[torch.optim.Muon]:
+    """torch's Muon where bfloat16 is native; the float32 iteration where it is emulated."""
+    from eagle_recipes.devices import native_bfloat16
+
+    return torch.optim.Muon if native_bfloat16(device) else Float32Muon
 
 
 def muon_parameter(name: str, parameter: torch.nn.Parameter) -> bool:
@@ -21,11 +71,11 @@ class MuonWithAdamW:
     the training loop and the checkpoints use."""
 
     def __init__(self, named: Iterable[tuple[str, torch.nn.Parameter]], lr: float, weight_decay: float,
-                 muon_lr_scale: float):
+                 muon_lr_scale: float, muon: type[torch.optim.Muon] = torch.optim.Muon):
         named = list(named)
         matrices = [p for n, p in named if muon_parameter(n, p)]
         others = [p for n, p in named if not muon_parameter(n, p)]
-        self.muon = torch.optim.Muon(matrices, lr=lr * muon_lr_scale, weight_decay=weight_decay,
+        self.muon = muon(matrices, lr=lr * muon_lr_scale, weight_decay=weight_decay,
                                      adjust_lr_fn="match_rms_adamw")
         self.adamw = torch.optim.AdamW(others, lr=lr, weight_decay=weight_decay)
         self.muon.param_groups[0]["lr_scale"] = muon_lr_scale
@@ -50,10 +100,13 @@ class MuonWithAdamW:
 
 
 def build_optimizer(module: torch.nn.Module, kind: str, lr: float, weight_decay: float,
-                    muon_lr_scale: float = 1.0) -> "torch.optim.Optimizer | MuonWithAdamW":
+                    muon_lr_scale: float = 1.0, device: torch.device | None = None
+                    ) -> "torch.optim.Optimizer | MuonWithAdamW":
+    """AdamW, or Muon with AdamW; Muon's iteration in bfloat16 only where `device` computes it natively."""
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     if kind == "muon":
-        return MuonWithAdamW(named, lr, weight_decay, muon_lr_scale)
+        device = device or next(module.parameters()).device
+        return MuonWithAdamW(named, lr, weight_decay, muon_lr_scale, muon_class(device))
     return torch.optim.AdamW([p for _, p in named], lr=lr, weight_decay=weight_decay)
 
 

@@ -19,14 +19,16 @@ def scaling_config(use_gpu: bool, num_workers: int, cpus_per_worker: float):
 
 
 def fit(config: TrainConfig, num_workers: int, cpus_per_worker: float, storage: Path,
-        progress: Callable | None = None, tracking: TrackingSpec | None = None) -> None:
+        progress: Callable | None = None, tracking: TrackingSpec | None = None,
+        log: Callable[[str], None] | None = None) -> None:
     """Train with `num_workers` workers (gloo on CPUs, NCCL on GPUs); Ray Train restarts failed workers twice,
     each resuming from the last checkpoint."""
     from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     trainer = TorchTrainer(
-        train_loop, train_loop_config={"config": config.to_dict(), "progress": progress, "tracking": tracking},
+        train_loop, train_loop_config={"config": config.to_dict(), "progress": progress, "tracking": tracking,
+                                       "log": log},
         scaling_config=scaling_config(config.use_gpu, num_workers, cpus_per_worker),
         run_config=RunConfig(storage_path=str(storage), name="train",
                              failure_config=FailureConfig(max_failures=2)))
