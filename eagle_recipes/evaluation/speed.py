@@ -98,10 +98,12 @@ class SpeedTable:
         best, drafted, second = self.recommended(load), self.best_draft(load), self.runner_up(load)
         noise = ""
         if self.within_noise(load):
-            rival = "the base alone" if second.k == 0 else f"k = {second.k}"
-            noise = (f"; {rival} ({second.speedup:.2f}x) is within the measurement's spread "
-                     f"({100 * max(best.spread, second.spread):.0f}% over {len(best.samples)} repeats): "
-                     "too close to call")
+            spread = f"the measurement's spread ({100 * max(best.spread, second.spread):.0f}% over {len(best.samples)} repeats)"
+            if best.k == 0:
+                noise = f"; that lead is within {spread}: too close to call"
+            else:
+                rival = "the base alone" if second.k == 0 else f"k = {second.k}"
+                noise = f"; {rival} ({second.speedup:.2f}x) is within {spread}: too close to call"
         if best.k > 0:
             return (f"load {load}: serve with k = {best.k}: {best.tokens_per_s:.1f} tokens/s, {best.speedup:.2f}x the "
                     f"base alone (tau {best.acceptance_length:.2f}){noise}")

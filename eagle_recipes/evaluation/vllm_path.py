@@ -115,12 +115,12 @@ def _speed_rows(llm, k: int, prompts: list[list[dict]], speed: SpeedSettings, th
                 progress) -> list[SpeedRow]:
     """Tokens/s of this engine at each load on the speed prompts (groups of `load` requests served at once), with
     tau and per-position acceptance of exactly these runs."""
-    generate(llm, prompts[:1], 4, thinking)  # an engine's first request pays for its own set-up: not timed
     rows = []
     for load in speed.concurrency:
         chosen = prompts[: speed.prompts_at(load)]
         progress(0, len(chosen), f"prompts (speed, k = {k}, load {load})")
         unit = f"prompts (speed, k = {k}, load {load})"
+        generate(llm, chosen[:load], speed.max_tokens, thinking)  # this load's batch shapes warmed up, not timed
         drafts0, per_position0 = _counters(llm)
         samples, tokens = [], 0
         for repeat in range(speed.repeats):  # the same work each time: greedy, so the same tokens
