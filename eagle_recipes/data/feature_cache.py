@@ -5,7 +5,7 @@ Layout of the capture stage's folder:
 - `data.npz`: the training sequences (data/sequences.py), tokenized exactly as online training does.
 - `shards/NNNNN.safetensors`: sequences [first, first + count) of `data.npz`, all their tokens back to back:
   `hidden` [N, F], what the draft reads (EAGLE-3: the aux layers' states concatenated, F = 3H; EAGLE-1: the
-  final normed state, F = H); `final` [N, H], the final normed state (EAGLE-3 only: EAGLE-1's `hidden` is it);
+  final normed state, F = H); `final` [N, H], the final normed state (EAGLE-3 and DFlash: EAGLE-1's `hidden` is it);
   `top` [N] int32, the base model's top token over its whole vocabulary; `input_ids` [N] int32, to check.
 - `head.safetensors`: `embed` [V, H] (the input embeddings), `lm_head` [V, H] and `norm` [H] (final norm).
 

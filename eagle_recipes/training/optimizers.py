@@ -15,8 +15,6 @@ from typing import Iterable
 import torch
 from torch.optim import _muon
 
-OPTIMIZERS = ("adamw", "muon")
-
 
 def newton_schulz(update: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
                   dtype: torch.dtype) -> torch.Tensor:
