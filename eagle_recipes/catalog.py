@@ -81,11 +81,18 @@ def _rebase_paths(text: str, source: Path, target: Path) -> str:
 
     def rebase(match: re.Match) -> str:
         relative = match.group(1)
-        absolute = (source / relative).resolve()
-        if os.path.isabs(relative) or "/" not in relative or not absolute.exists():
-            return match.group(0)  # not a path (a Hub id, a name) or not one that exists here
-        return f'"{os.path.relpath(absolute, target)}"'
+        if os.path.isabs(relative) or "/" not in relative or not _exists(source / relative):
+            return match.group(0)  # not a path (a Hub id, a name, a sentence with a slash) or not one here
+        return f'"{os.path.relpath((source / relative).resolve(), target)}"'
 
     text = re.sub(r"^(#:schema\s+)(\S+)", lambda m: m.group(1) + os.path.relpath(SCHEMA_PATH, target), text,
                   flags=re.M)
     return re.sub(r'"([^"\n]+)"', rebase, text)
+
+
+def _exists(path: Path) -> bool:
+    """Whether a string names an existing file; one too long to be a file name (a note in prose) names none."""
+    try:
+        return path.resolve().exists()
+    except OSError:
+        return False

@@ -211,8 +211,8 @@ def cmd_eval(args) -> int:
     ensure_writable_folder(out, "pass --out a writable folder")
     sets = resolve_sets([args.prompts], lambda spec: Path(spec), None, args.max_prompts, "first")
     settings = {k: v for k, v in vars(args).items() if k != "func"}
-    speed = SpeedSettings(tuple(args.concurrency), args.speed_prompts, args.speed_max_tokens, repeats=args.speed_repeats) \
-        if args.concurrency and args.engine == "vllm" else None
+    speed = SpeedSettings(tuple(args.concurrency), args.speed_prompts, args.speed_max_tokens,
+                          repeats=args.speed_repeats) if args.concurrency and args.engine == "vllm" else None
     report = evaluate_draft(base, draft, speculative_method(algorithm_of(check.layout)), args.num_speculative_tokens,
                             sets, args.max_tokens, args.engine, out, settings,
                             log=lambda message: console.print(message, markup=False), verbose=args.verbose,

@@ -142,6 +142,8 @@ def test_speed_sweep_starts_one_engine_per_k_and_recommends_the_fastest(permutat
     assert started == [(False, K), (True, 1), (True, 2), (True, 3)]
     assert [(r.k, r.concurrency) for r in table.rows] == [(k, load) for k in range(K + 1) for load in (1, 4)]
     assert all(r.prompts == 4 and r.tokens > 0 and r.tokens_per_s > 0 for r in table.rows)
+    assert all(len(r.samples) == speed.repeats == 3 and min(r.samples) <= round(r.tokens_per_s, 2) <= max(r.samples)
+               for r in table.rows)
     for load in (1, 4):
         rows = table.at(load)
         assert rows[0].k == 0 and rows[0].speedup == 1.0 and rows[0].acceptance_length == 1.0

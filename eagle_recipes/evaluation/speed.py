@@ -98,7 +98,8 @@ class SpeedTable:
         best, drafted, second = self.recommended(load), self.best_draft(load), self.runner_up(load)
         noise = ""
         if self.within_noise(load):
-            spread = f"the measurement's spread ({100 * max(best.spread, second.spread):.0f}% over {len(best.samples)} repeats)"
+            spread = (f"the measurement's spread ({100 * max(best.spread, second.spread):.0f}% over "
+                      f"{len(best.samples)} repeats)")
             if best.k == 0:
                 noise = f"; that lead is within {spread}: too close to call"
             else:
@@ -118,9 +119,11 @@ class SpeedTable:
         if top.k == 0:
             return "no k beats the base alone at any measured load: " + "; ".join(self.advice(l) for l in self.loads)
         on = f"{self.settings['hardware']}, " if self.settings.get("hardware") else ""
-        spread = f" ({on}spread {100 * top.spread:.0f}%{', within noise of the next' if self.within_noise(top.concurrency) else ''})"
-        return (f"fastest: k = {top.k} at load {top.concurrency}, {top.speedup:.2f}x the base alone{spread}; "
-                + "; ".join(self.advice(l) for l in self.loads if l != top.concurrency))
+        tie = ", within noise of the next" if self.within_noise(top.concurrency) else ""
+        spread = f" ({on}spread {100 * top.spread:.0f}%{tie})"
+        others = [self.advice(load) for load in self.loads if load != top.concurrency]
+        return "; ".join([f"fastest: k = {top.k} at load {top.concurrency}, {top.speedup:.2f}x the base alone{spread}",
+                          *others])
 
     def to_dict(self) -> dict[str, Any]:
         return {"rows": [asdict(r) for r in self.rows], "settings": self.settings,

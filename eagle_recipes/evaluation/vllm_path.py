@@ -133,7 +133,8 @@ def _speed_rows(llm, k: int, prompts: list[list[dict]], speed: SpeedSettings, th
         drafts1, per_position1 = _counters(llm)
         per_position0 = per_position0 or [0] * len(per_position1)
         acceptance = Acceptance(drafts1 - drafts0, [b - a for a, b in zip(per_position0, per_position1)])
-        rows.append(SpeedRow.from_samples(k, load, samples, acceptance_length=acceptance.acceptance_length if k else 1.0,
+        rows.append(SpeedRow.from_samples(k, load, samples,
+                                          acceptance_length=acceptance.acceptance_length if k else 1.0,
                                           per_position=acceptance.per_position if k else [], prompts=len(chosen),
                                           tokens=tokens))
     return rows

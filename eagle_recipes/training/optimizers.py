@@ -35,6 +35,10 @@ class Float32Muon(torch.optim.Muon):
 
     @torch.no_grad()
     def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         for group in self.param_groups:
             momentum = group["momentum"]
             for param in group["params"]:
@@ -50,6 +54,7 @@ class Float32Muon(torch.optim.Muon):
                                        torch.float32).to(param.dtype)
                 param.mul_(1 - group["lr"] * group["weight_decay"])
                 param.add_(update, alpha=-_muon._adjust_lr(group["lr"], group["adjust_lr_fn"], param.shape))
+        return loss
 
 
 def muon_class(device: torch.device) -> type[torch.optim.Muon]:
