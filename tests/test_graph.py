@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 from tests.helpers import CLI, PROJECT, cli, plan_status, small_recipe
@@ -14,12 +15,27 @@ from tests.helpers import CLI, PROJECT, cli, plan_status, small_recipe
 ALL_RECIPES = sorted((PROJECT / "recipes").glob("*.toml")) + sorted((PROJECT / "catalog").glob("*/*.toml"))
 
 
+# every recipe planned by the CLI's own `main`, in one offline process (one start-up instead of one per recipe)
+PLAN_ALL = """
+import sys
+from eagle_recipes.cli import main
+for recipe in sys.argv[1:]:
+    print(f"=== {recipe}", flush=True)
+    print(f"=== exit {main(['plan', recipe])}", flush=True)
+"""
+
+
 def test_plan_every_shipped_recipe_offline(tmp_path):
     env = {**os.environ, "EAGLE_RECIPES_CACHE": str(tmp_path / "empty-cache"), "HF_HUB_OFFLINE": "1"}
-    for recipe in ALL_RECIPES:
-        out = cli("plan", recipe, env=env)
+    result = subprocess.run([sys.executable, "-c", PLAN_ALL, *map(str, ALL_RECIPES)], capture_output=True, text=True,
+                            env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outputs = result.stdout.split("=== ")[1:]
+    assert len(outputs) == 2 * len(ALL_RECIPES), result.stdout[-3000:]
+    for recipe, out, code in zip(ALL_RECIPES, outputs[0::2], outputs[1::2]):
+        assert code.strip() == "exit 0", f"{recipe.name}: plan failed:\n{out[-2000:]}\n{result.stderr[-2000:]}"
         for stage in ("synthesize", "calibrate", "train", "export", "evaluate"):
-            assert stage in out.stdout, f"{recipe.name}: {stage} missing from the plan"
+            assert stage in out, f"{recipe.name}: {stage} missing from the plan"
     assert not any((tmp_path / "empty-cache").rglob("*.safetensors")), "plan downloaded a model"
 
 
