@@ -118,8 +118,8 @@ def _speed_rows(llm, k: int, prompts: list[list[dict]], speed: SpeedSettings, th
     rows = []
     for load in speed.concurrency:
         chosen = prompts[: speed.prompts_at(load)]
-        progress(0, len(chosen), f"prompts (speed, k = {k}, load {load})")
         unit = f"prompts (speed, k = {k}, load {load})"
+        progress(0, speed.repeats * len(chosen), unit)
         generate(llm, chosen[:load], speed.max_tokens, thinking)  # this load's batch shapes warmed up, not timed
         drafts0, per_position0 = _counters(llm)
         samples, tokens = [], 0

@@ -13,11 +13,11 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch.optim import _muon
 
 PHASES = ("forward", "backward", "optimizer")
 SLOW_FACTOR = 8.0  # a phase this many times its estimate (and the step 4x the whole estimate) is named
 ADAMW_BYTES_PER_PARAMETER = 64  # weight, gradient and two moments read and written, a few passes
-NS_STEPS = 5  # torch's Muon default
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,6 @@ class StepWork:
     backward_flops: float
     newton_schulz_flops: float  # Muon's orthogonalisation (0 with AdamW)
     elementwise_bytes: float  # the optimizer's per-parameter update
-
-    @property
-    def gflops(self) -> float:
-        return (self.forward_flops + self.backward_flops + self.newton_schulz_flops) / 1e9
 
 
 @dataclass(frozen=True)
@@ -54,7 +50,7 @@ def step_work(draft: torch.nn.Module, tokens: int, sequence_length: int, unroll:
         for name, parameter in draft.named_parameters():
             if muon_parameter(name, parameter):
                 small, large = sorted(parameter.shape)
-                newton_schulz += NS_STEPS * (4 * small * small * large + 2 * small ** 3)
+                newton_schulz += _muon.DEFAULT_NS_STEPS * (4 * small * small * large + 2 * small ** 3)
     parameters = sum(p.numel() for p in draft.parameters() if p.requires_grad)
     return StepWork(forward, 2 * forward, newton_schulz, parameters * ADAMW_BYTES_PER_PARAMETER)
 
