@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from eagle_recipes.data.formats import HELD_OUT_SPLIT
+
 
 def plot_curves(rows: list[dict], path: Path) -> None:
     """tau against training tokens and CPU-minutes, one curve per variant trained at several step counts."""
@@ -18,7 +20,7 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for name in names:  # curves only: one-point variants are in the table
         mine = sorted((r for r in rows if r["variant"] == name), key=lambda r: r["steps"])
-        for split, style in (("mt-bench", "-o"), ("holdout", "--s")):
+        for split, style in (("mt-bench", "-o"), (HELD_OUT_SPLIT, "--s")):
             taus = [r["tau"][split]["acceptance_length"] for r in mine]
             axes[0].plot([r["tokens"] for r in mine], taus, style, label=f"{name}, {split}")
             axes[1].plot([r["train_cpu_min"] for r in mine], taus, style, label=f"{name}, {split}")
@@ -50,7 +52,7 @@ def plot_levers(rows: list[dict], path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(8, 0.45 * len(single) + 1.5))
     positions = range(len(single))
-    for offset, (split, color) in enumerate((("mt-bench", "tab:blue"), ("holdout", "tab:orange"))):
+    for offset, (split, color) in enumerate((("mt-bench", "tab:blue"), (HELD_OUT_SPLIT, "tab:orange"))):
         gains = [r["tau"][split]["acceptance_length"] - 1 for r in single]
         axis.barh([p + 0.4 * offset for p in positions], gains, height=0.4, color=color, label=split)
         for position, row, gain in zip(positions, single, gains):
@@ -77,7 +79,7 @@ def plot_data_axis(rows: list[dict], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for name in dict.fromkeys(r["variant"] for r in rows):
         mine = sorted((r for r in rows if r["variant"] == name), key=lambda r: r["conversations"])
-        for split, style in (("mt-bench", "-o"), ("holdout", "--s")):
+        for split, style in (("mt-bench", "-o"), (HELD_OUT_SPLIT, "--s")):
             axis.plot([r["conversations"] for r in mine], [r["tau"][split]["acceptance_length"] for r in mine], style,
                       label=f"{name}, {split}")
     axis.set_xscale("log", base=2)

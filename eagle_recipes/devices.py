@@ -77,6 +77,13 @@ def training_precision(precision: str, use_gpu: bool) -> str:
     return "bfloat16" if use_gpu else "float32"
 
 
+def engine_dtype(requested: str, on_gpu: bool) -> str:
+    """The dtype an inference engine (vLLM) runs the base model in, by the same policy as `compute_dtype`: the
+    recipe's model.dtype when it names one; with "auto", the model's own on GPUs and float32 on every CPU (bfloat16
+    is emulated on AVX2-only CPUs, and one dtype everywhere keeps every kind of CPU giving the same tokens)."""
+    return requested if requested != "auto" or on_gpu else "float32"
+
+
 def compute_dtype(device: "torch.device", precision: str = "auto") -> "torch.dtype":
     """The dtype the base model's forward and its features run in: bfloat16 on GPUs unless the run asked for
     float32 (train.precision), float32 on CPUs."""

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from eagle_recipes.errors import UserError
-from eagle_recipes.run_folder import RunFolder
+from eagle_recipes.run_folder import REPORT_PLOT, RunFolder
 
 
 def evaluated_card(draft: Path) -> Path | None:
@@ -29,7 +29,7 @@ def stage_upload(draft: Path, repo_id: str, into: Path) -> list[str]:
             shutil.copy(path, into / path.name)
     card = evaluated_card(draft)
     if card:
-        for path in (card / "README.md", card / "per_position.png"):
+        for path in (card / "README.md", card / REPORT_PLOT):
             if path.is_file():
                 shutil.copy(path, into / path.name)
     readme = into / "README.md"

@@ -16,9 +16,20 @@ from eagle_recipes.graph.plan import compile_plan
 from eagle_recipes.graph.progress import ProgressHub
 from eagle_recipes.graph.runner import execute_stage
 from eagle_recipes.recipe import load_recipe
+from eagle_recipes.run_folder import RunFolder
 
 PROJECT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "eagle_recipes.cli"]
+
+
+def cli_commands() -> set[str]:
+    """The commands the CLI's own parser offers (tests that cover every command ask it, not a list of their own)."""
+    import argparse
+
+    from eagle_recipes.cli import build_parser
+
+    return next(set(action.choices) for action in build_parser()._actions
+                if isinstance(action, argparse._SubParsersAction))
 
 
 def cli(*args, env=None, check=True, timeout=900) -> subprocess.CompletedProcess:
@@ -87,7 +98,7 @@ def run_stage(recipe_path: Path, stage: str) -> dict:
     recipe = load_recipe(recipe_path)
     plan = compile_plan(recipe)
     planned = plan.stage(stage)
-    inputs = {d: str(Path(recipe.output_dir) / d) for d in planned.depends_on}
+    inputs = {d: str(RunFolder(Path(recipe.output_dir)).stage(d)) for d in planned.depends_on}
     return execute_stage(recipe, stage, planned.fingerprint, inputs, ProgressHub.remote())
 
 

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 
+from eagle_recipes.data.formats import HELD_OUT_SPLIT
 from tests.helpers import PROJECT, cli, small_recipe
 
 BENCHMARKS = PROJECT / "benchmarks"
@@ -46,7 +47,7 @@ def test_learning_curve_benchmark_quick(tmp_path, smollm2_path):
     printed = bench("learning_curve.py", "--quick", "--recipe", recipe, "--out", out)
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["steps"] == 10
-    for name in ("mt-bench", "holdout"):
+    for name in ("mt-bench", HELD_OUT_SPLIT):
         assert 1.0 <= rows[0]["tau"][name]["acceptance_length"] <= 6.0, rows[0]["tau"]
     assert re.search(r"\| recipe \| the recipe \| \d+ \| 10 \|", printed), printed
     assert (out / "learning_curve.md").exists()

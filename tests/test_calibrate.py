@@ -12,6 +12,7 @@ import torch
 
 from eagle_recipes.data.chat import load_tokenizer, render_batch
 from eagle_recipes.draft.vocab import VocabError, load_d2t, mapping_from_ids, top_k_ids
+from eagle_recipes.run_folder import D2T_FILE
 from eagle_recipes.stages.calibrate import count_tokens
 
 CONVERSATIONS = [
@@ -89,8 +90,8 @@ def test_top_k_breaks_ties_by_id():
 def test_seed_format_d2t_round_trips(tmp_path):
     # The seed writes d2t in descending-frequency order: target ids 40, 3, 17 -> offsets id - i
     seed_targets = torch.tensor([40, 3, 17])
-    torch.save(seed_targets - torch.arange(3), tmp_path / "d2t.pt")
-    mapping = load_d2t(tmp_path / "d2t.pt", vocab_size=64)
+    torch.save(seed_targets - torch.arange(3), tmp_path / D2T_FILE)
+    mapping = load_d2t(tmp_path / D2T_FILE, vocab_size=64)
     assert sorted(mapping.target_ids.tolist()) == [3, 17, 40]
     assert int(mapping.t2d.sum()) == 3
     torch.save(mapping.d2t, tmp_path / "ours.pt")
@@ -104,9 +105,9 @@ def test_seed_format_d2t_round_trips(tmp_path):
     (torch.tensor([[1, 2]]), "1-D integer tensor"),
 ])
 def test_bad_d2t_rejected_with_a_clear_error(tmp_path, tensor, words):
-    torch.save(tensor, tmp_path / "d2t.pt")
+    torch.save(tensor, tmp_path / D2T_FILE)
     with pytest.raises(VocabError, match=words):
-        load_d2t(tmp_path / "d2t.pt", vocab_size=64)
+        load_d2t(tmp_path / D2T_FILE, vocab_size=64)
 
 
 # Text that trips tokenizers up: whitespace runs before words, Unicode letters and numbers, control characters

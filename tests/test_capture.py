@@ -15,8 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from eagle_recipes.data.feature_cache import FeatureStore
-from eagle_recipes.draft.trained import TRAINED_FOLDER
 from eagle_recipes.graph.manifest import IN_PROGRESS, MANIFEST
+from eagle_recipes.run_folder import CAPTURE, FEATURE_SHARDS, SEQUENCES_FILE, TRAIN, RunFolder
 from tests.helpers import run_stage, small_recipe
 
 
@@ -27,7 +27,7 @@ def _recipe(folder, model, features: str, steps: int = 12, shard: int = 8):
 
 
 def _losses(folder):
-    return [json.loads(line)["loss"] for line in (folder / "out" / "train" / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line)["loss"] for line in RunFolder(folder / "out").metrics.read_text().splitlines()]
 
 
 def test_cached_training_matches_online_training_step_by_step(tmp_path, tiny_llama, ray_session):
@@ -39,7 +39,7 @@ def test_cached_training_matches_online_training_step_by_step(tmp_path, tiny_lla
         stages = ["synthesize", "calibrate"] + (["capture"] if features == "cached" else []) + ["train"]
         for stage in stages:
             run_stage(recipe, stage)
-        results[features] = (_losses(folder), load_file(str(folder / "out" / "train" / TRAINED_FOLDER / "model.safetensors")))
+        results[features] = (_losses(folder), load_file(str(RunFolder(folder / "out").trained / "model.safetensors")))
     (online_losses, online_weights), (cached_losses, cached_weights) = results["online"], results["cached"]
     assert len(online_losses) == len(cached_losses) == 12
     assert all(loss[0] > 0.1 for loss in online_losses)  # real labels: not a comparison of zeros
@@ -47,9 +47,10 @@ def test_cached_training_matches_online_training_step_by_step(tmp_path, tiny_lla
         assert a == pytest.approx(b, rel=1e-4, abs=1e-5), f"step {step + 1}: online {a}, cached {b}"
     for name in online_weights:
         torch.testing.assert_close(cached_weights[name], online_weights[name], rtol=1e-3, atol=1e-5)
-    manifest = json.loads((tmp_path / "cached" / "out" / "train" / MANIFEST).read_text())
+    cached = RunFolder(tmp_path / "cached" / "out")
+    manifest = json.loads(cached.manifest_file(TRAIN).read_text())
     assert manifest["metrics"]["train_config"]["features"] == "cached"
-    capture = json.loads((tmp_path / "cached" / "out" / "capture" / MANIFEST).read_text())
+    capture = json.loads(cached.manifest_file(CAPTURE).read_text())
     # the 6-layer target's aux layers are (2, 3): two states and the final one, 64 wide, fp32; top id, token id
     assert capture["metrics"]["bytes_per_token"] == (2 + 1) * 64 * 4 + 4 + 4
 
@@ -61,8 +62,8 @@ def test_interrupted_capture_resumes_by_shard_to_identical_shards(tmp_path, tiny
         recipe = _recipe(folder, tiny_llama, "cached", shard=5)
         run_stage(recipe, "synthesize")
         run_stage(recipe, "capture")
-    out = interrupted / "out" / "capture"
-    shards = sorted((out / "shards").glob("*.safetensors"))
+    out = RunFolder(interrupted / "out").features
+    shards = sorted((out / FEATURE_SHARDS).glob("*.safetensors"))
     assert len(shards) >= 4
     # what a kill leaves: no manifest, the in-progress marker, one shard never written, one cut short
     fingerprint = json.loads((out / MANIFEST).read_text())["fingerprint"]
@@ -71,25 +72,25 @@ def test_interrupted_capture_resumes_by_shard_to_identical_shards(tmp_path, tiny
     shards[1].unlink()
     shards[2].write_bytes(shards[2].read_bytes()[: shards[2].stat().st_size // 2])
     result = run_stage(_recipe(interrupted, tiny_llama, "cached", shard=5), "capture")
-    sequences = int(np.load(out / "data.npz")["offsets"].shape[0] - 1)
+    sequences = int(np.load(out / SEQUENCES_FILE)["offsets"].shape[0] - 1)
     assert result["counts"]["resumed_from_earlier_run"] == sequences - 10  # every whole shard was kept
     assert result["counts"]["captured_this_run"] == 10
-    for path in sorted((reference / "out" / "capture" / "shards").glob("*.safetensors")):
-        ours, theirs = load_file(str(out / "shards" / path.name)), load_file(str(path))
+    for path in sorted((RunFolder(reference / "out").features / FEATURE_SHARDS).glob("*.safetensors")):
+        ours, theirs = load_file(str(out / FEATURE_SHARDS / path.name)), load_file(str(path))
         assert ours.keys() == theirs.keys()
         for name in ours:
             assert torch.equal(ours[name], theirs[name]), (path.name, name)
     store = FeatureStore(out)
-    assert store.tokens == int(np.load(out / "data.npz")["offsets"][-1])
+    assert store.tokens == int(np.load(out / SEQUENCES_FILE)["offsets"][-1])
 
 
 def test_feature_store_reads_the_rows_of_each_sequence(tmp_path, tiny_llama, ray_session):
     recipe = _recipe(tmp_path, tiny_llama, "cached", shard=7)
     run_stage(recipe, "synthesize")
     run_stage(recipe, "capture")
-    out = tmp_path / "out" / "capture"
+    out = RunFolder(tmp_path / "out").features
     store = FeatureStore(out)
-    data = np.load(out / "data.npz")
+    data = np.load(out / SEQUENCES_FILE)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from eagle_recipes.run_folder import RunFolder
 from tests.helpers import free_port, small_recipe
 
 RAY = str(Path(sys.executable).parent / "ray")
@@ -49,13 +50,14 @@ def test_submit_to_a_two_node_cluster(tmp_path, two_node_cluster, tiny_llama):
         ray.shutdown()
     recipe = small_recipe(tmp_path, tiny_llama, steps=4)
     output = tmp_path / "shared-output"
+    run = RunFolder(output)
     result = subprocess.run([sys.executable, "-m", "eagle_recipes.cli", "submit", str(recipe), "--address", dashboard,
                              "--follow", "--output-dir", str(output)], capture_output=True, text=True, timeout=900,
                             env={**os.environ, "RAY_AUTH_MODE": "disabled"})
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "submitted job" in result.stdout and "SUCCEEDED" in result.stdout
-    summary = json.loads((output / "run.json").read_text())
+    summary = json.loads(run.summary_file.read_text())
     assert summary["ok"] and set(summary["stages"]) == {"synthesize", "calibrate", "train", "export"}
     assert all(s["status"] == "done" for s in summary["stages"].values())
-    assert (output / "export" / "draft" / "model.safetensors").exists()
+    assert (run.draft / "model.safetensors").exists()
     assert not (tmp_path / "out").exists()  # everything went to the shared output directory

@@ -12,6 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from eagle_recipes.draft import dflash
 from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
 from eagle_recipes.draft.model import build_draft
+from eagle_recipes.run_folder import RunFolder
 from eagle_recipes.training.target_source import target_outputs
 
 VOCAB, HIDDEN, SEQ, BLOCK = 96, 64, 14, 5
@@ -122,10 +123,11 @@ def test_dflash_trains_and_exports_through_the_graph(tmp_path, tiny_llama, ray_s
     recipe.write_text(text.replace("[eval]\nenabled = false", "[eval]\nenabled = false\nnum_speculative_tokens = 3"))
     for stage in ("synthesize", "calibrate", "train", "export"):
         result = run_stage(recipe, stage)
-    rows = [json.loads(line) for line in (tmp_path / "out" / "train" / "metrics.jsonl").read_text().splitlines()]
+    run = RunFolder(tmp_path / "out")
+    rows = [json.loads(line) for line in run.metrics.read_text().splitlines()]
     assert len(rows) == 12 and all(len(r["loss"]) == 3 for r in rows)  # one loss per mask slot
     assert [r["step"] for r in rows if "simulated_tau" in r] == [6, 12]
-    draft = tmp_path / "out" / "export" / "draft"
+    draft = run.draft
     report = inspect_draft(draft)
     assert report.ok and report.layout == "dflash", report.lines()
     config = json.loads((draft / "config.json").read_text())

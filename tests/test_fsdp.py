@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from eagle_recipes.draft.trained import TRAINED_FOLDER
 from eagle_recipes.graph.manifest import IN_PROGRESS, MANIFEST
+from eagle_recipes.run_folder import CALIBRATE, CHECKPOINT_PREFIX, SYNTHESIZE, TRAIN, RunFolder
 from tests.helpers import run_stage, small_recipe
 
 # FSDP2 reduce-scatters what DDP all-reduces: the same sums in another order (float32)
@@ -31,11 +31,11 @@ def _train(folder, model, settings: str, steps: int = 8, every: int = 5):
 
 
 def _weights(folder):
-    return load_file(str(folder / "out" / "train" / TRAINED_FOLDER / "model.safetensors"))
+    return load_file(str(RunFolder(folder / "out").trained / "model.safetensors"))
 
 
 def _losses(folder):
-    rows = (folder / "out" / "train" / "metrics.jsonl").read_text().splitlines()
+    rows = RunFolder(folder / "out").metrics.read_text().splitlines()
     return [loss for line in rows for loss in json.loads(line)["loss"]]  # every TTT step of every step
 
 
@@ -58,12 +58,13 @@ def test_fsdp_checkpoint_resumes_to_identical_weights(tmp_path, tiny_llama, ray_
     settings = 'num_workers = 2\nstrategy = "fsdp"\n'
     recipe = _train(tmp_path, tiny_llama, settings, steps=8, every=4)
     uninterrupted = _weights(tmp_path)
-    train = tmp_path / "out" / "train"
+    run = RunFolder(tmp_path / "out")
+    train = run.stage(TRAIN)
     # what a kill after step 4's checkpoint leaves: no manifest, the in-progress marker, no later checkpoint
     fingerprint = json.loads((train / MANIFEST).read_text())["fingerprint"]
     (train / MANIFEST).unlink()
     (train / IN_PROGRESS).write_text(fingerprint)
-    for later in sorted((train / "checkpoints").glob("step-*"))[1:]:
+    for later in sorted(run.checkpoints.glob(f"{CHECKPOINT_PREFIX}*"))[1:]:
         __import__("shutil").rmtree(later)
     result = run_stage(recipe, "train")
     assert result["counts"]["resumed_from_step"] == 4 and result["counts"]["steps_this_run"] == 4
@@ -75,23 +76,24 @@ def test_fsdp_checkpoint_resumes_to_identical_weights(tmp_path, tiny_llama, ray_
 def test_bf16_autocast_steps_on_cpu_match_float32(tmp_path, tiny_llama, ray_session):
     """The bfloat16 path GPUs take (autocast; float32 weights and optimizer), on a CPU, against float32."""
     from eagle_recipes.recipe import load_recipe
-    from eagle_recipes.stages.common import tokenize_training_data
+    from eagle_recipes.data.training_data import tokenize_training_data
     from eagle_recipes.stages.train import train_config, vocab_mapping
     from eagle_recipes.draft.vocab import save_mapping
-    from eagle_recipes.stages.common import draft_config_for
+    from eagle_recipes.draft.for_recipe import draft_config_for
     from eagle_recipes.training.loop import setup, train_step
 
     path = small_recipe(tmp_path, tiny_llama)
     for stage in ("synthesize", "calibrate"):
         run_stage(path, stage)
     recipe = load_recipe(path)
-    upstream = {name: recipe.output_dir / name for name in ("synthesize", "calibrate")}
+    upstream = {name: RunFolder(recipe.output_dir).stage(name) for name in (SYNTHESIZE, CALIBRATE)}
     mapping = vocab_mapping(recipe, upstream, tiny_llama)
     save_mapping(mapping, tmp_path)
+    d2t_file, _ = RunFolder.mapping_files(tmp_path)
     tokenize_training_data(recipe, upstream, tiny_llama, tmp_path)
     config = train_config(recipe, model_path=tiny_llama,
                           draft_config=draft_config_for(recipe, tiny_llama, mapping.draft_vocab_size).to_dict(),
-                          vocab_file=str(tmp_path / "d2t.pt"), data_folder=str(tmp_path), checkpoint_dir="",
+                          vocab_file=str(d2t_file), data_folder=str(tmp_path), checkpoint_dir="",
                           metrics_file="", capture_dir="")
     assert config.precision == "float32"  # auto, on a CPU
     runs = {}

@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+from eagle_recipes.run_folder import CALIBRATE, EXPORT, SYNTHESIZE, TRAIN, RunFolder
 from tests.helpers import CLI, PROJECT, cli, plan_status, small_recipe
 
 ALL_RECIPES = sorted((PROJECT / "recipes").glob("*.toml")) + sorted((PROJECT / "catalog").glob("*/*.toml"))
@@ -21,8 +23,22 @@ import sys
 from eagle_recipes.cli import main
 for recipe in sys.argv[1:]:
     print(f"=== {recipe}", flush=True)
-    print(f"=== exit {main(['plan', recipe])}", flush=True)
+    print(f"=== exit {main(['plan', recipe, '--json'])}", flush=True)
 """
+
+# the graph's stages in order, written out here: a stage the planner drops is then neither planned nor left out
+STAGES = ["synthesize", "calibrate", "capture", "train", "export", "evaluate"]
+
+
+def recipe_value(recipe: Path, key: str):
+    """A recipe's value for a dotted key, the schema's default where the file does not set it."""
+    import tomllib
+
+    value, schema = tomllib.loads(recipe.read_text()), json.loads((PROJECT / "schemas/recipe.schema.json").read_text())
+    for part in key.split("."):
+        schema = schema["properties"][part]
+        value = value.get(part, {}) if isinstance(value, dict) else {}
+    return value if value != {} else schema.get("default")
 
 
 def test_plan_every_shipped_recipe_offline(tmp_path):
@@ -34,8 +50,16 @@ def test_plan_every_shipped_recipe_offline(tmp_path):
     assert len(outputs) == 2 * len(ALL_RECIPES), result.stdout[-3000:]
     for recipe, out, code in zip(ALL_RECIPES, outputs[0::2], outputs[1::2]):
         assert code.strip() == "exit 0", f"{recipe.name}: plan failed:\n{out[-2000:]}\n{result.stderr[-2000:]}"
-        for stage in ("synthesize", "calibrate", "train", "export", "evaluate"):
-            assert stage in out, f"{recipe.name}: {stage} missing from the plan"
+        plan = json.loads(out.split("\n", 1)[1])
+        planned, left_out = [stage["name"] for stage in plan["stages"]], plan["left_out"]
+        # every stage is planned, in the graph's order, or left out with the recipe setting that turns it off
+        assert planned == [name for name in STAGES if name not in left_out], (recipe.name, planned, left_out)
+        assert {"synthesize", "train", "export"} <= set(planned), (recipe.name, planned)
+        for name, why in left_out.items():  # 'key = value (...)' or 'key is set (...)', true of this recipe
+            setting = why.split(" (")[0]
+            key, value = setting.split(" = ") if " = " in setting else (setting.removesuffix(" is set"), None)
+            held = recipe_value(recipe, key)
+            assert (held == json.loads(value)) if value else held, f"{recipe.name}: {name} left out because {why}"
     assert not any((tmp_path / "empty-cache").rglob("*.safetensors")), "plan downloaded a model"
 
 
@@ -52,13 +76,14 @@ def test_cache_skip_and_exactly_the_affected_stages_rerun(tmp_path, tiny_llama):
     started = time.time()
     again = cli("run", recipe)
     assert time.time() - started < 60 and again.stdout.count("up to date") >= 4
-    before = {s: json.loads((tmp_path / "out" / s / "stage.json").read_text())["finished_at"]
-              for s in ("synthesize", "calibrate", "train", "export")}
+    run = RunFolder(tmp_path / "out")
+    before = {s: json.loads(run.manifest_file(s).read_text())["finished_at"]
+              for s in (SYNTHESIZE, CALIBRATE, TRAIN, EXPORT)}
     small_recipe(tmp_path, tiny_llama, lr="0.002")  # a training setting: train and what follows
     assert plan_status(recipe) == {"synthesize": "up to date", "calibrate": "up to date", "train": "run",
                                    "export": "run"}
     cli("run", recipe)
-    after = {s: json.loads((tmp_path / "out" / s / "stage.json").read_text())["finished_at"] for s in before}
+    after = {s: json.loads(run.manifest_file(s).read_text())["finished_at"] for s in before}
     assert after["synthesize"] == before["synthesize"] and after["calibrate"] == before["calibrate"]
     assert after["train"] > before["train"] and after["export"] > before["export"]
     small_recipe(tmp_path, tiny_llama, lr="0.002", extra="[export]\ndtype = \"float32\"\n")  # export alone
@@ -67,7 +92,7 @@ def test_cache_skip_and_exactly_the_affected_stages_rerun(tmp_path, tiny_llama):
     with open(tmp_path / "prompts.jsonl", "a") as handle:  # the data: everything downstream of it
         handle.write(json.dumps({"prompt": "one more"}) + "\n")
     assert set(plan_status(recipe).values()) == {"run"}
-    summary = json.loads((tmp_path / "out" / "run.json").read_text())
+    summary = json.loads(run.summary_file.read_text())
     assert summary["ok"] and set(summary["stages"]) == set(before)
 
 
@@ -78,24 +103,25 @@ def test_sigkill_mid_training_resumes_to_identical_artifacts(tmp_path, tiny_llam
     cli("run", small_recipe(reference, tiny_llama, steps=30))
     recipe = small_recipe(interrupted, tiny_llama, steps=30)
     driver = subprocess.Popen([*CLI, "run", str(recipe)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = interrupted / "out" / "train" / "checkpoints" / "step-0000010"
+    run = RunFolder(interrupted / "out")
+    checkpoint = run.checkpoint(10)
     deadline = time.time() + 600
     while not checkpoint.exists() and time.time() < deadline and driver.poll() is None:
         time.sleep(0.05)
     assert checkpoint.exists(), "training never reached step 10"
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
-    assert not (interrupted / "out" / "train" / "stage.json").exists()
+    assert not run.manifest_file(TRAIN).exists()
     time.sleep(3)  # let Ray notice the dead driver and stop its workers
     cli("run", recipe)
-    manifest = json.loads((interrupted / "out" / "train" / "stage.json").read_text())
+    manifest = json.loads(run.manifest_file(TRAIN).read_text())
     resumed = manifest["counts"]["resumed_from_step"]
     assert resumed >= 10 and manifest["counts"]["steps"] == 30
     assert manifest["counts"]["steps_this_run"] == 30 - resumed  # finished steps were not trained again
-    synth = json.loads((interrupted / "out" / "synthesize" / "stage.json").read_text())
+    synth = json.loads(run.manifest_file(SYNTHESIZE).read_text())
     assert synth["finished_at"] < manifest["started_at"]  # the finished stage was not redone
-    ours = (interrupted / "out" / "export" / "draft" / "model.safetensors").read_bytes()
-    theirs = (reference / "out" / "export" / "draft" / "model.safetensors").read_bytes()
+    ours = (run.draft / "model.safetensors").read_bytes()
+    theirs = (RunFolder(reference / "out").draft / "model.safetensors").read_bytes()
     assert ours == theirs, "the resumed run's draft differs from the uninterrupted run's"
-    metrics = (interrupted / "out" / "train" / "metrics.jsonl").read_text().splitlines()
+    metrics = run.metrics.read_text().splitlines()
     assert [json.loads(line)["step"] for line in metrics] == list(range(1, 31))

@@ -19,9 +19,11 @@ from pathlib import Path
 
 from eagle_recipes.data.feature_cache import shard_is_whole
 from eagle_recipes.draft.inspect import inspect_draft
+from eagle_recipes.graph.manifest import IN_PROGRESS, MANIFEST
+from eagle_recipes.run_folder import (CAPTURE, CHECKPOINT_PREFIX, CHECKPOINTS, CONVERSATION_SHARDS, EXPORT,
+                                     FEATURE_SHARDS, SEQUENCES_FILE, SYNTHESIZE, TRAIN, RunFolder)
+from eagle_recipes.stages import STAGE_NAMES
 from tests.helpers import CLI, recipe_head, small_conversations, write_recipe
-
-STAGES = ["synthesize", "calibrate", "capture", "train", "export", "evaluate"]
 
 
 def kill_recipe(folder: Path, model: str) -> Path:
@@ -63,10 +65,11 @@ def kill_inside(recipe: Path, out: Path, stage: str, ready, rng: random.Random) 
     """SIGKILL the whole run at a random point inside `stage` (once `ready(folder)` holds); return the delay.
     A stage of a second or less may finish before a late kill lands: it is then forced to run again and
     killed sooner."""
+    run = RunFolder(out)
     for attempt in range(5):
         driver = start(recipe, *(["--force", stage] if attempt else []))
-        delay = kill_when_ready(driver, out / stage, ready, rng.uniform(0.0, 0.3) if attempt == 0 else 0.0)
-        if not (out / stage / "stage.json").exists():
+        delay = kill_when_ready(driver, run.stage(stage), ready, rng.uniform(0.0, 0.3) if attempt == 0 else 0.0)
+        if not run.manifest_file(stage).exists():
             return delay
     raise AssertionError(f"{stage} finished before every kill")
 
@@ -74,7 +77,7 @@ def kill_inside(recipe: Path, out: Path, stage: str, ready, rng: random.Random) 
 def running(folder: Path, since: float) -> bool:
     """The stage started in this run (its in-progress marker is touched at every start) and has not finished."""
     try:
-        return (folder / ".in-progress").stat().st_mtime >= since and not (folder / "stage.json").exists()
+        return (folder / IN_PROGRESS).stat().st_mtime >= since and not (folder / MANIFEST).exists()
     except FileNotFoundError:
         return False
 
@@ -135,20 +138,21 @@ def _session_of(pid: int) -> int | None:
 
 
 def manifest(out: Path, stage: str) -> dict:
-    return json.loads((out / stage / "stage.json").read_text())
+    return json.loads(RunFolder(out).manifest_file(stage).read_text())
 
 
 def test_a_kill_inside_every_stage_loses_nothing(tmp_path, smollm2_path):
     recipe = kill_recipe(tmp_path, smollm2_path)
     out = tmp_path / "out"
+    run = RunFolder(out)
     rng = random.Random(int(os.environ.get("KILL_SEED", "0")))
     ready = {  # how far a stage must be before the kill, so that its rerun has finished work to keep
-        "synthesize": lambda f: len(list((f / "shards").glob("*.jsonl"))) >= 2,
-        "capture": lambda f: len(list((f / "shards").glob("*.safetensors"))) >= 2,
-        "train": lambda f: len(list((f / "checkpoints").glob("step-*"))) >= 2,
+        SYNTHESIZE: lambda f: len(list((f / CONVERSATION_SHARDS).glob("*.jsonl"))) >= 2,
+        CAPTURE: lambda f: len(list((f / FEATURE_SHARDS).glob("*.safetensors"))) >= 2,
+        TRAIN: lambda f: len(list((f / CHECKPOINTS).glob(f"{CHECKPOINT_PREFIX}*"))) >= 2,
     }
     matrix = []
-    for stage in STAGES:
+    for stage in STAGE_NAMES:
         delay = kill_inside(recipe, out, stage, ready.get(stage, lambda f: True), rng)
         matrix.append({"killed in": stage, "after ready (s)": round(delay, 3), "damage placed": damage(out, stage)})
     final = start(recipe)
@@ -158,53 +162,53 @@ def test_a_kill_inside_every_stage_loses_nothing(tmp_path, smollm2_path):
         print(row)
 
     # every artifact complete; nothing lost, duplicated, or read while damaged
-    rows = [json.loads(line) for shard in sorted((out / "synthesize" / "shards").glob("*.jsonl"))
+    rows = [json.loads(line) for shard in sorted(run.conversations.glob("*.jsonl"))
             for line in shard.read_text().splitlines()]
     ids = [row["conversation_id"] for row in rows]
     assert len(ids) == len(set(ids)) == 40 and all(row["conversations"][-1]["role"] == "assistant" for row in rows)
-    synthesize = manifest(out, "synthesize")["counts"]
+    synthesize = manifest(out, SYNTHESIZE)["counts"]
     assert synthesize["resumed_from_earlier_run"] >= 8 and synthesize["generated_this_run"] >= 8  # cut shard redone
-    data = __import__("numpy").load(out / "capture" / "data.npz")
+    data = __import__("numpy").load(run.features / SEQUENCES_FILE)
     offsets, token_ids = data["offsets"], data["ids"]
-    shards = sorted((out / "capture" / "shards").glob("*.safetensors"))
-    assert len(shards) == manifest(out, "capture")["counts"]["shards"]
+    shards = sorted((run.features / FEATURE_SHARDS).glob("*.safetensors"))
+    assert len(shards) == manifest(out, CAPTURE)["counts"]["shards"]
     for index, shard in enumerate(shards):
         first = 2 * index
         last = min(first + 2, len(offsets) - 1)
         assert shard_is_whole(shard, first, token_ids[offsets[first]: offsets[last]]), shard
-    capture = manifest(out, "capture")["counts"]
+    capture = manifest(out, CAPTURE)["counts"]
     assert capture["resumed_from_earlier_run"] > 0 and capture["captured_this_run"] >= 2  # the cut shard redone
-    train = manifest(out, "train")["counts"]
+    train = manifest(out, TRAIN)["counts"]
     assert train["steps"] == 40 and 0 < train["resumed_from_step"] < 40
-    metrics = [json.loads(line)["step"] for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line)["step"] for line in run.metrics.read_text().splitlines()]
     assert metrics == list(range(1, 41))  # each step once: none lost, none counted twice
-    assert inspect_draft(out / "export" / "draft").ok
-    report = json.loads((out / "evaluate" / "report.json").read_text())
+    assert inspect_draft(run.draft).ok
+    report = json.loads(run.report.read_text())
     assert report["sets"]["eval"]["prompts"] == 3 and report["acceptance_length"] >= 1.0
 
 
 def damage(out: Path, stage: str) -> str:
     """Leave a damaged artifact of the killed stage where the rerun will find it."""
-    folder = out / stage
-    if stage == "synthesize":
-        shard = sorted((folder / "shards").glob("*.jsonl"))[0]
+    run = RunFolder(out)
+    if stage == SYNTHESIZE:
+        shard = sorted(run.conversations.glob("*.jsonl"))[0]
         with open(shard, "a") as handle:
             handle.write('{"conversation_id": "cut-sh')  # a line cut mid-write
         return f"half a line appended to {shard.name}"
-    if stage == "capture":
-        shard = sorted((folder / "shards").glob("*.safetensors"))[0]
+    if stage == CAPTURE:
+        shard = sorted((run.features / FEATURE_SHARDS).glob("*.safetensors"))[0]
         shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
         return f"{shard.name} cut to half"
-    if stage == "train":
-        latest = sorted((folder / "checkpoints").glob("step-*"))[-1]
+    if stage == TRAIN:
+        latest = sorted(run.checkpoints.glob(f"{CHECKPOINT_PREFIX}*"))[-1]
         state = latest / "state.pt"
         state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
-        metrics = folder / "metrics.jsonl"
+        metrics = run.metrics
         with open(metrics, "a") as handle:
             handle.write('{"step": 9')  # a metrics line cut mid-write
         return f"{latest.name}/state.pt cut to half, a metrics line cut"
-    if stage == "export":
-        draft = folder / "draft"
+    if stage == EXPORT:
+        draft = run.draft
         draft.mkdir(parents=True, exist_ok=True)
         (draft / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")  # a cut file
         return "a cut draft/model.safetensors"

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from eagle_recipes.draft.losses import position_losses
+from eagle_recipes.run_folder import SIMULATED_TAU_PLOT, TRAIN, RunFolder
 from tests.helpers import run_stage, small_recipe
 
 
@@ -92,20 +93,19 @@ def test_simulated_tau_is_logged_and_the_best_checkpoint_kept(tmp_path, tiny_lla
     stages = ["synthesize", "calibrate"] + (["capture"] if features == "cached" else []) + ["train"]
     for stage in stages:
         result = run_stage(recipe, stage)
-    rows = [json.loads(line) for line in (tmp_path / "out" / "train" / "metrics.jsonl").read_text().splitlines()]
+    run = RunFolder(tmp_path / "out")
+    rows = [json.loads(line) for line in run.metrics.read_text().splitlines()]
     simulated = [(r["step"], r["simulated_tau"]) for r in rows if "simulated_tau" in r]
     assert [step for step, _ in simulated] == [4, 8, 12]
     assert all(1.0 <= tau <= 6.0 for _, tau in simulated)
     best_step, best_tau = max(simulated, key=lambda item: item[1])
     metrics = result["metrics"]
     assert metrics["best_simulated_tau"] == best_tau and metrics["best_simulated_step"] == best_step
-    record = json.loads((tmp_path / "out" / "train" / "checkpoints" / "best" / "complete.json").read_text())
+    record = json.loads((run.checkpoints / "best" / "complete.json").read_text())
     assert record["step"] == best_step and record["tau"] == best_tau
-    assert (tmp_path / "out" / "train" / "simulated_tau.png").stat().st_size > 1000
+    assert (run.stage(TRAIN) / SIMULATED_TAU_PLOT).stat().st_size > 1000
     from safetensors.torch import load_file
 
-    from eagle_recipes.draft.trained import TRAINED_FOLDER
-
-    kept = torch.load(tmp_path / "out" / "train" / "checkpoints" / "best" / "state.pt", weights_only=False)["draft"]
-    trained = load_file(str(tmp_path / "out" / "train" / TRAINED_FOLDER / "model.safetensors"))
+    kept = torch.load(run.checkpoints / "best" / "state.pt", weights_only=False)["draft"]
+    trained = load_file(str(run.trained / "model.safetensors"))
     assert all(torch.equal(trained[name], tensor) for name, tensor in kept.items())  # the best, not the last

@@ -8,6 +8,7 @@ import pytest
 from eagle_recipes.graph.manifest import Manifest, write_manifest
 from eagle_recipes.graph.plan import compile_plan
 from eagle_recipes.recipe import load_recipe
+from eagle_recipes.run_folder import RunFolder
 from tests.helpers import recipe_head, write_recipe
 
 RECIPE = recipe_head("planning", "some/model", config="config.json") + """
@@ -25,10 +26,10 @@ def recipe(tmp_path, smollm2_config):
 
 def finish(recipe, names: list[str]) -> None:
     """Leave the manifests a finished run of these stages would leave."""
-    plan = compile_plan(recipe)
+    plan, run = compile_plan(recipe), RunFolder(recipe.output_dir)
     for name in names:
-        write_manifest(recipe.output_dir / name, Manifest(stage=name, fingerprint=plan.stage(name).fingerprint,
-                                                          started_at=0.0, finished_at=1.0, wall_s=1.0))
+        write_manifest(run.stage(name), Manifest(stage=name, fingerprint=plan.stage(name).fingerprint,
+                                                 started_at=0.0, finished_at=1.0, wall_s=1.0))
 
 
 def statuses(plan) -> dict[str, str]:

@@ -11,6 +11,7 @@ import pytest
 
 from eagle_recipes.errors import UserError
 from eagle_recipes.publish import publish
+from eagle_recipes.run_folder import REPORT_PLOT, RunFolder
 from tests.builders import build_permutation_target, export_copy_draft, permutation
 
 
@@ -35,23 +36,23 @@ def run_folder(tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("run")
     perm = permutation()
     build_permutation_target(run / "base", perm)
-    draft = export_copy_draft(run / "export" / "draft", run / "base", perm)
-    card = run / "evaluate" / "card"
+    draft = export_copy_draft(RunFolder(run).draft, run / "base", perm)
+    card = RunFolder(run).card
     card.mkdir(parents=True)
     (card / "README.md").write_text(f"# card\n| mt-bench | 80 | 4.000 |\nvllm serve base --speculative-config "
                                     f"'{{\"model\": \"{draft.resolve()}\"}}'\n")
-    (card / "per_position.png").write_bytes(b"png")
+    (card / REPORT_PLOT).write_bytes(b"png")
     return run
 
 
 def test_publish_uploads_the_draft_with_the_evaluated_card(run_folder, tmp_path):
     hub = RecordingHub(tmp_path / "uploaded")
-    url = publish(run_folder / "export" / "draft", "me/perm-eagle3", private=True, api=hub)
+    url = publish(RunFolder(run_folder).draft, "me/perm-eagle3", private=True, api=hub)
     assert url == "https://huggingface.co/me/perm-eagle3"
     assert hub.calls == [("create_repo", "me/perm-eagle3", "model", True, True),
                          ("upload_folder", "me/perm-eagle3", "model")]
-    assert sorted(p.name for p in (tmp_path / "uploaded").iterdir()) == [
-        "README.md", "config.json", "model.safetensors", "per_position.png"]
+    assert sorted(p.name for p in (tmp_path / "uploaded").iterdir()) == sorted([
+        "README.md", "config.json", "model.safetensors", REPORT_PLOT])
     card = (tmp_path / "uploaded" / "README.md").read_text()
     assert "| mt-bench | 80 | 4.000 |" in card and '"model": "me/perm-eagle3"' in card
     assert str(run_folder) not in card  # no local path goes public
@@ -59,7 +60,7 @@ def test_publish_uploads_the_draft_with_the_evaluated_card(run_folder, tmp_path)
 
 def test_publish_refuses_a_draft_that_inspect_rejects(run_folder, tmp_path):
     broken = tmp_path / "draft"
-    shutil.copytree(run_folder / "export" / "draft", broken)
+    shutil.copytree(RunFolder(run_folder).draft, broken)
     (broken / "model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}")
     hub = RecordingHub(tmp_path / "uploaded")
     with pytest.raises(UserError, match="not published, engines would not load it"):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from eagle_recipes.run_folder import REPORT_PLOT, RunFolder
 from tests.helpers import PROJECT
 
 CLI = [sys.executable, "-m", "eagle_recipes.cli"]
@@ -35,14 +36,15 @@ def reduced_quickstart(folder):
 
 def test_reduced_quickstart_end_to_end(tmp_path, smollm2_path):
     recipe = reduced_quickstart(tmp_path)
+    run = RunFolder(tmp_path / "run")
     first = subprocess.run([*CLI, "run", str(recipe)], capture_output=True, text=True, timeout=1800)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
     assert re.search(r"acceptance length tau = \d\.\d+ at k = 5 draft tokens", first.stdout), first.stdout[-2000:]
-    report = json.loads((tmp_path / "run" / "evaluate" / "report.json").read_text())
+    report = json.loads(run.report.read_text())
     assert report["headline_set"] == "mt-bench" and report["sets"]["mt-bench"]["prompts"] == 8
     assert 1.0 <= report["acceptance_length"] <= 6.0 and len(report["per_position"]) == 5
     assert report["sets"]["mt-bench"]["lossless"], report["sets"]["mt-bench"]["identical_outputs"]
-    assert (tmp_path / "run" / "evaluate" / "per_position.png").exists()
+    assert run.report_plot.exists()
     # the serving-speed sweep: the base alone and k = 1..5 at loads 1 and 4, the fastest of each load recommended
     speed = report["speed"]
     assert [(r["k"], r["concurrency"]) for r in speed["rows"]] == [(k, c) for k in range(6) for c in (1, 4)]
@@ -51,19 +53,18 @@ def test_reduced_quickstart_end_to_end(tmp_path, smollm2_path):
         assert speed["recommended"][load]["tokens_per_s"] == max(r["tokens_per_s"] for r in rows)
     assert re.search(r"(fastest: k = \d at load \d|no k beats the base alone)", first.stdout), first.stdout[-2000:]
     # the model card: export's knows the draft, evaluate's adds what was measured
-    exported = (tmp_path / "run" / "export" / "draft" / "README.md").read_text()
+    exported = (run.draft / "README.md").read_text()
     assert "# EAGLE-3 draft for SmolLM2-135M-Instruct" in exported and "Not measured yet" in exported
     assert "## Training" in exported and "24 steps" in exported and "vllm serve" in exported
-    card = (tmp_path / "run" / "evaluate" / "card" / "README.md").read_text()
+    card = (run.card / "README.md").read_text()
     tau = report["sets"]["mt-bench"]["acceptance_length"]
     assert f"| mt-bench | 8 | {tau:.3f} |" in card and "8/8" in card
     assert "## Serving speed" in card and "| base alone |" in card
-    assert (tmp_path / "run" / "evaluate" / "card" / "per_position.png").exists()
-    inspect = subprocess.run([*CLI, "inspect", str(tmp_path / "run" / "export" / "draft")], capture_output=True,
-                             text=True)
+    assert (run.card / REPORT_PLOT).exists()
+    inspect = subprocess.run([*CLI, "inspect", str(run.draft)], capture_output=True, text=True)
     assert inspect.returncode == 0 and "OK" in inspect.stdout
     started = time.time()
     again = subprocess.run([*CLI, "run", str(recipe)], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and time.time() - started < 60
-    summary = json.loads((tmp_path / "run" / "run.json").read_text())
+    summary = json.loads(run.summary_file.read_text())
     assert {s["status"] for s in summary["stages"].values()} == {"up to date"}

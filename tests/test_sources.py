@@ -14,6 +14,7 @@ import pytest
 
 from eagle_recipes.data.formats import load_conversations
 from eagle_recipes.data.sources import DatasetSource, SourceError, count_rows
+from eagle_recipes.run_folder import SYNTHESIZE, RunFolder
 from tests.helpers import cli, recipe_head, write_recipe
 
 CARD = """---
@@ -164,14 +165,14 @@ def test_a_dataset_folder_runs_the_whole_graph(hub_folder, tmp_path, tiny_llama)
              "max_tokens = 8\n")
     recipe = write_recipe(tmp_path, text)
     cli("run", recipe)
-    out = tmp_path / "out"
-    synthesize = json.loads((out / "synthesize" / "stage.json").read_text())
+    out = RunFolder(tmp_path / "out")
+    synthesize = json.loads(out.manifest_file(SYNTHESIZE).read_text())
     # 40 + 30 rows: 10 sharegpt rows repeat chat's, 2 unusable
     assert synthesize["counts"]["conversations"] == 58
     assert synthesize["metrics"]["sources"] == [{"source": "hub-dataset[chat/train_sft]", "conversations": 40},
                                                 {"source": "hub-dataset[sharegpt/train]", "conversations": 18}]
     assert synthesize["counts"]["skipped_by_source"]["hub-dataset[sharegpt/train]: duplicate id"] == 10
-    report = json.loads((out / "evaluate" / "report.json").read_text())
+    report = json.loads(out.report.read_text())
     assert report["sets"]["eval"]["prompts"] == 3
     again = cli("plan", recipe, "--json").stdout
     assert {s["status"] for s in json.loads(again)["stages"]} == {"up to date"}  # a rerun reads nothing again

@@ -11,6 +11,7 @@ import pytest
 from eagle_recipes.evaluation.prompt_sets import prompts_from_file
 from eagle_recipes.evaluation.reference_path import evaluate_reference
 from eagle_recipes.evaluation.vllm_path import evaluate_vllm
+from eagle_recipes.run_folder import REPORT_FILE, REPORT_PLOT
 from tests.builders import build_permutation_target, export_copy_draft, permutation, prompts_file
 
 K = 3
@@ -52,6 +53,26 @@ def test_vllm_and_reference_agree_on_a_partial_draft(permutation_setup):
     assert vllm.tokens_per_s_with_draft > 0 and vllm.tokens_per_s_target_alone > 0
 
 
+def test_per_request_acceptance_sums_to_vllms_own_counters(permutation_setup):
+    """tau per prompt category comes from each request's histogram of accepted lengths (one batch per prompt set);
+    over a batch those must add up to vLLM's engine-wide counters, position by position."""
+    from eagle_recipes.evaluation.vllm_path import _chat, _counters, engine, request_acceptance
+
+    target, _, partial, prompts = permutation_setup
+    llm = engine(str(target), str(partial), "eagle3", K, "auto")
+    drafts_before, per_position_before = _counters(llm)
+    finished: list[int] = []
+    outputs, _ = _chat(llm, prompts.prompts, MAX_TOKENS, None, finished.append)
+    drafts_after, per_position_after = _counters(llm)
+    per_request = [request_acceptance(output, K) for output in outputs]
+    assert sum(a.drafts for a in per_request) == drafts_after - drafts_before > 0
+    per_position_before = per_position_before or [0] * K
+    assert [sum(a.accepted_per_position[i] for a in per_request) for i in range(K)] == [
+        after - before for before, after in zip(per_position_before, per_position_after)]
+    assert 0 < sum(a.accepted for a in per_request) < K * sum(a.drafts for a in per_request)  # partial, not trivial
+    assert finished == list(range(1, len(prompts.prompts) + 1))  # the progress heard every finished request
+
+
 def test_eval_command_on_any_draft_folder(permutation_setup, tmp_path):
     import json
     import subprocess
@@ -64,8 +85,8 @@ def test_eval_command_on_any_draft_folder(permutation_setup, tmp_path):
                           "--engine", "reference", "--out", str(tmp_path / "eval")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"tau = {K + 1:.3f}" in out.stdout
-    report = json.loads((tmp_path / "eval" / "report.json").read_text())
-    assert report["acceptance_length"] == K + 1 and (tmp_path / "eval" / "per_position.png").exists()
+    report = json.loads((tmp_path / "eval" / REPORT_FILE).read_text())
+    assert report["acceptance_length"] == K + 1 and (tmp_path / "eval" / REPORT_PLOT).exists()
 
 
 def test_vllm_serves_a_draft_in_modelopts_layout(permutation_setup, tmp_path):

@@ -91,7 +91,7 @@ def test_the_cycle_finder_finds_a_cycle():
 
 
 def test_no_stage_imports_another_stage():
-    shared = {"eagle_recipes.stages", "eagle_recipes.stages.base", "eagle_recipes.stages.common"}
+    shared = {"eagle_recipes.stages", "eagle_recipes.stages.base"}
     offending = [(name, target) for name, targets in import_graph().items()
                  if name.startswith("eagle_recipes.stages.") and name not in shared
                  for target in targets if target.startswith("eagle_recipes.stages.") and target not in shared]
@@ -114,3 +114,44 @@ def test_the_readme_names_every_folder_of_the_package():
     readme = (PROJECT / "README.md").read_text(encoding="utf-8")
     folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists())
     assert [f for f in folders if f"`{f}/`" not in readme] == []
+
+
+# what a run's folder holds, by name: eagle_recipes/run_folder.py is the one module that may spell these out
+# (graph/manifest.py owns its stage.json); everyone else asks a RunFolder or imports the name
+RUN_LAYOUT_NAMES = {"run.json", "stage.json", "d2t.pt", "t2d.pt", "counts.npy", "data.npz", "head.safetensors",
+                    "metrics.jsonl", "loss.png", "accuracy.png", "simulated_tau.png", "report.json",
+                    "per_position.png", "checkpoints", "trained", "shards", "holdout"}
+LAYOUT_OWNERS = {PACKAGE / "run_folder.py", PACKAGE / "graph" / "manifest.py", PACKAGE / "data" / "formats.py"}
+
+
+def spelled_layout_names(source: str) -> list[tuple[int, str]]:
+    """(line, text), in order, of each string that spells a run-layout name as a path or a path part ("train/metrics.jsonl",
+    "step-0000010"); dictionary keys and keyword names are names of counts and settings, not paths."""
+    tree = ast.parse(source)
+    keys = {id(key) for node in ast.walk(tree) if isinstance(node, ast.Dict) for key in node.keys if key is not None}
+    keys |= {id(node.slice) for node in ast.walk(tree) if isinstance(node, ast.Subscript)}  # manifest["counts"]["shards"]
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and node.body
+                  and isinstance(node.body[0], ast.Expr)}  # prose about the layout, not a path
+    keys |= docstrings
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Constant) and isinstance(node.value, str)) or id(node) in keys:
+            continue
+        parts = set(node.value.strip("/").split("/"))
+        if parts & RUN_LAYOUT_NAMES or any(part.startswith("step-0") for part in parts):
+            found.append((node.lineno, node.value))
+    return sorted(found)
+
+
+def test_no_run_layout_name_outside_its_owner():
+    scanned = [p for p in sorted(PACKAGE.rglob("*.py")) if p not in LAYOUT_OWNERS]
+    scanned += sorted((PROJECT / "benchmarks").glob("*.py")) + sorted((PROJECT / "tests").glob("*.py"))
+    offenders = [f"{path.relative_to(PROJECT)}:{line}: {text!r}" for path in scanned if path != Path(__file__)
+                 for line, text in spelled_layout_names(path.read_text(encoding="utf-8"))]
+    assert not offenders, "ask eagle_recipes/run_folder.py (RunFolder, its names) instead:\n" + "\n".join(offenders)
+
+
+def test_the_layout_check_finds_a_spelled_path():
+    source = 'metrics = out / "train" / "metrics.jsonl"\nlatest = "checkpoints/step-0000010"\ncounts = {"shards": 2}\nn = counts["shards"]\n'
+    assert [line for line, _ in spelled_layout_names(source)] == [1, 2]

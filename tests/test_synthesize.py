@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from eagle_recipes.run_folder import RunFolder
 from tests.helpers import VLLMServer, run_stage, write_recipe
 
 API_KEY = "sk-test-not-a-real-key-0123456789"
@@ -49,7 +50,7 @@ system_prompt = "You are a helpful assistant."
 
 def _read(folder: Path) -> dict[str, dict]:
     rows = {}
-    for shard in sorted((folder / "out" / "synthesize" / "shards").glob("*.jsonl")):
+    for shard in sorted(RunFolder(folder / "out").conversations.glob("*.jsonl")):
         for line in shard.read_text().splitlines():
             row = json.loads(line)
             assert row["conversation_id"] not in rows, "a conversation was written twice"
@@ -131,7 +132,7 @@ def test_server_killed_mid_run_then_resumed(tmp_path, server, smollm2_path, ray_
     recipe = _recipe(tmp_path, smollm2_path, "openai",
                      f'[synthesis.openai]\nbase_url = "{server.base_url}"\napi_key_env = "SYNTH_KEY"\n'
                      "max_retries = 1\ntimeout_s = 30\n", rows)
-    shards = tmp_path / "out" / "synthesize" / "shards"
+    shards = RunFolder(tmp_path / "out").conversations
 
     def kill_after_two_shards():
         while len(list(shards.glob("*.jsonl"))) < 2:

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from eagle_recipes.run_folder import RunFolder
 from eagle_recipes.trackers import missing_extras
 from tests.helpers import cli, recipe_head, small_conversations, write_recipe
 
@@ -39,8 +40,8 @@ num_speculative_tokens = 2
     env.pop("MLFLOW_TRACKING_URI", None)
     cli("run", recipe, env=env)
     out = folder / "out"
-    metrics = [json.loads(line) for line in (out / "train" / "metrics.jsonl").read_text().splitlines()]
-    report = json.loads((out / "evaluate" / "report.json").read_text())
+    metrics = [json.loads(line) for line in RunFolder(out).metrics.read_text().splitlines()]
+    report = json.loads(RunFolder(out).report.read_text())
     return out, metrics, report
 
 

@@ -8,13 +8,12 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from eagle_recipes.draft.trained import TRAINED_FOLDER
-
+from eagle_recipes.run_folder import ACCURACY_PLOT, LOSS_PLOT, TRAIN, RunFolder
 from tests.helpers import run_stage, small_recipe
 
 
 def _metrics(folder):
-    return [json.loads(line) for line in (folder / "out" / "train" / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in RunFolder(folder / "out").metrics.read_text().splitlines()]
 
 
 def test_loss_falls_and_accuracy_rises(tmp_path, tiny_llama, ray_session):
@@ -31,8 +30,9 @@ def test_loss_falls_and_accuracy_rises(tmp_path, tiny_llama, ray_session):
     accuracy_last = sum(r["accuracy"][0] for r in rows[-20:]) / 20
     assert last < 0.7 * first, (first, last)
     assert accuracy_last > accuracy_first + 0.2, (accuracy_first, accuracy_last)
-    assert (tmp_path / "out" / "train" / "loss.png").stat().st_size > 1000
-    assert (tmp_path / "out" / "train" / "accuracy.png").stat().st_size > 1000
+    train = RunFolder(tmp_path / "out").stage(TRAIN)
+    assert (train / LOSS_PLOT).stat().st_size > 1000
+    assert (train / ACCURACY_PLOT).stat().st_size > 1000
 
 
 def test_two_ddp_workers_match_one_worker_with_doubled_accumulation(tmp_path, tiny_llama, ray_session):
@@ -45,7 +45,7 @@ def test_two_ddp_workers_match_one_worker_with_doubled_accumulation(tmp_path, ti
         recipe.write_text(text)
         for stage in ("synthesize", "calibrate", "train"):
             run_stage(recipe, stage)
-        weights = load_file(str(folder / "out" / "train" / TRAINED_FOLDER / "model.safetensors"))
+        weights = load_file(str(RunFolder(folder / "out").trained / "model.safetensors"))
         finals.append((weights, [r["loss"][0] for r in _metrics(folder)]))
     (one, losses_one), (two, losses_two) = finals
     assert all(loss > 0.1 for loss in losses_one)  # real labels: the weights below moved

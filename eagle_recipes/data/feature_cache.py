@@ -28,12 +28,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from eagle_recipes.data.sequences import sequence_offsets
+from eagle_recipes.run_folder import FEATURE_SHARDS, HEAD_FILE
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: the capture stage's planning needs none
     import torch
 
-SHARDS = "shards"
-HEAD = "head.safetensors"
 
 
 def bytes_per_token(hidden_size: int, aux_layers: int, dtype_bytes: int, algorithm: str) -> int:
@@ -45,7 +44,7 @@ def bytes_per_token(hidden_size: int, aux_layers: int, dtype_bytes: int, algorit
 
 
 def shard_path(folder: Path, index: int) -> Path:
-    return folder / SHARDS / f"{index:05d}.safetensors"
+    return folder / FEATURE_SHARDS / f"{index:05d}.safetensors"
 
 
 def shard_ranges(count: int, per_shard: int) -> list[tuple[int, int]]:
@@ -97,7 +96,7 @@ class FeatureStore:
         self.folder, self.head_folder = folder, head_folder or folder
         self.offsets = sequence_offsets(folder)
         self.shards: list[_Shard] = []
-        for path in sorted((folder / SHARDS).glob("*.safetensors")):
+        for path in sorted((folder / FEATURE_SHARDS).glob("*.safetensors")):
             handle = safe_open(str(path), framework="pt")
             first = int(handle.metadata()["first"])
             rows = handle.get_slice("input_ids").get_shape()[0]
@@ -134,7 +133,7 @@ class FeatureStore:
         import torch
         from safetensors import safe_open
 
-        with safe_open(str(self.head_folder / HEAD), framework="pt") as handle:
+        with safe_open(str(self.head_folder / HEAD_FILE), framework="pt") as handle:
             embed_weight = handle.get_tensor("embed")
             head_weight = handle.get_tensor("lm_head").index_select(0, draft_ids.cpu())
             norm_weight = handle.get_tensor("norm")
@@ -150,7 +149,7 @@ class FeatureStore:
         import torch
         from safetensors import safe_open
 
-        with safe_open(str(self.head_folder / HEAD), framework="pt") as handle:
+        with safe_open(str(self.head_folder / HEAD_FILE), framework="pt") as handle:
             vocab = handle.get_slice("lm_head").get_shape()[0]
         mask = torch.zeros(vocab, dtype=torch.bool)
         mask[draft_ids.cpu()] = True
@@ -192,7 +191,7 @@ def write_head(folder: Path, model_path: str, dtype: torch.dtype) -> None:
     from eagle_recipes.atomic import atomic_path
 
     tensors = {name: tensor.to(dtype).contiguous().clone() for name, tensor in head_tensors(model_path).items()}
-    with atomic_path(folder / HEAD) as tmp:
+    with atomic_path(folder / HEAD_FILE) as tmp:
         save_file(tensors, str(tmp))
 
 
@@ -201,7 +200,7 @@ def head_is_whole(folder: Path) -> bool:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(folder / HEAD), framework="pt") as handle:
+        with safe_open(str(folder / HEAD_FILE), framework="pt") as handle:
             return {"embed", "lm_head", "norm"} <= set(handle.keys())
     except Exception:  # noqa: BLE001 - missing, truncated or not safetensors: safetensors raises several types
         return False

@@ -262,6 +262,14 @@ def _mixed(sources: list, taken: list[list[dict]], max_samples: int, seed: int) 
     return conversations[:max_samples] if max_samples else conversations
 
 
+TRAIN_SPLIT, HELD_OUT_SPLIT = "train", "holdout"  # the only two splits; "holdout" is also its eval prompt set
+
+
+def split_of(conversation_id_: str, fraction: float) -> str:
+    """The split a conversation belongs to: the one place that decides it (calibrate, capture, train, evaluate)."""
+    return HELD_OUT_SPLIT if is_holdout(conversation_id_, fraction) else TRAIN_SPLIT
+
+
 def is_holdout(conversation_id_: str, fraction: float) -> bool:
     """Deterministic split by id: the same conversation is held out whatever the sharding or order."""
     if fraction <= 0:

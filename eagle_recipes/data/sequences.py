@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from eagle_recipes.atomic import atomic_path
-
-SEQUENCES_FILE = "data.npz"
+from eagle_recipes.run_folder import SEQUENCES_FILE
 RENDER_CHUNK = 256  # conversations rendered per call
 
 

@@ -13,9 +13,7 @@ from pathlib import Path
 import torch
 
 from eagle_recipes.draft.config import DraftConfig
-from eagle_recipes.draft.vocab import VocabMapping, save_mapping
-
-TRAINED_FOLDER = "trained"  # inside the train stage's folder
+from eagle_recipes.draft.vocab import VocabMapping, load_mapping, save_mapping
 WEIGHTS = "model.safetensors"
 CONFIG = "draft_config.json"
 
@@ -43,6 +41,4 @@ def read_trained(folder: Path) -> TrainedDraft:
     from safetensors.torch import load_file
 
     config = DraftConfig.from_dict(json.loads((folder / CONFIG).read_text(encoding="utf-8")))
-    mapping = VocabMapping(d2t=torch.load(folder / "d2t.pt", weights_only=True),
-                           t2d=torch.load(folder / "t2d.pt", weights_only=True))
-    return TrainedDraft(load_file(str(folder / WEIGHTS)), config, mapping)
+    return TrainedDraft(load_file(str(folder / WEIGHTS)), config, load_mapping(folder))

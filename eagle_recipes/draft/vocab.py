@@ -76,7 +76,25 @@ def load_d2t(path: str | Path, vocab_size: int) -> VocabMapping:
 
 def save_mapping(mapping: VocabMapping, folder: Path) -> None:
     from eagle_recipes.atomic import atomic_path
+    from eagle_recipes.run_folder import RunFolder
 
-    for name, tensor in (("d2t.pt", mapping.d2t), ("t2d.pt", mapping.t2d)):
-        with atomic_path(folder / name) as tmp:
+    for path, tensor in zip(RunFolder.mapping_files(folder), (mapping.d2t, mapping.t2d)):
+        with atomic_path(path) as tmp:
             torch.save(tensor.clone(), tmp)
+
+
+def load_mapping(folder: Path) -> VocabMapping:
+    """The mapping `save_mapping` wrote into `folder`, as it was written."""
+    from eagle_recipes.run_folder import RunFolder
+
+    d2t, t2d = (torch.load(path, weights_only=True) for path in RunFolder.mapping_files(folder))
+    return VocabMapping(d2t=d2t, t2d=t2d)
+
+
+def draft_target_ids(vocab_file: str | Path | None, vocab_size: int) -> torch.Tensor:
+    """The base-vocabulary id of each draft-vocabulary entry, in draft order: a d2t file's (checked by `load_d2t`),
+    or every id when there is no file (a draft over the whole vocabulary)."""
+    if not vocab_file:
+        return torch.arange(vocab_size)
+    d2t = load_d2t(vocab_file, vocab_size).d2t.to(torch.int64)
+    return torch.arange(d2t.numel()) + d2t

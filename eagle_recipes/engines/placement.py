@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from eagle_recipes.devices import has_gpu_here
+from eagle_recipes.devices import engine_dtype, has_gpu_here
 
 # vLLM's CPU build reserves its KV cache from RAM: 1 GiB is plenty for small models and fits a laptop.
 CPU_ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
@@ -32,12 +32,12 @@ def apply_engine_env(verbose: bool = False) -> None:
 
 def vllm_engine_kwargs(model: str, dtype: str) -> dict[str, Any]:
     """`vllm.LLM` settings every in-process engine here needs (synthesis and evaluation alike)."""
-    if has_gpu_here():
-        return {} if dtype == "auto" else {"dtype": dtype}
+    on_gpu = has_gpu_here()
+    chosen = engine_dtype(dtype, on_gpu)
+    if on_gpu:
+        return {} if chosen == "auto" else {"dtype": chosen}
     return dict(
-        # float32 on every CPU (devices.py): bfloat16 is emulated on AVX2-only CPUs, and one dtype everywhere keeps
-        # synthesis and evaluation giving the same tokens on every kind of CPU
-        dtype="float32" if dtype == "auto" else dtype, enforce_eager=True, gpu_memory_utilization=0.3,
+        dtype=chosen, enforce_eager=True, gpu_memory_utilization=0.3,
         max_model_len=cpu_max_model_len(model),
         # a chunked prefill's discarded sample rewinds the request's seeded generator, which a CPU generator
         # cannot do ("CPU Generator does not use offset"): any seeded pass that vLLM chunks would crash

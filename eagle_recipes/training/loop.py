@@ -19,6 +19,7 @@ from eagle_recipes.draft.config import DraftConfig
 from eagle_recipes.draft.dflash import DFlashObjective
 from eagle_recipes.draft.model import EagleDraft, build_draft
 from eagle_recipes.draft.ttt import TargetOutputs, TTTObjective
+from eagle_recipes.draft.vocab import draft_target_ids
 from eagle_recipes.trackers import TrackingSpec, step_scalars
 from eagle_recipes.training.batches import collate, micro_batch_indices, steps_per_epoch
 from eagle_recipes.training.checkpoints import Checkpointer, checkpointer_for
@@ -59,8 +60,7 @@ def setup(config: TrainConfig, rank: int, world: int, local_rank: int) -> Traini
     device = worker_device(config.use_gpu, local_rank)
     draft_config = DraftConfig.from_dict(config.draft_config)
     draft = build_draft(draft_config).to(device)
-    d2t = torch.load(config.vocab_file, weights_only=True).to(torch.int64)
-    draft_ids = (torch.arange(d2t.numel()) + d2t).to(device)
+    draft_ids = draft_target_ids(config.vocab_file, draft_config.vocab_size).to(device)
     target = make_target_source(config, draft_config, draft_ids, device, compute_dtype(device, config.precision))
     if config.init_from_target and draft_config.algorithm == "eagle3":
         init_from_target(draft, target.draft_head.weight, target.final_norm)

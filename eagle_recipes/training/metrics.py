@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from eagle_recipes.atomic import atomic_path, write_text
+from eagle_recipes.run_folder import ACCURACY_PLOT, LOSS_PLOT, SIMULATED_TAU_PLOT
 
 
 class MetricsLog:
@@ -59,7 +60,8 @@ class MetricsLog:
             return []
         steps = [r["step"] for r in rows]
         written = []
-        for key, title in (("loss", "loss per TTT step"), ("accuracy", "top-1 accuracy per TTT step")):
+        for key, title, name in (("loss", "loss per TTT step", LOSS_PLOT),
+                                 ("accuracy", "top-1 accuracy per TTT step", ACCURACY_PLOT)):
             figure, axis = plt.subplots(figsize=(7, 4))
             series = np.array([r[key] for r in rows])
             window = max(1, len(rows) // 50)
@@ -70,7 +72,7 @@ class MetricsLog:
             axis.set_title(title)
             axis.legend(fontsize=7, ncol=2)
             figure.tight_layout()
-            path = out / f"{key}.png"
+            path = out / name
             with atomic_path(path) as tmp:
                 figure.savefig(tmp, format="png", dpi=100)
             plt.close(figure)
@@ -83,7 +85,7 @@ class MetricsLog:
             axis.set_ylabel("tau (held-out, greedy, simulated)")
             axis.set_title("simulated acceptance length")
             figure.tight_layout()
-            path = out / "simulated_tau.png"
+            path = out / SIMULATED_TAU_PLOT
             with atomic_path(path) as tmp:
                 figure.savefig(tmp, format="png", dpi=100)
             plt.close(figure)

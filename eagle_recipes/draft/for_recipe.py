@@ -1,0 +1,31 @@
+"""The recipe's draft: its architecture for this base model (defaults, the recipe's overrides, the base model's
+facts) and where its draft vocabulary comes from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eagle_recipes.recipe.base_model import load_recipe_tokenizer
+from eagle_recipes.recipe.view import Recipe
+from eagle_recipes.run_folder import CALIBRATE, D2T_FILE
+
+
+def vocab_file(recipe: Recipe, upstream: dict[str, Path]) -> Path:
+    """The draft vocabulary's d2t file: calibrate's when the graph holds it, else the recipe's
+    vocab.draft_vocab_cache."""
+    if CALIBRATE in upstream:
+        return upstream[CALIBRATE] / D2T_FILE
+    return recipe.resolve(recipe.vocab.draft_vocab_cache)
+
+
+def draft_config_for(recipe: Recipe, model_path: str, draft_vocab_size: int):
+    """The recipe's draft architecture for this base model (defaults + overrides + the base model's facts)."""
+    from eagle_recipes.draft.config import build_draft_config
+    from eagle_recipes.models import base_model_facts
+
+    overrides = dict(recipe.draft.overrides)
+    if recipe.draft.algorithm == "dflash" and overrides.get("mask_token_id") is None:
+        from eagle_recipes.data.chat import mask_token_id
+
+        overrides["mask_token_id"] = mask_token_id(load_recipe_tokenizer(recipe, model_path, None))
+    return build_draft_config(recipe.draft.algorithm, overrides, base_model_facts(model_path), draft_vocab_size)
