@@ -27,7 +27,7 @@ import resource, sys, time
 from pathlib import Path
 sys.path.insert(0, {project!r})
 from eagle_recipes.data.formats import load_conversations
-from eagle_recipes.data.sources import DatasetSource
+from eagle_recipes.data.sources import DatasetSource, FileSource
 source = {source}
 started = time.perf_counter()
 loaded = load_conversations([source])
@@ -74,7 +74,7 @@ def main() -> None:
         print(f"built {rows:,} conversations ({sum(p.stat().st_size for p in dataset.rglob('*.parquet')) >> 20} MiB "
               f"Parquet, {jsonl.stat().st_size >> 20} MiB JSONL) in {time.time() - started:.0f} s", flush=True)
         by_name = peak(f"DatasetSource({str(dataset)!r}, 'data.prompts.0')")
-        by_file = peak(f"Path({str(jsonl)!r})")
+        by_file = peak(f"FileSource(Path({str(jsonl)!r}), 'data.prompts.0')")
     for label, (kept, rss, seconds) in (("dataset folder (datasets, streamed)", by_name),
                                         ("one JSONL file", by_file)):
         print(f"{label:38s} {kept:,} conversations kept, peak RSS {rss:,} MiB, {seconds:.1f} s")

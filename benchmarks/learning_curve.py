@@ -117,13 +117,13 @@ def holdout_replies(recipe, run: Path, model_path: str) -> list[tuple[list[int],
     """The held-out conversations' first exchange: the base model's own greedy reply (synthesized at T=0)."""
     from eagle_recipes.data.chat import load_tokenizer
     from eagle_recipes.run_folder import SYNTHESIZE
-    from eagle_recipes.data.training_data import conversation_files, read_conversations
+    from eagle_recipes.data.training_data import conversation_sources, read_conversations
     from eagle_recipes.recipe.base_model import chat_template_file
 
     tokenizer = load_tokenizer(model_path, chat_template_file(recipe), recipe.model.trust_remote_code)
     rows = []
-    files = conversation_files(recipe, {SYNTHESIZE: run / SYNTHESIZE})
-    for conversation in read_conversations(files, recipe, split=HELD_OUT_SPLIT):
+    sources = conversation_sources(recipe, {SYNTHESIZE: run / SYNTHESIZE})
+    for conversation in read_conversations(sources, recipe, split=HELD_OUT_SPLIT):
         turns = conversation["conversations"]
         first_user = next(i for i, t in enumerate(turns) if t["role"] == "user")
         if first_user + 1 >= len(turns) or turns[first_user + 1]["role"] != "assistant":

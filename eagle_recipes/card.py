@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from eagle_recipes.draft.drafters import drafter
 from eagle_recipes.draft.export import export_layout, serving_snippet
 from eagle_recipes.evaluation.speed import SpeedTable
 from eagle_recipes.recipe import Recipe
@@ -37,8 +38,7 @@ def _long_context_lines(recipe: Recipe, draft: dict) -> list[str]:
 
 def _data_lines(recipe: Recipe, manifests: dict) -> list[str]:
     synthesis, dataset = recipe.synthesis, recipe.dataset
-    sources = [getattr(s, "label", "") or Path(s).name for s in recipe.prompt_sources()]
-    sources += [Path(p).name for p in dataset.conversations]
+    sources = [source.label for source in recipe.prompt_sources() + recipe.conversation_sources()]
     if synthesis.self_prompts:
         sources.append(f"{synthesis.self_prompts} prompts the base model wrote itself")
     lines = [f"- sources: {', '.join(sources) or '-'}"]
@@ -80,7 +80,8 @@ def _training_lines(recipe: Recipe, manifests: dict) -> list[str]:
                      f"{metrics['best_simulated_step']}; the exported draft is step {metrics.get('exported_step')}'s")
     accuracy = metrics.get("accuracy_per_step")
     if accuracy:
-        lines.append(f"- training accuracy per TTT step at the end: {', '.join(f'{a:.2f}' for a in accuracy)}")
+        label = drafter(recipe.draft.algorithm).step_label
+        lines.append(f"- training accuracy per {label} at the end: {', '.join(f'{a:.2f}' for a in accuracy)}")
     return lines
 
 
@@ -119,7 +120,8 @@ def render_card(recipe: Recipe, output_dir: Path, report: dict | None = None) ->
     base = _model_name(recipe)
     k, serving_note = _serving_k(recipe, report)
     serving = serving_snippet(base, run.draft, recipe.draft.algorithm, k)
-    algorithm = {"eagle3": "EAGLE-3", "eagle1": "EAGLE-1", "dflash": "DFlash"}[recipe.draft.algorithm]
+    spec = drafter(recipe.draft.algorithm)
+    algorithm = spec.title
     layout = export_layout(recipe.draft.algorithm, recipe.export.layout)
     tags = ["speculative-decoding", recipe.draft.algorithm, "eagle-recipes"]
     hub_id = [f"base_model: {base}"] if "/" in base else []  # the Hub's metadata field takes a Hub id
@@ -135,8 +137,7 @@ def render_card(recipe: Recipe, output_dir: Path, report: dict | None = None) ->
              f"{draft.get('vocab_size', '?')} tokens (`d2t` maps them back)",
              *([f"- reads the base model's hidden states after layers {draft['aux_layer_ids']}"]
                if draft.get("aux_layer_ids") else []),
-             *([f"- one pass drafts a block of {draft['block_size'] - 1} tokens (mask token id "
-                f"{draft.get('mask_token_id')})"] if recipe.draft.algorithm == "dflash" else []),
+             *spec.card_lines(draft),
              f"- layout: {layout} (`config.json` + `model.safetensors`)",
              *_long_context_lines(recipe, draft), "",
              "## Data", "", *_data_lines(recipe, manifests), "",

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eagle_recipes.atomic import write_text
+from eagle_recipes.draft.drafters import DEFAULT_DRAFTER
 from eagle_recipes.errors import UserError
 from eagle_recipes.paths import CATALOG_DIR, SCHEMA_PATH
 
@@ -38,7 +39,7 @@ def entries(root: Path = CATALOG_DIR) -> list[Entry]:
         catalog = data.get("catalog", {})
         found.append(Entry(
             name=f"{path.parent.name}/{path.stem}", path=path, family=catalog.get("family", path.parent.name),
-            model=data.get("model", {}).get("path", ""), algorithm=data.get("draft", {}).get("algorithm", "eagle3"),
+            model=data.get("model", {}).get("path", ""), algorithm=data.get("draft", {}).get("algorithm", DEFAULT_DRAFTER),
             tested=catalog.get("tested", "?"), acceptance_length=catalog.get("acceptance_length") or None,
             date=catalog.get("date", "")))
     return found

@@ -88,21 +88,9 @@ def estimated_tokens(recipe) -> tuple[int, bool]:
     folder = RunFolder(recipe.output_dir).sequences_folder()
     if folder is not None:
         return int(sequence_offsets(folder)[-1]), True
-    from eagle_recipes.data.sources import DatasetSource, count_rows
-
     rows = recipe.synthesis.self_prompts
-    files = [recipe.resolve(p) for p in recipe.dataset.conversations]
-    for source in recipe.prompt_sources():
-        if isinstance(source, DatasetSource):
-            rows += count_rows(source) or 0  # unknown until read: not counted
-        else:
-            files.append(source)
-    for path in files:
-        try:
-            with open(path, "rb") as handle:
-                rows += sum(1 for line in handle if line.strip())
-        except OSError:
-            pass
+    for source in recipe.prompt_sources() + recipe.conversation_sources():
+        rows += source.row_count() or 0  # unknown until read: not counted
     return rows * recipe.train.max_seq_len, False
 
 

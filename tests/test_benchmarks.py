@@ -1,7 +1,8 @@
 """Every benchmark in its quick mode: a signature change fails here instead of at the next measurement. On the
 tiny target where nothing runs it in vLLM; on SmolLM2 where vLLM does (the CPU build's attention has no kernel for
 the tiny target's 16-wide heads). The figures of a quick run mean nothing; each test checks that the script ran to
-its comparable line."""
+its comparable line, names the hardware, and that its ratio is the one its own printed figures give (a ratio
+computed from the wrong pair, or a correctness check that failed, fails here)."""
 
 from __future__ import annotations
 
@@ -16,27 +17,56 @@ from tests.helpers import PROJECT, cli, small_recipe
 BENCHMARKS = PROJECT / "benchmarks"
 
 
-def bench(script: str, *args: str, timeout: int = 600) -> str:
+def bench(script: str, *args: str, timeout: int = 600, hardware_line: bool = True) -> str:
     result = subprocess.run([sys.executable, str(BENCHMARKS / script), *map(str, args)], capture_output=True,
                             text=True, timeout=timeout, cwd=PROJECT)
     assert result.returncode == 0, f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert not hardware_line or re.search(r"^measured on CPU (AVX2|AVX512|DEFAULT|ZVECTOR|VSX)\w*, bfloat16 (native|emulated), \d+ threads$",
+                     result.stdout, re.MULTILINE), result.stdout  # every figure names the CPU it ran on
     return result.stdout
+
+
+def figure(pattern: str, out: str) -> float:
+    """The number the pattern's group captures (commas allowed), from the printed output."""
+    found = re.search(pattern, out)
+    assert found, f"no {pattern!r} in:\n{out}"
+    return float(found.group(1).replace(",", ""))
+
+
+def agrees(printed: float, computed: float) -> bool:
+    """A ratio printed with two decimals against the one its printed parts give (those rounded too)."""
+    return abs(printed - computed) <= 0.01 + 0.02 * abs(computed)
 
 
 def test_calibrate_benchmark_quick(tiny_llama):
     out = bench("calibrate.py", "--quick", "--model", tiny_llama)
-    assert re.search(r"speed ratio \(eagle-recipes / seed\): steady state \d+\.\d+x, end to end \d+\.\d+x", out), out
+    # the same draft vocabulary as the seed's counter, but for the order of tokens tied at the K-th count
+    assert "(tokens above the K-th count identical: True)" in out, out
+    seed = figure(r"steady state\s+seed\s+([\d,]+) tokens/s", out)
+    ours = figure(r"steady state\s+seed.*eagle-recipes\s+([\d,]+) tokens/s", out)
+    seed_end, ours_end = (figure(rf"end to end\s+seed{skip}\s+([\d,]+) tokens/s", out) for skip in ("", ".*eagle-recipes"))
+    assert agrees(figure(r"speed ratio \(eagle-recipes / seed\): steady state (\d+\.\d+)x", out), ours / seed), out
+    assert agrees(figure(r"speed ratio .* end to end (\d+\.\d+)x", out), ours_end / seed_end), out
 
 
 def test_train_benchmark_quick(tiny_llama):
     out = bench("train.py", "--quick", "--model", tiny_llama)
-    assert re.search(r"cached / online \(tokens/s\):\s+\d+\.\d+x", out), out
-    assert re.search(r"online step / base forward:\s+\d+\.\d+x", out), out
+    rates = {name: figure(rf"(?m)^{name}:\s+(\d+\.\d+) tokens/s", out) for name in ("base forward", "online", "cached")}
+    assert all(rate > 0 for rate in rates.values()), out
+    assert agrees(figure(r"cached / online \(tokens/s\):\s+(\d+\.\d+)x", out), rates["cached"] / rates["online"]), out
+    # time per token is the inverse of the rate: online step / base forward = base rate / online rate
+    assert agrees(figure(r"online step / base forward:\s+(\d+\.\d+)x", out), rates["base forward"] / rates["online"]), out
 
 
 def test_synthesis_benchmark_quick(smollm2_path):
     out = bench("synthesis.py", "--quick", "--model", smollm2_path)
-    assert re.search(r"ratio \(in-process / seed\): generation \d+\.\d+x, end to end \d+\.\d+x", out), out
+    paths = re.findall(r"^(seed path|in-process vLLM).*? (\d+) tokens: generation\s+(\d+\.\d+) tokens/s, "
+                       r"end to end\s+(\d+\.\d+) tokens/s", out, re.MULTILINE)
+    assert [name for name, *_ in paths] == ["seed path", "in-process vLLM"], out
+    (_, seed_tokens, seed_rate, seed_end), (_, ours_tokens, ours_rate, ours_end) = paths
+    assert int(seed_tokens) > 0 and int(ours_tokens) > 0, out
+    assert agrees(figure(r"ratio \(in-process / seed\): generation (\d+\.\d+)x", out), float(ours_rate) / float(seed_rate)), out
+    assert agrees(figure(r"ratio \(in-process / seed\): .* end to end (\d+\.\d+)x", out), float(ours_end) / float(seed_end)), out
 
 
 def test_learning_curve_benchmark_quick(tmp_path, smollm2_path):
@@ -55,15 +85,20 @@ def test_learning_curve_benchmark_quick(tmp_path, smollm2_path):
 
 def test_data_sources_benchmark_quick():
     out = bench("data_sources.py", "--quick")
-    assert re.search(r"peak RSS ratio \(dataset / file\): \d+\.\d+x", out), out
-    assert "2,000 conversations kept" in out
+    kept = re.findall(r"([\d,]+) conversations kept, peak RSS ([\d,]+) MiB", out)
+    assert [count for count, _ in kept] == ["2,000", "2,000"], out  # both readers keep every conversation
+    by_dataset, by_file = (float(rss.replace(",", "")) for _, rss in kept)
+    assert agrees(figure(r"peak RSS ratio \(dataset / file\): (\d+\.\d+)x", out), by_dataset / by_file), out
 
 
 def test_optimizer_step_benchmark_quick():
-    out = bench("optimizer_step.py", "--quick")
+    out = bench("optimizer_step.py", "--quick", hardware_line=False)  # each of its lines names the CPU
     lines = out.strip().splitlines()
     assert re.match(r"native \(CPU \w+, bfloat16 (native|emulated), 2 threads\): optimizer step adamw \d\.\d+ s, "
                     r"muon \d\.\d+ s \((Muon|Float32Muon), ", lines[0]), out
     # restricted to AVX2, torch has no native bfloat16: Muon's iteration runs in float32
     assert re.match(r"avx2 \(CPU AVX2, bfloat16 emulated, 2 threads\): .* \(Float32Muon, ", lines[1]), out
-    assert re.match(r"recipe's optimizer step within AdamW's \+ 0\.25 s on every kind measured: (yes|NO)$", lines[2]), out
+    verdict = re.match(r"recipe's optimizer step within AdamW's \+ 0\.25 s on every kind measured: (yes|NO)$", lines[2])
+    assert verdict, out
+    extras = [figure(r"the recipe's \(\w+\) ([+-]\d\.\d+) s over adamw", line) for line in lines[:2]]
+    assert verdict.group(1) == ("yes" if all(extra <= 0.25 for extra in extras) else "NO"), out

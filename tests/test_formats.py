@@ -7,6 +7,12 @@ import json
 import pytest
 
 from eagle_recipes.data.formats import DataFormatError, detect_format, load_conversations, merge_consecutive
+from eagle_recipes.data.sources import FileSource
+
+
+def load_files(paths, **options):
+    """load_conversations over files, as data.prompts names them."""
+    return load_conversations([FileSource(p, f"data.prompts.{i}") for i, p in enumerate(paths)], **options)
 
 
 def write_jsonl(path, rows):
@@ -18,8 +24,8 @@ def test_sharegpt_with_system_and_mixed_roles(tmp_path):
     path = write_jsonl(tmp_path / "a.jsonl", [{"id": "c1", "conversations": [
         {"from": "system", "value": "Be brief."}, {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"},
         {"from": "human", "value": "Bye"}]}])
-    data = load_conversations([path])
-    assert data.formats[str(path)] == "sharegpt"
+    data = load_files([path])
+    assert data.formats[path.name] == "sharegpt"
     turns = data.conversations[0]["conversations"]
     assert [t["role"] for t in turns] == ["system", "user", "assistant", "user"]
     assert data.conversations[0]["conversation_id"] == "c1"
@@ -28,8 +34,8 @@ def test_sharegpt_with_system_and_mixed_roles(tmp_path):
 def test_openai_messages_with_content_parts(tmp_path):
     path = write_jsonl(tmp_path / "b.jsonl", [{"messages": [
         {"role": "user", "content": [{"type": "text", "text": "What is 2+2?"}]}, {"role": "assistant", "content": "4"}]}])
-    data = load_conversations([path])
-    assert data.formats[str(path)] == "openai"
+    data = load_files([path])
+    assert data.formats[path.name] == "openai"
     assert data.conversations[0]["conversations"][0] == {"role": "user", "content": "What is 2+2?"}
 
 
@@ -37,14 +43,14 @@ def test_seed_format_with_and_without_id(tmp_path):
     path = write_jsonl(tmp_path / "c.jsonl", [
         {"conversation_id": 7, "conversations": [{"role": "user", "content": "A"}]},
         {"conversations": [{"role": "user", "content": "B"}]}])
-    data = load_conversations([path])
+    data = load_files([path])
     ids = sorted(c["conversation_id"] for c in data.conversations)
     assert "7" in ids and len(ids) == 2 and all(ids)
 
 
 def test_prompt_only_rows_prompt_and_text(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "one"}, {"text": "two"}])
-    data = load_conversations([path])
+    data = load_files([path])
     assert sorted(c["conversations"][0]["content"] for c in data.conversations) == ["one", "two"]
 
 
@@ -54,14 +60,14 @@ def test_parquet(tmp_path):
 
     path = tmp_path / "e.parquet"
     pq.write_table(pa.table({"prompt": ["p1", "p2", "p3"]}), path)
-    assert len(load_conversations([path]).conversations) == 3
+    assert len(load_files([path]).conversations) == 3
 
 
 def test_non_alternating_turns_are_merged_not_dropped(tmp_path):
     path = write_jsonl(tmp_path / "f.jsonl", [{"messages": [
         {"role": "user", "content": "part one"}, {"role": "user", "content": "part two"},
         {"role": "assistant", "content": "x"}, {"role": "assistant", "content": "y"}]}])
-    turns = load_conversations([path]).conversations[0]["conversations"]
+    turns = load_files([path]).conversations[0]["conversations"]
     assert turns == [{"role": "user", "content": "part one\n\npart two"}, {"role": "assistant", "content": "x\n\ny"}]
     assert merge_consecutive([]) == []
 
@@ -70,7 +76,7 @@ def test_bad_rows_skipped_and_counted_by_reason(tmp_path):
     path = write_jsonl(tmp_path / "g.jsonl", [
         {"prompt": "fine"}, "{not json", {"conversations": [{"from": "alien", "value": "?"}]},
         {"messages": []}, {"prompt": "   "}, {"prompt": "fine"}, "[1, 2]"])
-    data = load_conversations([path], fmt="auto")
+    data = load_files([path], fmt="auto")
     assert len(data.conversations) == 1
     assert data.skipped == {"malformed JSON": 1, "unknown role": 1, "empty conversation": 2, "duplicate id": 1,
                             "not an object": 1}
@@ -79,22 +85,22 @@ def test_bad_rows_skipped_and_counted_by_reason(tmp_path):
 def test_unknown_format_is_a_clear_error(tmp_path):
     path = write_jsonl(tmp_path / "h.jsonl", [{"question": "q", "answer": "a"}])
     with pytest.raises(DataFormatError, match=r"h\.jsonl: no known conversation format.*'conversations'"):
-        load_conversations([path])
+        load_files([path])
 
 
 def test_explicit_format_override(tmp_path):
     path = write_jsonl(tmp_path / "i.jsonl", [{"prompt": "p", "messages": [{"role": "user", "content": "m"}]}])
-    assert load_conversations([path], fmt="prompt").conversations[0]["conversations"][0]["content"] == "p"
-    assert load_conversations([path], fmt="openai").conversations[0]["conversations"][0]["content"] == "m"
+    assert load_files([path], fmt="prompt").conversations[0]["conversations"][0]["content"] == "p"
+    assert load_files([path], fmt="openai").conversations[0]["conversations"][0]["content"] == "m"
 
 
 def test_shuffle_and_limit_are_deterministic_and_order_free(tmp_path):
     rows = [{"prompt": f"p{i}"} for i in range(50)]
     a = write_jsonl(tmp_path / "a.jsonl", rows)
     b = write_jsonl(tmp_path / "b.jsonl", list(reversed(rows)))
-    first = [c["conversation_id"] for c in load_conversations([a], max_samples=10, seed=3).conversations]
-    again = [c["conversation_id"] for c in load_conversations([b], max_samples=10, seed=3).conversations]
-    other = [c["conversation_id"] for c in load_conversations([a], max_samples=10, seed=4).conversations]
+    first = [c["conversation_id"] for c in load_files([a], max_samples=10, seed=3).conversations]
+    again = [c["conversation_id"] for c in load_files([b], max_samples=10, seed=3).conversations]
+    other = [c["conversation_id"] for c in load_files([a], max_samples=10, seed=4).conversations]
     assert first == again and first != other and len(first) == 10
 
 
@@ -111,7 +117,7 @@ def test_the_same_conversation_under_two_ids_is_kept_once(tmp_path):
     first = write_jsonl(tmp_path / "a.jsonl", [{"conversation_id": "a-1", "conversations": turns}])
     second = write_jsonl(tmp_path / "b.jsonl", [{"conversation_id": "b-7", "conversations": turns},
                                                 {"conversation_id": "b-8", "conversations": turns[:1]}])
-    data = load_conversations([first, second])
+    data = load_files([first, second])
     assert sorted(c["conversation_id"] for c in data.conversations) == ["a-1", "b-8"]
     assert data.skipped == {"duplicate conversation": 1}
     assert data.skipped_lines() == ["skipped 1 rows of b.jsonl: duplicate conversation (first: b.jsonl line 1)"]

@@ -12,8 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from eagle_recipes.data.formats import load_conversations
-from eagle_recipes.data.sources import DatasetSource, SourceError, count_rows
+from eagle_recipes.data.formats import DataFormatError, load_conversations, read_conversation_rows
+from eagle_recipes.data.sources import DatasetSource, Source, SourceError, count_rows
+from eagle_recipes.stages.synthesize import describe_sources, source_records
 from eagle_recipes.run_folder import SYNTHESIZE, RunFolder
 from tests.helpers import cli, recipe_head, write_recipe
 
@@ -176,3 +177,48 @@ def test_a_dataset_folder_runs_the_whole_graph(hub_folder, tmp_path, tiny_llama)
     assert report["sets"]["eval"]["prompts"] == 3
     again = cli("plan", recipe, "--json").stdout
     assert {s["status"] for s in json.loads(again)["stages"]} == {"up to date"}  # a rerun reads nothing again
+
+
+class InMemorySource(Source):
+    """The next kind of source in one class (object storage would read its rows where this lists them)."""
+
+    row_unit = "record"
+
+    def __init__(self, key: str, records: list):
+        self.key, self.records = key, records
+
+    @property
+    def label(self) -> str:
+        return "memory"
+
+    def rows(self):
+        return enumerate(self.records, start=1)
+
+    def input_files(self):
+        return []
+
+
+def test_a_new_kind_of_source_is_one_class():
+    records = [{"messages": [{"role": "user", "content": f"Say {i}."}]} for i in range(4)] + ["not an object"]
+    source = InMemorySource("data.prompts.0", records)
+    loaded = load_conversations([source])
+    assert loaded.used == {"memory": 4} and loaded.formats == {"memory": "openai"}
+    assert loaded.skipped_lines() == ["skipped 1 rows of memory: not an object (first: memory record 5)"]
+    assert describe_sources([source]) == "sources: memory (rows known once read)"
+    assert source_records([source], loaded) == [{"source": "memory", "conversations": 4}]
+    # the conversations format reads through the same interface, and its message names the source and the row
+    good = {"conversation_id": "a", "conversations": [{"role": "user", "content": "Hi"}]}
+    assert list(read_conversation_rows([InMemorySource("data.conversations.0", [good])])) == [good]
+    with pytest.raises(DataFormatError, match=r"^memory: record 2: no 'conversation_id' string"):
+        list(read_conversation_rows([InMemorySource("data.conversations.0", [good, {"conversations": []}])]))
+
+
+def test_validate_reads_data_conversations_through_its_source(tmp_path, smollm2_config):
+    conversations = tmp_path / "own.jsonl"
+    conversations.write_text(json.dumps({"conversation_id": "a", "conversations": [{"role": "user", "content": "Hi"}]})
+                             + "\n" + json.dumps({"conversations": []}) + "\n")
+    head = recipe_head("own", "some/model", config=str(smollm2_config), prompts="unused.jsonl")
+    text = head.replace('prompts = ["unused.jsonl"]\n', 'conversations = ["own.jsonl"]\n')
+    failed = cli("validate", write_recipe(tmp_path, text), check=False)
+    assert failed.returncode == 1, failed.stdout
+    assert "data.conversations" in failed.stderr and f"{conversations}: line 2: no 'conversation_id' string" in failed.stderr

@@ -13,7 +13,6 @@ import json
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator
 
 from eagle_recipes.errors import UserError
@@ -35,7 +34,7 @@ class LoadedData:
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     by_source: Counter = field(default_factory=Counter)  # (source, reason) -> count
     first_skipped: dict[tuple[str, str], str] = field(default_factory=dict)  # (source, reason) -> where the first was
-    formats: dict[str, str] = field(default_factory=dict)  # file path or dataset label -> detected format
+    formats: dict[str, str] = field(default_factory=dict)  # source label -> detected format
     used: dict[str, int] = field(default_factory=dict)  # source -> conversations taken from it
 
     def skip(self, reason: str, source: str, where: str) -> None:
@@ -64,40 +63,6 @@ def detect_format(record: Any) -> str | None:
     if isinstance(record.get("prompt"), str) or isinstance(record.get("text"), str):
         return "prompt"
     return None
-
-
-def _read_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed row or the JSON error) for JSONL; (row number, row) for Parquet."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:  # batch by batch: a large file is never held whole
-            batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
-            number = 0
-            for batch in batches:
-                for row in batch.to_pylist():
-                    number += 1
-                    yield number, row
-        except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a damaged file
-            raise DataFormatError(f"{path}: not a readable Parquet file ({str(error)[:200]})") from None
-        return
-    number = 0
-    try:
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as error:
-                    yield number, error
-    except UnicodeDecodeError:
-        raise DataFormatError(f"{path}: not UTF-8 text (after line {number}); data files are JSONL (one JSON object "
-                              "per line) or Parquet") from None
-    except IsADirectoryError:
-        raise DataFormatError(f"{path}: a directory, expected a JSONL or Parquet file") from None
-    except OSError as error:
-        raise DataFormatError(f"{path}: cannot read it ({error.strerror or error})") from None
 
 
 def conversation_id(turns: list[dict], given: Any = None) -> str:
@@ -150,10 +115,6 @@ def merge_consecutive(turns: list[dict]) -> list[dict]:
     return merged
 
 
-def _file_format(path: Path, fmt: str) -> str:
-    return _detected_format(str(path), _read_rows(path), fmt, "line")
-
-
 def _detected_format(name: str, rows: Iterator[tuple[int, Any]], fmt: str, unit: str) -> str:
     """The format of a source from its first rows (or `fmt` when the recipe names one)."""
     if fmt != "auto":
@@ -187,7 +148,7 @@ def _take(iterator: Iterator, count: int) -> Iterator:
 
 
 def load_conversations(sources: list, fmt: str = "auto", max_samples: int = 0, seed: int = 0) -> LoadedData:
-    """Read every source (a file path, or a data/sources.py DatasetSource), normalize, skip what cannot be used,
+    """Read every source (data/sources.py: a file, a dataset), normalize, skip what cannot be used,
     de-duplicate by id and by content across sources, shuffle deterministically and cut to max_samples (shared by
     the sources' weights when they give any)."""
     data = LoadedData(conversations=[])
@@ -195,11 +156,11 @@ def load_conversations(sources: list, fmt: str = "auto", max_samples: int = 0, s
     seen_content: set[str] = set()
     taken: list[list[dict]] = []
     for source in sources:
-        name, rows, unit = _source_rows(source)
-        source_format = _detected_format(name, _source_rows(source)[1], fmt, unit)
-        data.formats[str(source) if isinstance(source, Path) else name] = source_format
+        name, unit = source.label, source.row_unit
+        source_format = _detected_format(source.location, source.rows(), fmt, unit)
+        data.formats[name] = source_format
         conversations = []
-        for number, row in rows:
+        for number, row in source.rows():
             conversation, reason = _conversation_of(row, source_format, fmt)
             if conversation is None:
                 data.skip(reason, name, f"{unit} {number}")
@@ -221,17 +182,6 @@ def load_conversations(sources: list, fmt: str = "auto", max_samples: int = 0, s
     return data
 
 
-def _source_rows(source) -> tuple[str, Iterator[tuple[int, Any]], str]:
-    """(name in messages, its rows, what a row is called) of a file path or a dataset."""
-    if isinstance(source, Path):
-        if not source.exists():
-            raise DataFormatError(f"{source}: file not found")
-        return source.name, _read_rows(source), "line"
-    from eagle_recipes.data.sources import dataset_rows
-
-    return source.label, dataset_rows(source), "row"
-
-
 def _conversation_of(row: Any, source_format: str, fmt: str) -> tuple[dict | None, str]:
     if isinstance(row, Exception):
         return None, "malformed JSON"
@@ -248,7 +198,7 @@ def _conversation_of(row: Any, source_format: str, fmt: str) -> tuple[dict | Non
 def _mixed(sources: list, taken: list[list[dict]], max_samples: int, seed: int) -> list[dict]:
     """Every source's conversations in one deterministic order (by id, then a seeded shuffle), cut to max_samples;
     with weights, each source gives its share of max_samples (seeded), the rest of what it has unused."""
-    weights = [getattr(source, "weight", None) for source in sources]
+    weights = [source.weight for source in sources]
     if max_samples and any(w is not None for w in weights):
         total = sum(w or 0.0 for w in weights)
         chosen = []
@@ -278,14 +228,14 @@ def is_holdout(conversation_id_: str, fraction: float) -> bool:
     return bucket < fraction
 
 
-def read_conversation_jsonl(paths: list[Path]) -> Iterator[dict]:
-    """Rows of files in the conversations format, checked (raises DataFormatError naming the file and line)."""
-    for path in paths:
-        for number, row in _read_rows(path):
+def read_conversation_rows(sources: list) -> Iterator[dict]:
+    """Rows of sources in the conversations format, checked (raises DataFormatError naming the file and line)."""
+    for source in sources:
+        for number, row in source.rows():
             problem = _conversation_row_problem(row)
             if problem:
-                raise DataFormatError(f"{path}: line {number}: {problem}; each line must be a JSON object with "
-                                      "'conversation_id' and 'conversations' [{role, content}]")
+                raise DataFormatError(f"{source.location}: {source.row_unit} {number}: {problem}; each row must be a "
+                                      "JSON object with 'conversation_id' and 'conversations' [{role, content}]")
             yield row
 
 
@@ -303,14 +253,14 @@ def _conversation_row_problem(row: Any) -> str:
     return ""
 
 
-def check_data_file(path: Path, fmt: str, conversations_format: bool) -> str:
-    """A cheap look at a data file's first rows (for validate): '' when it looks usable, else what is wrong."""
+def check_source(source, fmt: str, conversations_format: bool) -> str:
+    """A cheap look at a source's first rows (for validate): '' when it looks usable, else what is wrong."""
     try:
         if conversations_format:
-            for _ in _take(read_conversation_jsonl([path]), DETECT_LINES):
+            for _ in _take(read_conversation_rows([source]), DETECT_LINES):
                 pass
         else:
-            _file_format(path, fmt)
+            _detected_format(source.location, source.rows(), fmt, source.row_unit)
     except DataFormatError as error:
         return str(error)
     return ""

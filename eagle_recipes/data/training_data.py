@@ -1,34 +1,41 @@
 """A run's training conversations and the sequences made from them: where the conversations are (synthesize's
-shards, or the recipe's own files), one split of them, and their tokenized sequences. Train (online) and capture
-(cached) both tokenize through here, so both see the same sequences in the same order."""
+shards, or the recipe's own data.conversations), one split of them, and their tokenized sequences. Train (online)
+and capture (cached) both tokenize through here, so both see the same sequences in the same order."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from eagle_recipes.data.formats import TRAIN_SPLIT, read_conversation_jsonl, split_of
+from eagle_recipes.data.formats import TRAIN_SPLIT, read_conversation_rows, split_of
+from eagle_recipes.data.sources import FileSource, Source
 from eagle_recipes.recipe.base_model import load_recipe_tokenizer, thinking_when_rendered
 from eagle_recipes.recipe.view import Recipe
 from eagle_recipes.run_folder import CONVERSATION_SHARDS, SYNTHESIZE
 
 
-def conversation_files(recipe: Recipe, upstream: dict[str, Path]) -> list[Path]:
-    """Conversation JSONL files holding every conversation (training and held-out): synthesize's shards when
-    the graph holds the synthesize stage, else the recipe's own data.conversations."""
+def conversation_sources(recipe: Recipe, upstream: dict[str, Path]) -> list[Source]:
+    """The sources holding every conversation (training and held-out): synthesize's shards when the graph holds
+    the synthesize stage, else the recipe's own data.conversations."""
     if SYNTHESIZE in upstream:
-        return sorted((upstream[SYNTHESIZE] / CONVERSATION_SHARDS).glob("*.jsonl"))
-    return conversation_input_files(recipe)
+        shards = sorted((upstream[SYNTHESIZE] / CONVERSATION_SHARDS).glob("*.jsonl"))
+        return [FileSource(shard, f"{SYNTHESIZE} shard") for shard in shards]
+    return recipe.conversation_sources()
+
+
+def conversation_files(recipe: Recipe, upstream: dict[str, Path]) -> list[Path]:
+    """The local files of those sources (calibrate's Ray Data reads the JSONL files themselves)."""
+    return [file for source in conversation_sources(recipe, upstream) for file in source.input_files()]
 
 
 def conversation_input_files(recipe: Recipe) -> list[Path]:
-    """The recipe's own conversation files (when it supplies them instead of synthesizing)."""
-    return [recipe.resolve(p) for p in recipe.dataset.conversations]
+    """The files the recipe's own conversations are read from (what a stage reading them is fingerprinted on)."""
+    return [file for source in recipe.conversation_sources() for file in source.input_files()]
 
 
-def read_conversations(files: list[Path], recipe: Recipe, split: str | None = TRAIN_SPLIT) -> list[dict]:
+def read_conversations(sources: list[Source], recipe: Recipe, split: str | None = TRAIN_SPLIT) -> list[dict]:
     """The conversations of one split (every one with None)."""
     fraction = recipe.dataset.holdout_fraction
-    return [row for row in read_conversation_jsonl(files)
+    return [row for row in read_conversation_rows(sources)
             if split is None or split_of(row["conversation_id"], fraction) == split]
 
 
@@ -40,6 +47,6 @@ def tokenize_training_data(recipe: Recipe, upstream: dict[str, Path], model_path
 
     if not has_sequences(out):
         tokenizer = load_recipe_tokenizer(recipe, model_path, thinking_when_rendered(recipe))
-        conversations = read_conversations(conversation_files(recipe, upstream), recipe, split=split)
+        conversations = read_conversations(conversation_sources(recipe, upstream), recipe, split=split)
         tokenize(tokenizer, [c["conversations"] for c in conversations], recipe.train.max_seq_len).save(out)
     return sequence_count(out)

@@ -1,6 +1,6 @@
-"""The EAGLE-3, EAGLE-1 and DFlash default architectures, in one place, and the merge of a recipe's overrides.
+"""A draft's whole architecture: its drafter's defaults (draft/drafters/) merged with a recipe's overrides.
 
-A draft is fully described by `DraftConfig`: the defaults below, then the recipe's `[draft.overrides]`, then the
+A draft is fully described by `DraftConfig`: its drafter's defaults, then the recipe's `[draft.overrides]`, then the
 fields that must follow the base model (hidden size, vocabulary, layer count), which are filled in and cannot be
 overridden.
 """
@@ -11,38 +11,10 @@ import copy
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-# Fields a recipe may override, with their defaults. None means "take the base model's value".
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "eagle3": {
-        "num_hidden_layers": 1,
-        "intermediate_size": None,
-        "num_attention_heads": None,
-        "num_key_value_heads": None,
-        "head_dim": None,
-        "hidden_act": "silu",
-        "rms_norm_eps": None,
-        "aux_layer_ids": None,  # None: inputs of layers [2, L//2, L-3], the vLLM/SGLang default
-        "norm_before_residual": False,
-        # EAGLE-3.1 (vLLM's llama_eagle3 reads each from config.json): an RMSNorm over the concatenated aux states
-        # before fc, one per aux state before fc, and the next draft step reading the normed output
-        "norm_before_fc": False,
-        "fc_norm": False,
-        "norm_output": False,
-        "qk_norm": False,  # Qwen3's attention (RMSNorm of each head's query and key): served as qwen3_eagle3
-        "rope_theta": None,
-        "rope_scaling": None,
-        "max_position_embeddings": None,
-    },
-}
-EAGLE3_ONLY = ("aux_layer_ids", "norm_before_residual", "norm_before_fc", "fc_norm", "norm_output", "qk_norm")
-DEFAULTS["eagle1"] = {k: v for k, v in DEFAULTS["eagle3"].items() if k not in EAGLE3_ONLY}
-# DFlash (draft/dflash.py): Qwen3 layers (q/k norms always) over a block of block_size tokens, one pass
-DEFAULTS["dflash"] = {
-    **{k: v for k, v in DEFAULTS["eagle3"].items() if k not in EAGLE3_ONLY or k == "aux_layer_ids"},
-    "num_hidden_layers": 2,
-    "block_size": 8,  # the block: the token just produced and block_size - 1 mask slots (drafts per pass)
-    "mask_token_id": None,  # None: the tokenizer's mask token, else its last added special token not in chats
-}
+from eagle_recipes.draft.drafters import DRAFTERS, drafter
+
+# Fields a recipe may override, per drafter, with their defaults (draft/drafters/). None: the base model's value.
+DEFAULTS: dict[str, dict[str, Any]] = {name: d.defaults for name, d in DRAFTERS.items()}
 
 # Fields that must equal the base model's: the draft reads the target's embeddings and hidden states.
 DERIVED = ("hidden_size", "vocab_size", "target_num_layers", "draft_vocab_size")
@@ -55,8 +27,8 @@ class DraftConfigError(ValueError):
 
 
 def reads_aux_states(algorithm: str) -> bool:
-    """EAGLE-3 and DFlash read the base model's aux hidden states; EAGLE-1 its final state."""
-    return algorithm in ("eagle3", "dflash")
+    """Whether the drafter reads the base model's aux hidden states (else its final state only)."""
+    return drafter(algorithm).reads_aux_states
 
 
 def text_config(config: dict) -> dict:
@@ -166,7 +138,8 @@ def build_draft_config(
     algorithm: str, overrides: dict[str, Any], base: BaseModelFacts, draft_vocab_size: int
 ) -> DraftConfig:
     """Defaults + overrides + the base model's facts -> a complete DraftConfig (raises DraftConfigError)."""
-    defaults = DEFAULTS[algorithm]
+    spec = drafter(algorithm)
+    defaults = spec.defaults
     for key in overrides:
         if key in DERIVED:
             raise DraftConfigError(f"draft.overrides.{key}", "is derived from the base model and cannot be overridden",
@@ -192,14 +165,13 @@ def build_draft_config(
     if heads % values["num_key_value_heads"]:
         raise DraftConfigError("draft.overrides.num_key_value_heads",
                                f"{values['num_key_value_heads']} does not divide num_attention_heads={heads}")
-    if algorithm == "dflash":
-        values["qk_norm"] = True
-        if values["block_size"] < 2:
-            raise DraftConfigError("draft.overrides.block_size", f"{values['block_size']} leaves no token to draft",
-                                   "use at least 2 (the token just produced and one mask slot)")
-    if algorithm in ("eagle3", "dflash"):
+    values.update(spec.forced)
+    refusal = spec.refuses(values)
+    if refusal:
+        raise DraftConfigError(*refusal)
+    if spec.reads_aux_states:
         ids = values["aux_layer_ids"] or default_aux_layer_ids(base.num_hidden_layers)
-        lowest = 1 if algorithm == "dflash" else 0  # DFlash names layer outputs (id - 1): the embeddings have none
+        lowest = spec.lowest_aux_layer_id
         bad = [i for i in ids if not lowest <= i < base.num_hidden_layers]
         if bad:
             raise DraftConfigError("draft.overrides.aux_layer_ids", f"ids {bad} are outside the base model's "

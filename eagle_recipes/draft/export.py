@@ -7,23 +7,25 @@ import json
 from pathlib import Path
 
 from eagle_recipes.draft.config import DraftConfig
+from eagle_recipes.draft.drafters import drafter
 from eagle_recipes.draft.inspect import InspectReport, inspect_draft
 from eagle_recipes.draft.layouts import layout_config, to_layout
 
 
 def speculative_method(algorithm: str) -> str:
     """vLLM's `speculative_config.method` for a draft algorithm."""
-    return {"eagle3": "eagle3", "eagle1": "eagle", "dflash": "dflash"}[algorithm]
+    return drafter(algorithm).vllm_method
 
 
 def sglang_algorithm(algorithm: str) -> str | None:
     """SGLang's `--speculative-algorithm` for a draft algorithm (None: this project serves it with vLLM only)."""
-    return {"eagle3": "EAGLE3", "eagle1": "EAGLE"}.get(algorithm)
+    return drafter(algorithm).sglang_algorithm
 
 
 def export_layout(algorithm: str, requested: str) -> str:
-    """The layout an export writes: EAGLE-1 and DFlash have one each; EAGLE-3 the recipe's `export.layout`."""
-    return algorithm if algorithm in ("eagle1", "dflash") else requested
+    """The layout an export writes: the drafter's own when it has one (EAGLE-1, DFlash), else the recipe's
+    `export.layout` (EAGLE-3: flat or speculators)."""
+    return drafter(algorithm).layout or requested
 
 
 def serving_snippet(base: str, draft: Path | str, algorithm: str, k: int) -> str:
@@ -50,7 +52,7 @@ def write_draft(folder: Path, state: dict, config: DraftConfig, layout: str, dty
     torch_dtype = getattr(torch, dtype)
     tensors = {name: tensor.detach().to(torch_dtype).contiguous()
                for name, tensor in to_layout(state, layout).items()}
-    if layout != "eagle1" and config.draft_vocab_size != config.vocab_size:  # EAGLE-3 and DFlash
+    if drafter(config.algorithm).calibrated_vocab and config.draft_vocab_size != config.vocab_size:
         tensors["d2t"] = d2t.to(torch.int64).contiguous()
         tensors["t2d"] = t2d.to(torch.bool).contiguous()
     with atomic_path(folder) as tmp:

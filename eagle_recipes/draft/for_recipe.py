@@ -21,10 +21,11 @@ def vocab_file(recipe: Recipe, upstream: dict[str, Path]) -> Path:
 def draft_config_for(recipe: Recipe, model_path: str, draft_vocab_size: int):
     """The recipe's draft architecture for this base model (defaults + overrides + the base model's facts)."""
     from eagle_recipes.draft.config import build_draft_config
+    from eagle_recipes.draft.drafters import drafter
     from eagle_recipes.models import base_model_facts
 
     overrides = dict(recipe.draft.overrides)
-    if recipe.draft.algorithm == "dflash" and overrides.get("mask_token_id") is None:
+    if drafter(recipe.draft.algorithm).needs_mask_token and overrides.get("mask_token_id") is None:
         from eagle_recipes.data.chat import mask_token_id
 
         overrides["mask_token_id"] = mask_token_id(load_recipe_tokenizer(recipe, model_path, None))

@@ -15,6 +15,7 @@ import torch
 
 from eagle_recipes.draft.config import DraftConfig
 from eagle_recipes.draft.dflash import DFlashDraft, draft_block
+from eagle_recipes.draft.drafters import drafter
 from eagle_recipes.draft.model import EagleDraft, TTTCache
 from eagle_recipes.draft.target import target_features
 
@@ -56,7 +57,8 @@ def draft_chain(draft: EagleDraft, config: DraftConfig, embed, lm_head, features
     `draft_to_target`: maps a proposal to the target id fed to the next step (None: the same id).
     `forced`: feed these tokens to steps 1.. instead of the draft's own proposals (teacher forcing, for tests).
     """
-    hidden_in = draft.fuse(features) if config.algorithm == "eagle3" else features
+    spec = drafter(config.algorithm)
+    hidden_in = draft.fuse(features) if spec.reads_aux_states else features
     proposals: list[int] = []
     step_logits: list[torch.Tensor] = []
     tokens_in = list(tokens_in)
@@ -65,7 +67,7 @@ def draft_chain(draft: EagleDraft, config: DraftConfig, embed, lm_head, features
         hidden_out = draft.step(embed(torch.tensor([tokens_in])), hidden_in, positions,
                                 [TTTCache() for _ in draft.decoder_layers()], None)
         last = hidden_out[:, -1:]
-        logits = (draft.logits(last) if config.algorithm == "eagle3" else lm_head(last))[0, -1]
+        logits = (lm_head(last) if spec.drafts_through_base_head else draft.logits(last))[0, -1]
         step_logits.append(logits)
         proposals.append(int(logits.argmax()))
         if step + 1 < k:
@@ -81,7 +83,7 @@ def draft_chain(draft: EagleDraft, config: DraftConfig, embed, lm_head, features
 def reference_generate(target, draft: EagleDraft | DFlashDraft, config: DraftConfig, d2t: torch.Tensor, prompt_ids: list[int],
                        k: int, max_tokens: int, eos_ids: set[int]) -> tuple[list[int], Acceptance]:
     """Greedy chain drafting of k tokens per verify step; exact target greedy output by construction."""
-    draft_to_target = torch.arange(config.draft_vocab_size) + d2t if config.algorithm != "eagle1" else None
+    draft_to_target = torch.arange(config.draft_vocab_size) + d2t if drafter(config.algorithm).calibrated_vocab else None
     embed, lm_head = target.get_input_embeddings(), target.get_output_embeddings()
     stats = Acceptance(accepted_per_position=[0] * k)
     with torch.no_grad():

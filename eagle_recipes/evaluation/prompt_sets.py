@@ -58,8 +58,9 @@ def first_turn(turns: list[dict]) -> list[dict] | None:
 def prompts_from_file(path: Path, max_prompts: int = 0) -> PromptSet:
     """A prompt file in any supported format (raises FormatError naming the file and line)."""
     from eagle_recipes.data.formats import load_conversations
+    from eagle_recipes.data.sources import FileSource
 
-    loaded = load_conversations([path])
+    loaded = load_conversations([FileSource(path, "eval.prompts")])
     prompts = [p for p in (first_turn(r["conversations"]) for r in loaded.conversations) if p]
     prompts = prompts[:max_prompts] if max_prompts else prompts
     if not prompts:

@@ -13,6 +13,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator, ValidationError
 
+from eagle_recipes.draft.drafters import DEFAULT_DRAFTER, drafter
 from eagle_recipes.recipe.errors import Problem, RecipeError
 from eagle_recipes.recipe.schema import apply_defaults, field_names, load_schema
 from eagle_recipes.recipe.toml_lines import key_lines, line_of
@@ -95,25 +96,28 @@ def _check_files(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
 
 
 def _check_data_files(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
-    """The first rows of each data file must be readable in their format (the stages read the rest)."""
-    from eagle_recipes.data.formats import check_data_file
-    from eagle_recipes.data.sources import DatasetSource, shape_problem
+    """Each data source must look readable, and the first rows of those read in a blink (files) must be in their
+    format (the stages read the rest)."""
+    from eagle_recipes.data.formats import check_source
+    from eagle_recipes.data.sources import FileSource
 
+    checks = [(source, recipe.dataset.format, False) for source in recipe.prompt_sources()]
+    checks += [(source, "auto", True) for source in recipe.conversation_sources()]
+    checks += [(FileSource(recipe.resolve(p), f"eval.prompts.{recipe.eval.prompts.index(p)}"), "auto", False)
+               for p in recipe.eval_prompt_files]
     problems = []
-    for source in recipe.prompt_sources():
-        problem = shape_problem(source) if isinstance(source, DatasetSource) else ""
+    for source, fmt, conversations_format in checks:
+        problem = source.problem()
         if problem:
-            problems.append(Problem(str(recipe.path), line_of(lines, source.key), f"{source.key}.dataset", problem))
-    for key, relative in recipe.named_files():
-        if not key.startswith(("data.prompts", "data.conversations", "eval.prompts")) or key.endswith(".dataset"):
+            problems.append(Problem(str(recipe.path), line_of(lines, source.key), source.path_key, problem))
             continue
-        path = recipe.resolve(relative)
-        if not path.exists():
-            continue  # _check_files says so
-        problem = check_data_file(path, recipe.dataset.format if key.startswith("data.prompts") else "auto",
-                                  conversations_format=key.startswith("data.conversations"))
+        local = source.local_path()
+        if not source.quick_to_peek or (local is not None and not local.exists()):
+            continue  # a missing file: _check_files says so
+        problem = check_source(source, fmt, conversations_format)
         if problem:
-            problems.append(Problem(str(recipe.path), line_of(lines, key), re.sub(r"\.\d+$", "", key), problem))
+            problems.append(Problem(str(recipe.path), line_of(lines, source.key), re.sub(r"\.\d+$", "", source.key),
+                                    problem))
     return problems
 
 
@@ -151,11 +155,12 @@ def _check_against_model(recipe: Recipe, raw: dict, lines: dict[str, int]) -> li
         problems.append(Problem(file, line_of(lines, error.key), error.key, error.message, error.hint))
         return problems
     k = recipe.eval.num_speculative_tokens
-    if draft.algorithm == "dflash" and k > draft.block_size - 1:
+    trained_for = drafter(draft.algorithm).max_draft_tokens(draft)
+    if trained_for is not None and k > trained_for:
         problems.append(Problem(file, line_of(lines, "eval.num_speculative_tokens") or line_of(lines, "eval"),
                                 "eval.num_speculative_tokens",
                                 f"{k} mask slots, but the DFlash block of {draft.block_size} trains "
-                                f"{draft.block_size - 1}", f"use at most {draft.block_size - 1}, or raise "
+                                f"{trained_for}", f"use at most {trained_for}, or raise "
                                 "draft.overrides.block_size"))
     return problems + _check_worker_memory(recipe, lines)
 
@@ -215,9 +220,10 @@ def _check_training_levers(recipe: Recipe, lines: dict[str, int]) -> list[Proble
     if train.simulate_every and not recipe.dataset.holdout_fraction:
         problem("train.simulate_every", "simulated acceptance replays the held-out split, which is empty",
                 "set data.holdout_fraction (e.g. 0.05)")
-    if train.feature_noise and recipe.draft.algorithm == "eagle1":
-        problem("train.feature_noise", "noise goes on the aux hidden states, which EAGLE-1 does not read",
-                "remove it, or use draft.algorithm = \"eagle3\"")
+    spec = drafter(recipe.draft.algorithm)
+    if train.feature_noise and not spec.reads_aux_states:
+        problem("train.feature_noise", f"noise goes on the aux hidden states, which {spec.title} does not read",
+                f"remove it, or use draft.algorithm = \"{DEFAULT_DRAFTER}\"")
     return problems
 
 

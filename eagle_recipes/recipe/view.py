@@ -56,20 +56,26 @@ class Recipe:
         return [p for p in self.eval.prompts if p not in NAMED_PROMPT_SETS]
 
     def prompt_sources(self) -> list:
-        """data.prompts as sources: file paths, and datasets by name (data/sources.py), paths made absolute."""
+        """data.prompts as sources (data/sources.py: files, and datasets by name), paths made absolute."""
+        return self._sources("data.prompts", self.dataset.prompts)
+
+    def conversation_sources(self) -> list:
+        """data.conversations as sources (files in the conversations format), paths made absolute."""
+        return self._sources("data.conversations", self.dataset.conversations)
+
+    def _sources(self, key: str, entries: list) -> list:
         from eagle_recipes.data.sources import source_of
 
-        return [source_of(entry, f"data.prompts.{i}", self.resolve) for i, entry in enumerate(self.dataset.prompts)]
+        return [source_of(entry, f"{key}.{i}", self.resolve) for i, entry in enumerate(entries)]
 
     def named_files(self) -> list[tuple[str, str]]:
         """Every file (or dataset folder) the recipe names, as (TOML key, path as written): checked by validate,
-        sent by submit. Hub datasets are not files."""
-        from eagle_recipes.data.sources import DatasetSource
-
-        named = [(f"data.prompts.{i}", p) for i, p in enumerate(self.dataset.prompts) if isinstance(p, str)]
-        named += [(f"{s.key}.dataset", s.dataset) for s in self.prompt_sources()
-                  if isinstance(s, DatasetSource) and s.is_local]
-        named += [(f"data.conversations.{i}", p) for i, p in enumerate(self.dataset.conversations)]
+        sent by submit. Sources with nothing local (Hub datasets) are not files."""
+        named = []
+        for source, entry in zip(self.prompt_sources() + self.conversation_sources(),
+                                 self.dataset.prompts + self.dataset.conversations):
+            if source.local_path() is not None:  # the path as the recipe wrote it (a submission keeps it relative)
+                named.append((source.path_key, entry if isinstance(entry, str) else entry["dataset"]))
         named += [(f"eval.prompts.{self.eval.prompts.index(p)}", p) for p in self.eval_prompt_files]
         named += [(key, value) for key, value in (("vocab.draft_vocab_cache", self.vocab.draft_vocab_cache),
                                                   ("model.config", self.model.config),

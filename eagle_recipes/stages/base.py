@@ -33,15 +33,17 @@ class Stage:
     name: ClassVar[str]
     description: ClassVar[str]
     headline_metric: ClassVar[str] = ""  # the manifest metric the run table shows
+    reads_from: ClassVar[tuple[str, ...]] = ()  # the stages whose outputs this one reads when the graph holds them
 
     @staticmethod
     def enabled(recipe: Recipe) -> tuple[bool, str]:
         """(runs?, why not) - a stage is left out when the recipe turns it off or supplies its output."""
         return True, ""
 
-    @staticmethod
-    def depends_on(recipe: Recipe, enabled: set[str]) -> list[str]:
-        return []
+    @classmethod
+    def depends_on(cls, recipe: Recipe, enabled: set[str]) -> list[str]:
+        """This run's upstream stages: those it reads from that the recipe enables (in `reads_from`'s order)."""
+        return [name for name in cls.reads_from if name in enabled]
 
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:

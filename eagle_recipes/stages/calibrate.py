@@ -15,11 +15,12 @@ import numpy as np
 
 from eagle_recipes.data.formats import HELD_OUT_SPLIT, TRAIN_SPLIT
 from eagle_recipes.data.pretokens import bincount
+from eagle_recipes.data.training_data import conversation_files, conversation_input_files
+from eagle_recipes.draft.drafters import drafter
 from eagle_recipes.recipe import Recipe
+from eagle_recipes.recipe.base_model import base_model_path, chat_template_file, rendering_settings, thinking_when_rendered
 from eagle_recipes.run_folder import CALIBRATE, RELATIVE, SYNTHESIZE, RunFolder
 from eagle_recipes.stages.base import Stage, StageContext
-from eagle_recipes.data.training_data import conversation_files, conversation_input_files
-from eagle_recipes.recipe.base_model import base_model_path, chat_template_file, rendering_settings, thinking_when_rendered
 
 COVERAGE_WARNING = 0.95
 # below this much conversation data, counting in-process beats starting Ray Data's actors
@@ -183,6 +184,7 @@ class CalibrateStage(Stage):
     name = CALIBRATE
     description = "count token frequencies, keep the top-K as the draft vocabulary (d2t/t2d)"
     headline_metric = "coverage"
+    reads_from = (SYNTHESIZE,)
 
     @classmethod
     def headline(cls, manifest: dict[str, Any]) -> str:
@@ -193,15 +195,14 @@ class CalibrateStage(Stage):
 
     @staticmethod
     def enabled(recipe: Recipe) -> tuple[bool, str]:
-        if recipe.draft.algorithm == "eagle1":
-            return False, 'draft.algorithm = "eagle1" (EAGLE-1 drafts predict over the base model\'s whole vocabulary)'
+        spec = drafter(recipe.draft.algorithm)
+        if not spec.calibrated_vocab:
+            return False, (f'draft.algorithm = "{spec.name}" ({spec.title} drafts predict over the base model\'s '
+                           "whole vocabulary)")
         if recipe.vocab.draft_vocab_cache:
             return False, f"vocab.draft_vocab_cache is set (it gives the mapping: {recipe.vocab.draft_vocab_cache})"
         return True, ""
 
-    @staticmethod
-    def depends_on(recipe: Recipe, enabled: set[str]) -> list[str]:
-        return [SYNTHESIZE] if SYNTHESIZE in enabled else []
 
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:

@@ -46,6 +46,7 @@ class CaptureStage(Stage):
     name = CAPTURE
     description = "run the base model once over the training conversations and store its features"
     headline_metric = "tokens_per_s"
+    reads_from = (SYNTHESIZE,)
 
     @staticmethod
     def enabled(recipe: Recipe) -> tuple[bool, str]:
@@ -53,18 +54,14 @@ class CaptureStage(Stage):
             return False, 'train.features = "online" (the base model runs in each training worker)'
         return True, ""
 
-    @staticmethod
-    def depends_on(recipe: Recipe, enabled: set[str]) -> list[str]:
-        return [SYNTHESIZE] if SYNTHESIZE in enabled else []
 
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:
-        from eagle_recipes.draft.config import reads_aux_states
+        from eagle_recipes.draft.drafters import drafter
 
         draft = recipe.data["draft"]
-        # what is captured, not which drafter reads it: DFlash reads the aux states EAGLE-3 reads, so it is
-        # fingerprinted as EAGLE-3 (switching reuses the capture, and EAGLE-3 runs captured before stay up to date)
-        captured_for = "eagle3" if reads_aux_states(draft["algorithm"]) else draft["algorithm"]
+        # what is captured, not which drafter reads it: drafters reading the same states share a capture
+        captured_for = drafter(draft["algorithm"]).captured_as
         return {"capture": recipe.data["capture"], **rendering_settings(recipe),
                 "draft": {"algorithm": captured_for,
                           "aux_layer_ids": draft.get("overrides", {}).get("aux_layer_ids")}}

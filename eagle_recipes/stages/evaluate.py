@@ -17,7 +17,7 @@ from eagle_recipes.data.formats import HELD_OUT_SPLIT
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.run_folder import DRAFT_FOLDER, EVALUATE, EXPORT, RELATIVE, SYNTHESIZE, TRAIN, RunFolder
 from eagle_recipes.stages.base import Stage, StageContext
-from eagle_recipes.data.training_data import conversation_files, read_conversations
+from eagle_recipes.data.training_data import conversation_sources, read_conversations
 from eagle_recipes.recipe.base_model import base_model_path, reasoning_setting, thinking_when_generating
 
 
@@ -47,14 +47,12 @@ class EvaluateStage(Stage):
     name = EVALUATE
     description = "acceptance length on MT-bench and the held-out split (real vLLM)"
     headline_metric = "acceptance_length"
+    reads_from = (EXPORT, SYNTHESIZE)
 
     @staticmethod
     def enabled(recipe: Recipe) -> tuple[bool, str]:
         return (True, "") if recipe.eval.enabled else (False, "eval.enabled = false")
 
-    @staticmethod
-    def depends_on(recipe: Recipe, enabled: set[str]) -> list[str]:
-        return [EXPORT] + ([SYNTHESIZE] if SYNTHESIZE in enabled else [])
 
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:
@@ -104,7 +102,7 @@ class EvaluateStage(Stage):
         from eagle_recipes.evaluation.prompt_sets import resolve_sets
 
         recipe = ctx.recipe
-        held_out = read_conversations(conversation_files(recipe, ctx.upstream), recipe, split=HELD_OUT_SPLIT)
+        held_out = read_conversations(conversation_sources(recipe, ctx.upstream), recipe, split=HELD_OUT_SPLIT)
         sets = resolve_sets(recipe.eval.prompts, recipe.resolve, held_out, recipe.eval.max_prompts,
                             recipe.eval.turns)
         if HELD_OUT_SPLIT in recipe.eval.prompts and not any(s.name == HELD_OUT_SPLIT for s in sets):

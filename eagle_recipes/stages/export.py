@@ -17,10 +17,8 @@ from eagle_recipes.recipe.base_model import base_model_path
 class ExportStage(Stage):
     name = EXPORT
     description = "write the draft for vLLM/SGLang and check every tensor"
+    reads_from = (TRAIN,)
 
-    @staticmethod
-    def depends_on(recipe: Recipe, enabled: set[str]) -> list[str]:
-        return [TRAIN]
 
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:

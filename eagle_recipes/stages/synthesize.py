@@ -19,7 +19,7 @@ from typing import Any, Iterator, Protocol
 from eagle_recipes.atomic import write_jsonl
 from eagle_recipes.data.chat import strip_thinking
 from eagle_recipes.data.formats import DataFormatError, load_conversations
-from eagle_recipes.data.sources import DatasetSource
+from eagle_recipes.data.sources import Source
 from eagle_recipes.engines.actor_pool import TaskActor
 from eagle_recipes.engines.generation import OpenAIEngine, Sampling
 from eagle_recipes.recipe import Recipe
@@ -221,39 +221,19 @@ def _make_runner(recipe: Recipe, model_path: str, tokenizer) -> TaskRunner:
                                     settings.timeout_s, settings.max_retries, tokenizer), tokenizer)
 
 
-def describe_sources(sources: list) -> str:
+def describe_sources(sources: list[Source]) -> str:
     """The prompt sources as plan shows them, with their row counts where known offline."""
-    from eagle_recipes.data.sources import count_rows
-
-    shown = []
-    for source in sources:
-        if isinstance(source, DatasetSource):
-            rows = count_rows(source)
-            where = "local" if source.is_local else f"Hub{'@' + source.revision if source.revision else ''}"
-            bound = "" if source.is_local else "up to "
-            shown.append(f"{source.label} ({where}, {f'{bound}{rows:,} rows' if rows else 'rows known once read'}"
-                         + (f", weight {source.weight:g}" if source.weight else "") + ")")
-        else:
-            shown.append(source.name)
-    return "sources: " + "; ".join(shown)
+    return "sources: " + "; ".join(source.describe() for source in sources)
 
 
 def skipped_by_source(loaded) -> dict[str, int]:
     return {f"{source}: {reason}": count for (source, reason), count in loaded.by_source.items()}
 
 
-def source_records(sources: list, loaded) -> list[dict]:
+def source_records(sources: list[Source], loaded) -> list[dict]:
     """What the manifest keeps of each source: its conversations used and, for a Hub dataset, the commit read."""
-    from eagle_recipes.data.sources import resolved_revision
-
-    records = []
-    for source in sources:
-        name = source.label if isinstance(source, DatasetSource) else source.name
-        record = {"source": name, "conversations": loaded.used.get(name, 0)}
-        if isinstance(source, DatasetSource) and not source.is_local:
-            record.update(dataset=source.dataset, revision=source.revision, commit=resolved_revision(source))
-        records.append(record)
-    return records
+    return [{"source": source.label, "conversations": loaded.used.get(source.label, 0), **source.record()}
+            for source in sources]
 
 
 class SynthesizeStage(Stage):
@@ -282,7 +262,7 @@ class SynthesizeStage(Stage):
         """Prompt files, and every data file of a local dataset folder (Hub datasets: their revision setting)."""
         files = []
         for source in recipe.prompt_sources():
-            files += source.data_files() if isinstance(source, DatasetSource) else [source]
+            files += source.input_files()
         return files
 
     @staticmethod
@@ -309,7 +289,7 @@ class SynthesizeStage(Stage):
         for line in loaded.skipped_lines():
             ctx.log(line)
         if not loaded.conversations and not synthesis.self_prompts:
-            names = ", ".join(s.label if isinstance(s, DatasetSource) else str(s) for s in sources)
+            names = ", ".join(source.location for source in sources)
             raise DataFormatError(f"{names}: no usable conversation (" + "; ".join(loaded.skipped_lines())
                                   + "); each row needs a user turn")
         shards_dir = ctx.out / CONVERSATION_SHARDS

@@ -14,14 +14,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from eagle_recipes.draft.trained import write_trained
 from eagle_recipes.data.formats import HELD_OUT_SPLIT
+from eagle_recipes.data.training_data import conversation_input_files, tokenize_training_data
+from eagle_recipes.draft.drafters import drafter
+from eagle_recipes.draft.for_recipe import draft_config_for, vocab_file
+from eagle_recipes.draft.trained import write_trained
 from eagle_recipes.recipe import Recipe
+from eagle_recipes.recipe.base_model import base_model_path, rendering_settings
 from eagle_recipes.run_folder import CALIBRATE, CAPTURE, HELD_OUT_FOLDER, RELATIVE, SYNTHESIZE, TRAIN, TRAIN_PLOTS
 from eagle_recipes.stages.base import Stage, StageContext
-from eagle_recipes.data.training_data import conversation_input_files, tokenize_training_data
-from eagle_recipes.draft.for_recipe import draft_config_for, vocab_file
-from eagle_recipes.recipe.base_model import base_model_path, rendering_settings
 
 
 
@@ -52,7 +53,7 @@ def warn_emulated_bfloat16(config, log) -> None:
 def mapping_file(recipe: Recipe, upstream: dict[str, Path]) -> Path | None:
     """The draft vocabulary's d2t file: calibrate's (or the recipe's cache) for EAGLE-3 and DFlash; none for EAGLE-1,
     which drafts over the whole vocabulary."""
-    return vocab_file(recipe, upstream) if recipe.draft.algorithm != "eagle1" else None
+    return vocab_file(recipe, upstream) if drafter(recipe.draft.algorithm).calibrated_vocab else None
 
 
 def vocab_mapping(recipe: Recipe, upstream: dict[str, Path], model_path: str):
@@ -69,10 +70,8 @@ class TrainStage(Stage):
     name = TRAIN
     description = "train the draft on Ray Train (base model features online in each worker, or cached)"
     headline_metric = "final_loss"
+    reads_from = (SYNTHESIZE, CALIBRATE, CAPTURE)
 
-    @staticmethod
-    def depends_on(recipe: Recipe, enabled: set[str]) -> list[str]:
-        return [s for s in (SYNTHESIZE, CALIBRATE, CAPTURE) if s in enabled]
 
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:
@@ -159,7 +158,8 @@ class TrainStage(Stage):
             ctx.log(f"keeping the draft of step {best['step']} (best simulated tau {best['tau']:.3f})")
         write_trained(ctx.run.trained, (best or state)["draft"], draft_config, mapping)
         summary = metrics.summarize(state["step"], count, resumed_step)
-        summary["metrics"].update(wall_s=wall, plots=metrics.plot(ctx.out), exported_step=(best or state)["step"],
+        plots = metrics.plot(ctx.out, drafter(recipe.draft.algorithm).step_label)
+        summary["metrics"].update(wall_s=wall, plots=plots, exported_step=(best or state)["step"],
                                   draft_vocab_size=mapping.draft_vocab_size, draft_config=asdict(draft_config),
                                   train_config=config.to_dict())
         return summary

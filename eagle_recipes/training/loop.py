@@ -17,6 +17,7 @@ from eagle_recipes.data.sequences import Sequences
 from eagle_recipes.devices import compute_dtype, worker_device
 from eagle_recipes.draft.config import DraftConfig
 from eagle_recipes.draft.dflash import DFlashObjective
+from eagle_recipes.draft.drafters import drafter
 from eagle_recipes.draft.model import EagleDraft, build_draft
 from eagle_recipes.draft.ttt import TargetOutputs, TTTObjective
 from eagle_recipes.draft.vocab import draft_target_ids
@@ -26,8 +27,8 @@ from eagle_recipes.training.checkpoints import Checkpointer, checkpointer_for
 from eagle_recipes.training.config import TrainConfig
 from eagle_recipes.training.metrics import MetricsLog
 from eagle_recipes.training.parallel import clip_gradients, wrap_objective
-from eagle_recipes.training.schedule import learning_rate
 from eagle_recipes.training.optimizers import MuonWithAdamW, build_optimizer, set_learning_rate
+from eagle_recipes.training.schedule import learning_rate
 from eagle_recipes.training.simulation import HeldOut, simulated_acceptance
 from eagle_recipes.training.step_cost import PHASES
 from eagle_recipes.training.target_source import CachedTarget, TargetSource, make_target_source
@@ -62,7 +63,7 @@ def setup(config: TrainConfig, rank: int, world: int, local_rank: int) -> Traini
     draft = build_draft(draft_config).to(device)
     draft_ids = draft_target_ids(config.vocab_file, draft_config.vocab_size).to(device)
     target = make_target_source(config, draft_config, draft_ids, device, compute_dtype(device, config.precision))
-    if config.init_from_target and draft_config.algorithm == "eagle3":
+    if config.init_from_target and drafter(draft_config.algorithm).starts_from_base_head:
         init_from_target(draft, target.draft_head.weight, target.final_norm)
     checkpointer = checkpointer_for(config.strategy, Path(config.checkpoint_dir), config.keep_checkpoints)
     state = checkpointer.load_latest(device)
@@ -124,7 +125,7 @@ def train_step(training: Training) -> dict[str, Any]:
     tokens, padded, length = 0, 0, 0
     seconds = dict.fromkeys(PHASES, 0.0)
     clock = time.perf_counter()
-    lm_head = training.target.draft_head if training.draft.config.algorithm == "eagle1" else None
+    lm_head = training.target.draft_head if drafter(training.draft.config.algorithm).drafts_through_base_head else None
     for micro in range(config.grad_accum):
         indices = micro_batch_indices(training.sequences.count, config.seed, epoch, step_in_epoch, training.rank,
                                       training.world, config.grad_accum, config.batch_size, micro)
@@ -134,7 +135,7 @@ def train_step(training: Training) -> dict[str, Any]:
         padded, length = padded + input_ids.numel(), max(length, input_ids.shape[1])
         outputs = training.target.outputs(input_ids, loss_mask, padding, indices)
         draw = (training.step * config.grad_accum + micro) * training.world + training.rank  # seeds what is random
-        if config.feature_noise and training_algorithm(config) != "eagle1":
+        if config.feature_noise and drafter(training_algorithm(config)).reads_aux_states:
             outputs = with_feature_noise(outputs, config.feature_noise, config.seed, draw)
         with torch.autocast(training.device.type, dtype=torch.bfloat16, enabled=config.precision == "bfloat16"):
             loss, stats = training.objective(outputs, training.target.embed, lm_head, draw)
@@ -203,7 +204,7 @@ def training_algorithm(config: TrainConfig) -> str:
 def simulate(training: Training) -> dict[str, Any]:
     """Simulated tau of the draft as it is now (every rank runs it: FSDP gathers the weights collectively)."""
     config = training.config
-    lm_head = training.target.draft_head if training_algorithm(config) == "eagle1" else None
+    lm_head = training.target.draft_head if drafter(training_algorithm(config)).drafts_through_base_head else None
     unsharded = hasattr(training.objective, "unshard")  # FSDP2: the root's parameters gathered for plain calls
     if unsharded:
         training.objective.unshard()

@@ -48,8 +48,9 @@ class MetricsLog:
         return {"counts": {"steps": final_step, "sequences": count, "resumed_from_step": resumed_step,
                            "steps_this_run": final_step - resumed_step}, "metrics": metrics}
 
-    def plot(self, out: Path) -> list[str]:
-        """loss.png and accuracy.png: per TTT step over training."""
+    def plot(self, out: Path, step_label: str = "TTT step") -> list[str]:
+        """loss.png and accuracy.png: per position of the drafter's unroll (`step_label`: a TTT step, a block
+        slot) over training."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -60,23 +61,18 @@ class MetricsLog:
             return []
         steps = [r["step"] for r in rows]
         written = []
-        for key, title, name in (("loss", "loss per TTT step", LOSS_PLOT),
-                                 ("accuracy", "top-1 accuracy per TTT step", ACCURACY_PLOT)):
+        for key, title, name in (("loss", f"loss per {step_label}", LOSS_PLOT),
+                                 ("accuracy", f"top-1 accuracy per {step_label}", ACCURACY_PLOT)):
             figure, axis = plt.subplots(figsize=(7, 4))
             series = np.array([r[key] for r in rows])
             window = max(1, len(rows) // 50)
             for j in range(series.shape[1]):
                 smooth = np.convolve(series[:, j], np.ones(window) / window, mode="valid")
-                axis.plot(steps[window - 1:], smooth, label=f"step {j}")
+                axis.plot(steps[window - 1:], smooth, label=f"{step_label} {j}")
             axis.set_xlabel("optimizer step")
             axis.set_title(title)
             axis.legend(fontsize=7, ncol=2)
-            figure.tight_layout()
-            path = out / name
-            with atomic_path(path) as tmp:
-                figure.savefig(tmp, format="png", dpi=100)
-            plt.close(figure)
-            written.append(str(path))
+            written.append(_save(figure, out / name))
         simulated = [r for r in rows if "simulated_tau" in r]
         if simulated:
             figure, axis = plt.subplots(figsize=(7, 4))
@@ -84,13 +80,19 @@ class MetricsLog:
             axis.set_xlabel("optimizer step")
             axis.set_ylabel("tau (held-out, greedy, simulated)")
             axis.set_title("simulated acceptance length")
-            figure.tight_layout()
-            path = out / SIMULATED_TAU_PLOT
-            with atomic_path(path) as tmp:
-                figure.savefig(tmp, format="png", dpi=100)
-            plt.close(figure)
-            written.append(str(path))
+            written.append(_save(figure, out / SIMULATED_TAU_PLOT))
         return written
+
+
+def _save(figure, path: Path) -> str:
+    """The figure as a PNG, written whole or not at all; closed (pyplot keeps every open figure)."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+    return str(path)
 
 
 def _step_of(line: str) -> float:

@@ -1,0 +1,32 @@
+"""DFlash: Qwen3 layers (q/k norms always) that draft a block of tokens in one pass from mask slots, reading the
+aux states EAGLE-3 reads, as vLLM serves it (`method = "dflash"`; the model: draft/dflash.py)."""
+
+from typing import Any
+
+from eagle_recipes.draft.drafters.base import DECODER_LAYER_FIELDS, Drafter
+
+
+def _refuses(values: dict[str, Any]):
+    if values["block_size"] < 2:
+        return ("draft.overrides.block_size", f"{values['block_size']} leaves no token to draft",
+                "use at least 2 (the token just produced and one mask slot)")
+    return None
+
+
+def _card_lines(config: dict[str, Any]) -> list[str]:
+    return [f"- one pass drafts a block of {config['block_size'] - 1} tokens (mask token id "
+            f"{config.get('mask_token_id')})"] if config.get("block_size") else []
+
+
+DFLASH = Drafter(
+    name="dflash", title="DFlash",
+    defaults={**DECODER_LAYER_FIELDS, "aux_layer_ids": None,
+              "num_hidden_layers": 2,
+              "block_size": 8,  # the block: the token just produced and block_size - 1 mask slots (drafts per pass)
+              "mask_token_id": None},  # None: the tokenizer's mask token, else its last added special token not in chats
+    reads_aux_states=True, calibrated_vocab=True, vllm_method="dflash", sglang_algorithm=None, layout="dflash",
+    needs_mask_token=True,
+    lowest_aux_layer_id=1,  # DFlash names layer outputs (id - 1): the embeddings have none
+    step_label="block slot", forced={"qk_norm": True}, refuses=_refuses,
+    max_draft_tokens=lambda config: config.block_size - 1, card_lines=_card_lines,
+)
