@@ -190,7 +190,8 @@ def torch_tier(device_name: str, size: Size, out: Path) -> None:
     import torch
     import torch.distributed as dist
 
-    from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
+    from eagle_recipes.draft.config import BaseModelFacts
+    from eagle_recipes.draft.drafters import build_draft_config
     from eagle_recipes.models import load_base_config
     from eagle_recipes.recipe.schema import table_defaults
     from eagle_recipes.training.config import TrainConfig

@@ -139,9 +139,8 @@ def holdout_replies(recipe, run: Path, model_path: str) -> list[tuple[list[int],
 def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, draft_head, embed, log):
     import torch
 
-    from eagle_recipes.draft.config import build_draft_config
+    from eagle_recipes.draft.drafters import build_draft, build_draft_config, drafter
     from eagle_recipes.draft.dflash import DFlashObjective
-    from eagle_recipes.draft.model import build_draft
     from eagle_recipes.draft.ttt import TargetOutputs, ttt_loss
     from eagle_recipes.training.batches import micro_batch_indices, steps_per_epoch
     from eagle_recipes.training.loop import with_feature_noise
@@ -151,7 +150,8 @@ def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, 
     settings = {**recipe.data["train"], **variant.train}
     algorithm = variant.train.get("algorithm", recipe.draft.algorithm)  # a variant may train another drafter
     overrides = {**recipe.draft.overrides, **variant.draft}
-    if algorithm == "dflash":
+    spec = drafter(algorithm)
+    if spec.needs_mask_token:
         overrides.setdefault("mask_token_id", MASK_TOKEN[0])
     config = build_draft_config(algorithm, overrides, facts, mapping.draft_vocab_size)
     torch.manual_seed(settings.get("seed", 0))
@@ -163,7 +163,7 @@ def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, 
                                 settings.get("weight_decay", 0.0), settings.get("muon_lr_scale", 1.0))
     per_epoch = steps_per_epoch(len(captured), 1, 1, 1)
     objective = DFlashObjective(draft, settings.get("anchors", 64), settings.get("block_loss_decay", 4.0),
-                                settings.get("loss", "kl"), settings.get("seed", 0)) if algorithm == "dflash" else None
+                                settings.get("loss", "kl"), settings.get("seed", 0)) if spec.drafts_in_one_pass else None
     started, tokens = time.process_time(), 0
     wall = time.time()
     warm = None  # wall time once the first steps (allocator and kernel warm-up) are done
@@ -181,7 +181,7 @@ def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, 
         if settings.get("feature_noise"):
             batch = with_feature_noise(batch, settings["feature_noise"], settings.get("seed", 0), step)
         optimizer.zero_grad(set_to_none=True)
-        if algorithm == "dflash":
+        if spec.drafts_in_one_pass:
             loss, _ = objective(batch, embed, None, step)
         else:
             loss, _ = ttt_loss(draft, batch, embed, settings["ttt_steps"], settings["ttt_decay"],
@@ -199,13 +199,15 @@ def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, 
 
 
 def simulated_tau(draft, config, eval_set, embed, k: int) -> dict:
-    from eagle_recipes.draft.reference import Acceptance, simulate_greedy_chain
     from eagle_recipes.draft.dflash import dflash_correctness
+    from eagle_recipes.draft.drafters import drafter
+    from eagle_recipes.draft.reference import Acceptance, simulate_greedy_chain
     from eagle_recipes.draft.ttt import step_correctness
 
     total = Acceptance(accepted_per_position=[0] * k)
+    one_pass = drafter(config.algorithm).drafts_in_one_pass
     for outputs, prompt_len in eval_set:
-        if config.algorithm == "dflash":
+        if one_pass:
             correct = dflash_correctness(draft, outputs, embed, k)[:, 0]
         else:
             correct = step_correctness(draft, outputs, embed, k)[:, 0]
@@ -237,8 +239,7 @@ def vllm_tau(draft, config, mapping, model_path, recipe, out: Path) -> dict:
 def online_step_seconds(target, captured, recipe, facts, mapping, embed, aux_ids, draft_ids) -> float:
     """CPU-seconds of one online step (base forward + draft), averaged over 20 sequences, for the minutes column."""
 
-    from eagle_recipes.draft.config import build_draft_config
-    from eagle_recipes.draft.model import build_draft
+    from eagle_recipes.draft.drafters import build_draft, build_draft_config
     from eagle_recipes.draft.ttt import ttt_loss
     from eagle_recipes.training.target_source import target_outputs
 

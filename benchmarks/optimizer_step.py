@@ -36,8 +36,8 @@ BOUND_S = 0.25  # what the recipe's optimizer may cost beyond AdamW's, per step
 
 def recipe_draft(recipe_path: Path, draft_vocab: int):
     """(draft module, the recipe's optimizer name, its muon_lr_scale) from the recipe's TOML and its config file."""
-    from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
-    from eagle_recipes.draft.model import build_draft
+    from eagle_recipes.draft.config import BaseModelFacts
+    from eagle_recipes.draft.drafters import build_draft, build_draft_config
 
     recipe = tomllib.loads(recipe_path.read_text())
     config = json.loads((recipe_path.parent / recipe["model"]["config"]).read_text())

@@ -43,8 +43,8 @@ def main() -> None:
     from eagle_recipes.data.chat import load_tokenizer
     from eagle_recipes.data.feature_cache import shard_path, write_head, write_shard
     from eagle_recipes.data.sequences import tokenize
-    from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
-    from eagle_recipes.draft.model import build_draft
+    from eagle_recipes.draft.config import BaseModelFacts
+    from eagle_recipes.draft.drafters import build_draft, build_draft_config
     from eagle_recipes.draft.ttt import TTTObjective
     from eagle_recipes.draft.vocab import top_k_ids
     from eagle_recipes.engines.capture import CaptureSpec, HFCaptureEngine

@@ -233,7 +233,7 @@ def cmd_publish(args) -> int:
 
 
 def cmd_draft_fields(args) -> int:
-    from eagle_recipes.draft.config import DEFAULTS
+    from eagle_recipes.draft.drafters import DEFAULTS
 
     for algorithm, fields in DEFAULTS.items():
         console.print(f"[{algorithm}]", markup=False)

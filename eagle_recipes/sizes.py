@@ -69,7 +69,7 @@ def draft_parameters(draft_config) -> int:
     """Trained parameters of a draft, from its config (built on the meta device: no memory)."""
     import torch
 
-    from eagle_recipes.draft.model import build_draft
+    from eagle_recipes.draft.drafters import build_draft
 
     with torch.device("meta"):
         return sum(p.numel() for p in build_draft(draft_config).parameters())
@@ -98,7 +98,8 @@ def training_sizes(recipe) -> dict | None:
     """Memory per training worker (online and cached) and the feature cache's size, for plan and validate;
     None when the base model's config cannot be read offline."""
     from eagle_recipes.data.feature_cache import bytes_per_token
-    from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
+    from eagle_recipes.draft.config import BaseModelFacts
+    from eagle_recipes.draft.drafters import build_draft_config
     from eagle_recipes.models import load_base_config
 
     try:

@@ -82,8 +82,8 @@ def build_copy_draft(target_folder: Path, perm: list[int], wrong: set[int] = fro
 
     qk_norm: a Qwen3-style layer whose projections alone give blunt queries and keys (sharpness 1) and whose q/k
     norms make them sharp again: the draft copies only where the engine applies those norms."""
-    from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
-    from eagle_recipes.draft.model import build_draft
+    from eagle_recipes.draft.config import BaseModelFacts
+    from eagle_recipes.draft.drafters import build_draft, build_draft_config
 
     facts = BaseModelFacts.from_config(json.loads((target_folder / "config.json").read_text()))
     # slowest rotary pair turns ~0.02 rad per position: theta^(-(d-2)/d) = 0.02
@@ -141,8 +141,8 @@ def build_dflash_copy_draft(target_folder: Path, perm: list[int], wrong: set[int
     right in slot 1 (unless the bonus token is in `wrong`), wrong in the later slots (their truth is perm applied
     twice or more). Its queries are zero, so attention is uniform; only the bonus slot has a value (the mask token
     is <eos>, whose embedding is zero; the context's values are zero), and the LM head maps it through perm."""
-    from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
-    from eagle_recipes.draft.model import build_draft
+    from eagle_recipes.draft.config import BaseModelFacts
+    from eagle_recipes.draft.drafters import build_draft, build_draft_config
 
     facts = BaseModelFacts.from_config(json.loads((target_folder / "config.json").read_text()))
     config = build_draft_config("dflash", {"intermediate_size": 64, "num_hidden_layers": 1, "block_size": block_size,

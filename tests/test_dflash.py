@@ -10,8 +10,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from eagle_recipes.draft import dflash
-from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
-from eagle_recipes.draft.model import build_draft
+from eagle_recipes.draft.config import BaseModelFacts
+from eagle_recipes.draft.drafters import build_draft, build_draft_config
 from eagle_recipes.run_folder import RunFolder
 from eagle_recipes.training.target_source import target_outputs
 

@@ -8,16 +8,11 @@ import json
 import pytest
 import torch
 
-from eagle_recipes.draft.config import (
-    BaseModelFacts,
-    DraftConfigError,
-    build_draft_config,
-    default_aux_layer_ids,
-    valid_fields,
-)
+from eagle_recipes.draft.config import BaseModelFacts, DraftConfigError, default_aux_layer_ids
+from eagle_recipes.draft.drafters import build_draft, build_draft_config, valid_fields
 from eagle_recipes.draft.export import export_layout
 from eagle_recipes.draft.layouts import config_facts, layout_config, optional_tensors, required_tensors, to_layout
-from eagle_recipes.draft.model import Attention, TTTCache, build_draft
+from eagle_recipes.draft.model import Attention, TTTCache
 from eagle_recipes.draft.ttt import TargetOutputs, ttt_loss
 from eagle_recipes.recipe import load_recipe
 from tests.helpers import PROJECT

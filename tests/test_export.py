@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
+from eagle_recipes.draft.config import BaseModelFacts
+from eagle_recipes.draft.drafters import build_draft, build_draft_config
 from eagle_recipes.draft.inspect import inspect_draft
 from eagle_recipes.draft.layouts import load_draft_module
-from eagle_recipes.draft.model import build_draft
 from eagle_recipes.draft.vocab import mapping_from_ids
 from eagle_recipes.draft.export import write_draft
 from tests.helpers import PROJECT

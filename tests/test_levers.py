@@ -44,8 +44,8 @@ def test_tv_gradient_raises_acceptance():
 
 
 def test_muon_takes_the_matrices_and_adamw_the_rest_and_round_trips():
-    from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
-    from eagle_recipes.draft.model import build_draft
+    from eagle_recipes.draft.config import BaseModelFacts
+    from eagle_recipes.draft.drafters import build_draft, build_draft_config
     from eagle_recipes.training.optimizers import build_optimizer, muon_parameter, set_learning_rate
 
     facts = BaseModelFacts.from_config(dict(model_type="llama", num_hidden_layers=8, hidden_size=64,

@@ -23,8 +23,8 @@ MUON_STEP = textwrap.dedent("""
     import json, torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from eagle_recipes.devices import native_bfloat16
-    from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
-    from eagle_recipes.draft.model import build_draft
+    from eagle_recipes.draft.config import BaseModelFacts
+    from eagle_recipes.draft.drafters import build_draft, build_draft_config
     from eagle_recipes.training.optimizers import build_optimizer
 
     MATMULS = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default,

@@ -192,9 +192,9 @@ def test_vllm_builds_the_eagle31_and_qwen3_variants_as_trained(permutation_setup
     import torch
     from vllm import LLM, SamplingParams
 
-    from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
+    from eagle_recipes.draft.config import BaseModelFacts
+    from eagle_recipes.draft.drafters import build_draft, build_draft_config
     from eagle_recipes.draft.export import write_draft
-    from eagle_recipes.draft.model import build_draft
     from eagle_recipes.draft.vocab import mapping_from_ids
 
     target, _, _, prompts = permutation_setup

@@ -12,8 +12,8 @@ AVX2 = StepContext(optimizer="muon", features="cached", precision="float32", har
 
 
 def quickstart_like_draft() -> torch.nn.Module:
-    from eagle_recipes.draft.config import BaseModelFacts, build_draft_config
-    from eagle_recipes.draft.model import build_draft
+    from eagle_recipes.draft.config import BaseModelFacts
+    from eagle_recipes.draft.drafters import build_draft, build_draft_config
 
     facts = BaseModelFacts.from_config(dict(model_type="llama", num_hidden_layers=30, hidden_size=576,
                                             intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from eagle_recipes.draft.drafters import DRAFTERS
+from eagle_recipes.recipe.schema import load_schema
 from tests.helpers import PROJECT
 
 PACKAGE = PROJECT / "eagle_recipes"
@@ -160,15 +162,17 @@ def test_the_layout_check_finds_a_spelled_path():
 SOURCE_KINDS = {"FileSource", "DatasetSource"}  # data/sources.py's Source classes
 
 
+def checks_class(node: ast.AST, classes: set[str]) -> bool:
+    """Whether the node is `isinstance(x, K)` (or a tuple of kinds) with K one of `classes`."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance"):
+        return False
+    kinds = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
+    return any(isinstance(kind, ast.Name) and kind.id in classes for kind in kinds)
+
+
 def source_kind_checks(source: str) -> list[int]:
     """Lines of `isinstance(x, K)` where K names a kind of data source: readers ask the Source interface instead."""
-    found = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance":
-            kinds = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
-            if any(isinstance(kind, ast.Name) and kind.id in SOURCE_KINDS for kind in kinds):
-                found.append(node.lineno)
-    return found
+    return [node.lineno for node in ast.walk(ast.parse(source)) if checks_class(node, SOURCE_KINDS)]
 
 
 def test_no_reader_tells_the_kinds_of_source_apart():
@@ -181,14 +185,9 @@ def test_no_reader_tells_the_kinds_of_source_apart():
     assert source_kind_checks("ok = isinstance(s, (Path, DatasetSource))\nfine = isinstance(s, str)\n") == [1]
 
 
-DRAFTER_NAMES = {"eagle3", "eagle1", "dflash"}  # the schema's draft.algorithm enum
+DRAFTER_NAMES = set(DRAFTERS)  # the registry's names, which are the schema's draft.algorithm enum (checked below)
 DRAFT_CLASSES = {"Eagle3Draft", "Eagle1Draft", "DFlashDraft"}
-# Modules that still switch on a drafter by name, and how often: the training forward and loss (loop, the TTT
-# unroll), the reference decoder, the simulation, the export layouts and the learning-curve benchmark's own loop
-# move into draft/drafters/ next (then this table is empty). A count may only fall.
-NOT_YET_THROUGH_THE_REGISTRY = {"training/loop.py": 3, "draft/ttt.py": 2, "training/simulation.py": 1,
-                                "draft/reference.py": 1, "draft/layouts.py": 8, "draft/inspect.py": 1,
-                                "../benchmarks/learning_curve.py": 4}
+
 
 
 def drafter_switches(source: str) -> list[int]:
@@ -200,10 +199,8 @@ def drafter_switches(source: str) -> list[int]:
             sides += [e for side in sides if isinstance(side, (ast.Tuple, ast.List, ast.Set)) for e in side.elts]
             if any(isinstance(side, ast.Constant) and side.value in DRAFTER_NAMES for side in sides):
                 found.append(node.lineno)
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance":
-            kinds = node.args[1].elts if isinstance(node.args[1], ast.Tuple) else [node.args[1]]
-            if any(isinstance(kind, ast.Name) and kind.id in DRAFT_CLASSES for kind in kinds):
-                found.append(node.lineno)
+        elif checks_class(node, DRAFT_CLASSES):
+            found.append(node.lineno)
     return found
 
 
@@ -212,7 +209,8 @@ def test_code_asks_the_drafter_registry_instead_of_comparing_names():
               for path in sorted(PACKAGE.rglob("*.py")) if "drafters" not in path.parts}
     counts.update({f"../benchmarks/{path.name}": len(drafter_switches(path.read_text(encoding="utf-8")))
                    for path in sorted((PROJECT / "benchmarks").glob("*.py"))})
-    grown = {name: count for name, count in counts.items() if count > NOT_YET_THROUGH_THE_REGISTRY.get(name, 0)}
-    assert not grown, f"ask eagle_recipes/draft/drafters/ (drafter(name).<fact>) instead of comparing names: {grown}"
+    switching = {name: count for name, count in counts.items() if count}
+    assert not switching, f"ask eagle_recipes/draft/drafters/ (drafter(name).<fact>) instead of comparing names: {switching}"
+    assert DRAFTER_NAMES == set(load_schema()["properties"]["draft"]["properties"]["algorithm"]["enum"])
     assert drafter_switches('a = x == "dflash"\nb = y in ("eagle1", "z")\nc = isinstance(d, DFlashDraft)\n'
                             'd = x == "other"\n') == [1, 2, 3]

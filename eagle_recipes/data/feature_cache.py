@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: the capture stage
 
 def bytes_per_token(hidden_size: int, aux_layers: int, dtype_bytes: int, algorithm: str) -> int:
     """Feature bytes one token costs in the cache (hidden + final + top + input id)."""
-    from eagle_recipes.draft.config import reads_aux_states
+    from eagle_recipes.draft.drafters import reads_aux_states
 
     states = (aux_layers + 1) if reads_aux_states(algorithm) else 1  # the aux states and the final one
     return states * hidden_size * dtype_bytes + 4 + 4

@@ -20,8 +20,7 @@ def vocab_file(recipe: Recipe, upstream: dict[str, Path]) -> Path:
 
 def draft_config_for(recipe: Recipe, model_path: str, draft_vocab_size: int):
     """The recipe's draft architecture for this base model (defaults + overrides + the base model's facts)."""
-    from eagle_recipes.draft.config import build_draft_config
-    from eagle_recipes.draft.drafters import drafter
+    from eagle_recipes.draft.drafters import build_draft_config, drafter
     from eagle_recipes.models import base_model_facts
 
     overrides = dict(recipe.draft.overrides)

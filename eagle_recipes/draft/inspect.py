@@ -1,8 +1,8 @@
 """Check a draft folder against what the serving engines load, tensor by tensor.
 
 Engines do not check completeness (a missing tensor keeps its random init, a stray bias is dropped without a
-word), so every name, shape and dtype is compared with draft/layouts.py's lists. The export stage runs this on
-its own output; `eagle-recipes inspect DRAFT_DIR` runs it on drafts made anywhere.
+word), so every name, shape and dtype is compared with the layout's lists (draft/layouts/). The export stage runs
+this on its own output; `eagle-recipes inspect DRAFT_DIR` runs it on drafts made anywhere.
 """
 
 from __future__ import annotations
@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eagle_recipes.draft.drafters import drafter
 from eagle_recipes.draft.layouts import (
     FLOAT_DTYPES,
     LayoutError,
+    algorithm_of,
     config_facts,
     first_layer_prefix,
     layout_of,
@@ -101,7 +103,7 @@ def inspect_draft(folder: Path) -> InspectReport:
     if isinstance(rope, dict) and rope.get("factor"):
         report.notes.append(f"long context: rope {rope.get('rope_type', rope.get('type'))} x{rope['factor']:g}, "
                             f"served up to {facts['max_position_embeddings']:,} tokens")
-    if report.layout != "eagle1" and not facts["aux_ids_written"]:
+    if drafter(algorithm_of(report.layout)).reads_aux_states and not facts["aux_ids_written"]:
         report.problems.append("config.json: eagle_aux_hidden_state_layer_ids not written; engines then guess "
                                "(2, L//2, L-3), which repeats ids on small targets and fails at the first draft step")
     files = sorted(p for p in folder.glob("*.safetensors") if p.is_file())

@@ -2,7 +2,7 @@
 
 Parameter names: EAGLE-3 `fc`, `midlayer.*` (first decoder layer), `layers.{i}.*` (extra layers, from 0),
 `norm`, `lm_head`; EAGLE-1 `fc`, `layers.{i}.*`. Serving layouts number EAGLE-3's extra layers from 1:
-draft/layouts.py renames in both directions (`to_layout`, `from_layout`).
+draft/layouts/ renames in both directions (`to_layout`, `from_layout`).
 
 TTT attention: at unroll step j the query of column t attends to the step-0 keys at positions <= t (causal) and
 to its own keys from steps 1..j (the diagonal), as the draft sees at inference; the caller rotates step j at
@@ -18,7 +18,6 @@ from torch import nn
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from eagle_recipes.draft.config import DraftConfig
-from eagle_recipes.draft.dflash import DFlashDraft
 from eagle_recipes.draft.layers import MLP, RMSNorm, _rotary
 
 
@@ -113,6 +112,7 @@ class EagleDraft(nn.Module):
     """Shared unroll: `step` runs the decoder stack once on (token embedding, hidden) for every position."""
 
     config: DraftConfig
+    regresses_features = False  # the training loss also regresses the base model's next feature (EAGLE-1)
 
     def __init__(self, config: DraftConfig):
         super().__init__()
@@ -125,6 +125,14 @@ class EagleDraft(nn.Module):
     def next_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """What the next draft step reads of this step's output (the output itself, unless norm_output)."""
         return hidden
+
+    def first_hidden(self, features: torch.Tensor) -> torch.Tensor:
+        """What the first draft step reads of the base model's features."""
+        return features
+
+    def head(self, hidden: torch.Tensor, base_head: nn.Linear | None) -> torch.Tensor:
+        """A step's output -> logits (over the draft vocabulary, or through the base model's head)."""
+        raise NotImplementedError
 
     def step(self, embeds: torch.Tensor, hidden: torch.Tensor, position_ids: torch.Tensor,
              caches: list[TTTCache], padding: torch.Tensor | None,
@@ -168,10 +176,18 @@ class Eagle3Draft(EagleDraft):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.norm(hidden))
 
+    def first_hidden(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fuse(features)
+
+    def head(self, hidden: torch.Tensor, base_head: nn.Linear | None) -> torch.Tensor:
+        return self.logits(hidden)
+
 
 class Eagle1Draft(EagleDraft):
     """EAGLE-1: fc(cat(embedding, target feature)) -> decoder layers -> the next feature; the target's own
     LM head turns features into tokens (it is not part of the draft)."""
+
+    regresses_features = True
 
     def __init__(self, config: DraftConfig):
         super().__init__(config)
@@ -183,11 +199,9 @@ class Eagle1Draft(EagleDraft):
     def decoder_layers(self) -> list[DecoderLayer]:
         return list(self.layers)
 
+    def head(self, hidden: torch.Tensor, base_head: nn.Linear | None) -> torch.Tensor:
+        return base_head(hidden)
+
     def step(self, embeds, hidden, position_ids, caches, padding, query_positions=None):
         return super().step(embeds, self.fc(torch.cat([embeds, hidden], dim=-1)), position_ids, caches, padding,
                             query_positions)
-
-
-def build_draft(config: DraftConfig) -> EagleDraft | DFlashDraft:
-    drafts = {"eagle3": Eagle3Draft, "eagle1": Eagle1Draft, "dflash": DFlashDraft}
-    return drafts[config.algorithm](config)

@@ -57,8 +57,7 @@ def draft_chain(draft: EagleDraft, config: DraftConfig, embed, lm_head, features
     `draft_to_target`: maps a proposal to the target id fed to the next step (None: the same id).
     `forced`: feed these tokens to steps 1.. instead of the draft's own proposals (teacher forcing, for tests).
     """
-    spec = drafter(config.algorithm)
-    hidden_in = draft.fuse(features) if spec.reads_aux_states else features
+    hidden_in = draft.first_hidden(features)
     proposals: list[int] = []
     step_logits: list[torch.Tensor] = []
     tokens_in = list(tokens_in)
@@ -67,7 +66,7 @@ def draft_chain(draft: EagleDraft, config: DraftConfig, embed, lm_head, features
         hidden_out = draft.step(embed(torch.tensor([tokens_in])), hidden_in, positions,
                                 [TTTCache() for _ in draft.decoder_layers()], None)
         last = hidden_out[:, -1:]
-        logits = (lm_head(last) if spec.drafts_through_base_head else draft.logits(last))[0, -1]
+        logits = draft.head(last, lm_head)[0, -1]
         step_logits.append(logits)
         proposals.append(int(logits.argmax()))
         if step + 1 < k:
@@ -97,7 +96,7 @@ def reference_generate(target, draft: EagleDraft | DFlashDraft, config: DraftCon
             generated.append(bonus)
             if bonus in eos_ids or len(generated) >= max_tokens:
                 break
-            if isinstance(draft, DFlashDraft):  # one pass: the block [bonus, MASK x k] over every verified state
+            if drafter(config.algorithm).drafts_in_one_pass:  # DFlash: the block [bonus, MASK x k], one pass
                 drafted = draft_block(draft, features[0], bonus, k, embed)
             else:
                 drafted, _ = draft_chain(draft, config, embed, lm_head, features, verified[1:] + [bonus], k,

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from eagle_recipes.draft.config import reads_aux_states
+from eagle_recipes.draft.drafters import reads_aux_states
 
 
 def target_features(hidden_states: Sequence[torch.Tensor], algorithm: str, aux_layer_ids) -> torch.Tensor:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from eagle_recipes.draft.losses import StepStats, position_losses
-from eagle_recipes.draft.model import Eagle1Draft, Eagle3Draft, EagleDraft, TTTCache
+from eagle_recipes.draft.model import EagleDraft, TTTCache
 
 EAGLE1_CLASSIFICATION_WEIGHT = 0.1  # EAGLE paper: L = L_reg + 0.1 L_cls
 
@@ -70,8 +70,7 @@ def unroll(draft: EagleDraft, target: TargetOutputs, embed: torch.nn.Embedding, 
     batch, seq_len = target.input_ids.shape
     positions = torch.arange(seq_len, device=target.input_ids.device)
     caches = [TTTCache() for _ in draft.decoder_layers()]
-    is_eagle3 = isinstance(draft, Eagle3Draft)
-    hidden = draft.fuse(target.hidden) if is_eagle3 else target.hidden
+    hidden = draft.first_hidden(target.hidden)
     for step in range(steps):
         tokens = shift_left(target.input_ids, step + 1)
         query_positions = None
@@ -85,7 +84,7 @@ def unroll(draft: EagleDraft, target: TargetOutputs, embed: torch.nn.Embedding, 
         # rotary at t + step (where the engine runs this draft step); the mask keeps using t
         hidden = draft.step(embeds, hidden, (chain_start + step).expand(batch, -1), caches, target.padding,
                             query_positions)
-        logits = draft.logits(hidden) if is_eagle3 else lm_head(hidden)
+        logits = draft.head(hidden, lm_head)
         yield UnrollStep(step, query_positions, logits, hidden)
         hidden = draft.next_hidden(hidden)  # what the engine feeds the next draft step
 
@@ -117,7 +116,7 @@ def ttt_loss(draft: EagleDraft, target: TargetOutputs, embed: torch.nn.Embedding
         per_position = position_losses(out.logits, labels, loss_kind)
         denominator = trainable.sum().clamp(min=1)
         loss = (per_position * trainable).sum() / denominator
-        if isinstance(draft, Eagle1Draft):
+        if draft.regresses_features:
             features = shift_left(target.hidden, step + 1)
             features = features[:, out.columns] if out.columns is not None else features
             regression = F.smooth_l1_loss(out.hidden.float(), features.float(), reduction="none").mean(-1)

@@ -21,7 +21,7 @@ import numpy as np
 
 from eagle_recipes.data.sequences import Sequences
 from eagle_recipes.devices import available_device, compute_dtype, has_gpu_here, torch_threads
-from eagle_recipes.draft.config import reads_aux_states
+from eagle_recipes.draft.drafters import reads_aux_states
 from eagle_recipes.engines.actor_pool import TaskActor
 
 TOKENS_PER_FORWARD = 4096  # sequences are batched up to this many (padded) tokens per forward

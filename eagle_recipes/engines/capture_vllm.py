@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from eagle_recipes.devices import compute_dtype, has_gpu_here
-from eagle_recipes.draft.config import reads_aux_states
+from eagle_recipes.draft.drafters import reads_aux_states
 
 
 class VLLMCaptureEngine:

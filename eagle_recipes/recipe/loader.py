@@ -123,11 +123,8 @@ def _check_data_files(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
 
 def _check_against_model(recipe: Recipe, raw: dict, lines: dict[str, int]) -> list[Problem]:
     """Rules that need the base model's architecture: vocabulary size and draft architecture."""
-    from eagle_recipes.draft.config import (
-        BaseModelFacts,
-        DraftConfigError,
-        build_draft_config,
-    )
+    from eagle_recipes.draft.config import BaseModelFacts, DraftConfigError
+    from eagle_recipes.draft.drafters import build_draft_config
     from eagle_recipes.models import ModelError, load_base_config
 
     file = str(recipe.path)

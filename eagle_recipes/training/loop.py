@@ -16,18 +16,17 @@ import torch
 from eagle_recipes.data.sequences import Sequences
 from eagle_recipes.devices import compute_dtype, worker_device
 from eagle_recipes.draft.config import DraftConfig
-from eagle_recipes.draft.dflash import DFlashObjective
-from eagle_recipes.draft.drafters import drafter
-from eagle_recipes.draft.model import EagleDraft, build_draft
-from eagle_recipes.draft.ttt import TargetOutputs, TTTObjective
+from eagle_recipes.draft.drafters import build_draft, drafter
+from eagle_recipes.draft.model import EagleDraft
+from eagle_recipes.draft.ttt import TargetOutputs
 from eagle_recipes.draft.vocab import draft_target_ids
 from eagle_recipes.trackers import TrackingSpec, step_scalars
 from eagle_recipes.training.batches import collate, micro_batch_indices, steps_per_epoch
 from eagle_recipes.training.checkpoints import Checkpointer, checkpointer_for
 from eagle_recipes.training.config import TrainConfig
 from eagle_recipes.training.metrics import MetricsLog
-from eagle_recipes.training.parallel import clip_gradients, wrap_objective
 from eagle_recipes.training.optimizers import MuonWithAdamW, build_optimizer, set_learning_rate
+from eagle_recipes.training.parallel import clip_gradients, wrap_objective
 from eagle_recipes.training.schedule import learning_rate
 from eagle_recipes.training.simulation import HeldOut, simulated_acceptance
 from eagle_recipes.training.step_cost import PHASES
@@ -88,10 +87,8 @@ def setup(config: TrainConfig, rank: int, world: int, local_rank: int) -> Traini
 
 
 def make_objective(draft, config: TrainConfig) -> torch.nn.Module:
-    """What one forward trains: the training-time-test unroll (EAGLE), or the block objective (DFlash)."""
-    if training_algorithm(config) == "dflash":
-        return DFlashObjective(draft, config.anchors, config.block_loss_decay, config.loss, config.seed)
-    return TTTObjective(draft, config.ttt_steps, config.ttt_decay, config.loss)
+    """What one forward trains, as the drafter defines it (the training-time-test unroll, DFlash's blocks)."""
+    return drafter(training_algorithm(config)).objective(draft, config)
 
 
 def held_out_of(config: TrainConfig, target: TargetSource, draft_config: DraftConfig, draft_ids: torch.Tensor,
@@ -121,11 +118,11 @@ def train_step(training: Training) -> dict[str, Any]:
     lr = learning_rate(training.step, training.total, config.lr, config.warmup_ratio, config.schedule)
     set_learning_rate(training.optimizer, lr)
     training.optimizer.zero_grad(set_to_none=True)
-    sums = np.zeros((config.block_size - 1 if training_algorithm(config) == "dflash" else config.ttt_steps, 3))
+    sums = np.zeros((unroll_positions(config), 3))
     tokens, padded, length = 0, 0, 0
     seconds = dict.fromkeys(PHASES, 0.0)
     clock = time.perf_counter()
-    lm_head = training.target.draft_head if drafter(training.draft.config.algorithm).drafts_through_base_head else None
+    lm_head = training.target.draft_head  # EAGLE-1 predicts through it; drafters with a head of their own ignore it
     for micro in range(config.grad_accum):
         indices = micro_batch_indices(training.sequences.count, config.seed, epoch, step_in_epoch, training.rank,
                                       training.world, config.grad_accum, config.batch_size, micro)
@@ -179,7 +176,7 @@ def check_step_cost(training: Training, metrics: dict[str, Any], log: Callable[[
     from eagle_recipes.training.step_cost import StepContext, diagnose, estimate_seconds, measure_rates, step_work
 
     config = training.config
-    unroll = 1 if training_algorithm(config) == "dflash" else config.ttt_steps
+    unroll = 1 if drafter(training_algorithm(config)).drafts_in_one_pass else config.ttt_steps
     work = step_work(training.draft, metrics["padded_tokens"], metrics["sequence_length"], unroll, config.optimizer)
     estimated = estimate_seconds(work, measure_rates(training.device))
     context = StepContext(config.optimizer, config.features, config.precision, describe_hardware(training.device),
@@ -201,10 +198,15 @@ def training_algorithm(config: TrainConfig) -> str:
     return config.draft_config["algorithm"]
 
 
+def unroll_positions(config: TrainConfig) -> int:
+    """Positions one training forward scores: a block's mask slots (one pass), else the TTT steps."""
+    return config.block_size - 1 if drafter(training_algorithm(config)).drafts_in_one_pass else config.ttt_steps
+
+
 def simulate(training: Training) -> dict[str, Any]:
     """Simulated tau of the draft as it is now (every rank runs it: FSDP gathers the weights collectively)."""
     config = training.config
-    lm_head = training.target.draft_head if drafter(training_algorithm(config)).drafts_through_base_head else None
+    lm_head = training.target.draft_head
     unsharded = hasattr(training.objective, "unshard")  # FSDP2: the root's parameters gathered for plain calls
     if unsharded:
         training.objective.unshard()

@@ -1,18 +1,10 @@
-"""The drafters by name: every part of the code asks this registry what a `draft.algorithm` reads, needs and is
-served as, instead of comparing names. A new drafter is a module here, a line below and the schema's enum."""
+"""The drafters: one module per drafter (eagle3.py, eagle1.py, dflash.py) declaring what it is (base.py's
+`Drafter`), the registry that finds one by name (registry.py), and a draft's architecture for a recipe
+(architecture.py). The rest of the code imports from here."""
 
+from eagle_recipes.draft.drafters.architecture import DEFAULTS, build_draft_config, valid_fields
 from eagle_recipes.draft.drafters.base import Drafter
-from eagle_recipes.draft.drafters.dflash import DFLASH
-from eagle_recipes.draft.drafters.eagle1 import EAGLE1
-from eagle_recipes.draft.drafters.eagle3 import EAGLE3
+from eagle_recipes.draft.drafters.registry import DEFAULT_DRAFTER, DRAFTERS, build_draft, drafter, reads_aux_states
 
-DRAFTERS: dict[str, Drafter] = {d.name: d for d in (EAGLE3, EAGLE1, DFLASH)}
-DEFAULT_DRAFTER = EAGLE3.name  # the schema's default draft.algorithm
-
-
-def drafter(name: str) -> Drafter:
-    """The drafter a recipe's draft.algorithm names (the schema's enum keeps names to these)."""
-    return DRAFTERS[name]
-
-
-__all__ = ["DEFAULT_DRAFTER", "DRAFTERS", "Drafter", "drafter"]
+__all__ = ["DEFAULTS", "DEFAULT_DRAFTER", "DRAFTERS", "Drafter", "build_draft", "build_draft_config", "drafter",
+           "reads_aux_states", "valid_fields"]

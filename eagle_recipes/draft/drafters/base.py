@@ -36,7 +36,7 @@ class Drafter:
     sglang_algorithm: str | None  # SGLang's --speculative-algorithm (None: served with vLLM only)
     layout: str | None  # the one export layout it has; None: the recipe's export.layout chooses
     needs_mask_token: bool = False  # drafts from mask slots: the tokenizer's mask token fills them
-    drafts_through_base_head: bool = False  # its logits come from the base model's own LM head (no head of its own)
+    drafts_in_one_pass: bool = False  # one forward proposes the whole block (else a chain, one token a pass)
     starts_from_base_head: bool = False  # train.init_from_target copies the base model's head and norm into its own
     lowest_aux_layer_id: int = 0  # the smallest aux layer id it can read
     step_label: str = "TTT step"  # what a position of its training unroll is called (metrics, plots, the card)
@@ -44,6 +44,9 @@ class Drafter:
     refuses: Callable[[dict[str, Any]], Any] = lambda values: None  # values -> Refusal
     max_draft_tokens: Callable[[Any], int | None] = lambda config: None  # DraftConfig -> k it trains for (None: any)
     card_lines: Callable[[dict[str, Any]], list[str]] = lambda config: []  # trained draft_config -> model card lines
+    # what it is made of, imported when called (those modules need torch; the facts above must not):
+    build_model: Callable[[Any], Any] | None = None  # DraftConfig -> its nn.Module
+    objective: Callable[[Any, Any], Any] | None = None  # (draft, TrainConfig) -> what one training forward computes
 
     @property
     def captured_as(self) -> str:

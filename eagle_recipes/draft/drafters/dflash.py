@@ -18,6 +18,19 @@ def _card_lines(config: dict[str, Any]) -> list[str]:
             f"{config.get('mask_token_id')})"] if config.get("block_size") else []
 
 
+def _model(config):
+    from eagle_recipes.draft.dflash import DFlashDraft
+
+    return DFlashDraft(config)
+
+
+def _objective(draft, config):
+    """The block objective: anchors per sequence, each a block of mask slots drafted in one pass."""
+    from eagle_recipes.draft.dflash import DFlashObjective
+
+    return DFlashObjective(draft, config.anchors, config.block_loss_decay, config.loss, config.seed)
+
+
 DFLASH = Drafter(
     name="dflash", title="DFlash",
     defaults={**DECODER_LAYER_FIELDS, "aux_layer_ids": None,
@@ -25,8 +38,9 @@ DFLASH = Drafter(
               "block_size": 8,  # the block: the token just produced and block_size - 1 mask slots (drafts per pass)
               "mask_token_id": None},  # None: the tokenizer's mask token, else its last added special token not in chats
     reads_aux_states=True, calibrated_vocab=True, vllm_method="dflash", sglang_algorithm=None, layout="dflash",
-    needs_mask_token=True,
+    needs_mask_token=True, drafts_in_one_pass=True,
     lowest_aux_layer_id=1,  # DFlash names layer outputs (id - 1): the embeddings have none
     step_label="block slot", forced={"qk_norm": True}, refuses=_refuses,
-    max_draft_tokens=lambda config: config.block_size - 1, card_lines=_card_lines,
+    max_draft_tokens=lambda config: config.block_size - 1, card_lines=_card_lines, build_model=_model,
+    objective=_objective,
 )

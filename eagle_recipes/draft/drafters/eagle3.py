@@ -15,8 +15,23 @@ AUX_STATE_FIELDS = {
     "qk_norm": False,  # Qwen3's attention (RMSNorm of each head's query and key): served as qwen3_eagle3
 }
 
+
+
+def _model(config):
+    from eagle_recipes.draft.model import Eagle3Draft
+
+    return Eagle3Draft(config)
+
+
+def ttt_objective(draft, config):
+    """The training-time-test unroll (EAGLE-1 and EAGLE-3): ttt_steps chained passes, each position's loss."""
+    from eagle_recipes.draft.ttt import TTTObjective
+
+    return TTTObjective(draft, config.ttt_steps, config.ttt_decay, config.loss)
+
+
 EAGLE3 = Drafter(
     name="eagle3", title="EAGLE-3", defaults={**DECODER_LAYER_FIELDS, **AUX_STATE_FIELDS},
     reads_aux_states=True, calibrated_vocab=True, vllm_method="eagle3", sglang_algorithm="EAGLE3", layout=None,
-    starts_from_base_head=True,
+    starts_from_base_head=True, build_model=_model, objective=ttt_objective,
 )
