@@ -23,10 +23,15 @@ class Layout:
 
     name: ClassVar[str]
     algorithm: ClassVar[str]  # the drafter whose weights it holds (draft/drafters/)
+    # how its config.json is recognised: a word in one of its architectures, or a key of its own
+    architecture_word: ClassVar[str] = ""
+    config_key: ClassVar[str] = ""
 
     def recognises(self, config: dict) -> bool:
         """Whether a config.json is written in this layout."""
-        raise NotImplementedError
+        architectures = " ".join(config.get("architectures", []))
+        return bool(self.architecture_word and self.architecture_word in architectures
+                    or self.config_key and self.config_key in config)
 
     def body(self, config: dict) -> Any:
         """The table of a config.json that holds the decoder layer's fields."""
@@ -139,3 +144,10 @@ def vocabulary_tensors(c: dict) -> dict[str, TensorSpec]:
     if c["draft_vocab_size"] != c["vocab_size"]:
         optional["t2d"] = ((c["vocab_size"],), "BOOL")  # never read by vLLM or SGLang; we write it for tools
     return optional
+
+
+class AuxStateLayout(Layout):
+    """A layout of a draft that reads aux states over a calibrated vocabulary (EAGLE-3, DFlash)."""
+
+    def optional_tensors(self, facts: dict) -> dict[str, TensorSpec]:
+        return vocabulary_tensors(facts)

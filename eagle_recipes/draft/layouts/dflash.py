@@ -6,22 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from eagle_recipes.draft.config import DraftConfig
-from eagle_recipes.draft.layouts.common import (
-    Layout,
-    TensorSpec,
-    aux_state_tensors,
-    decoder_layer,
-    llama_fields,
-    vocabulary_tensors,
-)
+from eagle_recipes.draft.layouts.common import AuxStateLayout, TensorSpec, aux_state_tensors, decoder_layer, llama_fields
 
 
-class DFlashLayout(Layout):
+class DFlashLayout(AuxStateLayout):
     name = "dflash"
     algorithm = "dflash"
-
-    def recognises(self, config: dict) -> bool:
-        return "DFlash" in " ".join(config.get("architectures", [])) or "dflash_config" in config
+    architecture_word, config_key = "DFlash", "dflash_config"
 
     def config_json(self, config: DraftConfig, dtype: str, base_model: str, k: int) -> dict[str, Any]:
         # `block_size` documents the block (vLLM drafts num_speculative_tokens)
@@ -48,6 +39,3 @@ class DFlashLayout(Layout):
                                         hidden_norm=False))
         layers["hidden_norm.weight"] = (hidden,)
         return aux_state_tensors(layers, facts)
-
-    def optional_tensors(self, facts: dict) -> dict[str, TensorSpec]:
-        return vocabulary_tensors(facts)

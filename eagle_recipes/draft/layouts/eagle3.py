@@ -15,16 +15,15 @@ from typing import Any
 from eagle_recipes.draft.config import DraftConfig
 from eagle_recipes.draft.layouts.common import (
     LAYER_TYPES,
-    Layout,
+    AuxStateLayout,
     TensorSpec,
     aux_state_tensors,
     decoder_layer,
     llama_fields,
-    vocabulary_tensors,
 )
 
 
-class Eagle3Layout(Layout):
+class Eagle3Layout(AuxStateLayout):
     """What both EAGLE-3 layouts share: the facts, the tensors, extra layers numbered from 1."""
 
     algorithm = "eagle3"
@@ -55,9 +54,6 @@ class Eagle3Layout(Layout):
             layers.update(decoder_layer(f"layers.{i}", facts, hidden, input_norm=True, hidden_norm=False))
         return aux_state_tensors(layers, facts)
 
-    def optional_tensors(self, facts: dict) -> dict[str, TensorSpec]:
-        return vocabulary_tensors(facts)
-
     def eagle3_fields(self, config: DraftConfig) -> dict[str, Any]:
         return {"draft_vocab_size": config.draft_vocab_size, "target_hidden_size": config.hidden_size,
                 "norm_before_residual": config.norm_before_residual, "norm_before_fc": config.norm_before_fc,
@@ -79,9 +75,7 @@ class Eagle3Layout(Layout):
 class FlatLayout(Eagle3Layout):
     name = "flat"
     first_layer = "midlayer"
-
-    def recognises(self, config: dict) -> bool:
-        return "Eagle3" in " ".join(config.get("architectures", [])) or "eagle_config" in config
+    architecture_word, config_key = "Eagle3", "eagle_config"
 
     def config_json(self, config: DraftConfig, dtype: str, base_model: str, k: int) -> dict[str, Any]:
         architecture = "Eagle3Qwen3ForCausalLM" if config.qk_norm else "LlamaForCausalLMEagle3"
@@ -101,7 +95,7 @@ class SpeculatorsLayout(Eagle3Layout):
     norm_before_residual_default = True
 
     def recognises(self, config: dict) -> bool:
-        return bool(config.get("speculators_model_type"))
+        return bool(config.get("speculators_model_type"))  # its architecture also names Eagle3: asked first
 
     def body(self, config: dict) -> Any:
         return config.get("transformer_layer_config")
