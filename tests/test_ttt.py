@@ -72,7 +72,7 @@ def test_unroll_logits_equal_the_chain_drafting_reference(algorithm, layers, var
             tokens_in = ids[0, 1: t + 2].tolist()
             forced = ids[0, t + 2: t + 1 + steps].tolist()
             chain = min(steps, len(forced) + 1)
-            _, reference = draft_chain(draft, config, target.get_input_embeddings(), lm_head, prefix_features,
+            _, reference = draft_chain(draft, target.get_input_embeddings(), lm_head, prefix_features,
                                        tokens_in, chain, forced=forced)
             for step in range(chain):
                 scale = float(reference[step].abs().max())  # fp32 rounding grows with the logits' size

@@ -47,7 +47,7 @@ class Acceptance:
         self.drafts += other.drafts
 
 
-def draft_chain(draft: EagleDraft, config: DraftConfig, embed, lm_head, features: torch.Tensor,
+def draft_chain(draft: EagleDraft, embed, lm_head, features: torch.Tensor,
                 tokens_in: list[int], k: int, draft_to_target: torch.Tensor | None = None,
                 forced: list[int] | None = None) -> tuple[list[int], list[torch.Tensor]]:
     """Draft k tokens after a verified prefix; returns (proposals as draft-vocabulary ids, logits of each step).
@@ -82,7 +82,8 @@ def draft_chain(draft: EagleDraft, config: DraftConfig, embed, lm_head, features
 def reference_generate(target, draft: EagleDraft | DFlashDraft, config: DraftConfig, d2t: torch.Tensor, prompt_ids: list[int],
                        k: int, max_tokens: int, eos_ids: set[int]) -> tuple[list[int], Acceptance]:
     """Greedy chain drafting of k tokens per verify step; exact target greedy output by construction."""
-    draft_to_target = torch.arange(config.draft_vocab_size) + d2t if drafter(config.algorithm).calibrated_vocab else None
+    spec = drafter(config.algorithm)
+    draft_to_target = torch.arange(config.draft_vocab_size) + d2t if spec.calibrated_vocab else None
     embed, lm_head = target.get_input_embeddings(), target.get_output_embeddings()
     stats = Acceptance(accepted_per_position=[0] * k)
     with torch.no_grad():
@@ -96,10 +97,10 @@ def reference_generate(target, draft: EagleDraft | DFlashDraft, config: DraftCon
             generated.append(bonus)
             if bonus in eos_ids or len(generated) >= max_tokens:
                 break
-            if drafter(config.algorithm).drafts_in_one_pass:  # DFlash: the block [bonus, MASK x k], one pass
+            if spec.drafts_in_one_pass:  # DFlash: the block [bonus, MASK x k], one pass
                 drafted = draft_block(draft, features[0], bonus, k, embed)
             else:
-                drafted, _ = draft_chain(draft, config, embed, lm_head, features, verified[1:] + [bonus], k,
+                drafted, _ = draft_chain(draft, embed, lm_head, features, verified[1:] + [bonus], k,
                                          draft_to_target)
             proposals = [int(draft_to_target[t]) for t in drafted] if draft_to_target is not None else drafted
             # verify: one target forward over the bonus and the proposals

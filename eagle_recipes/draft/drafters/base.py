@@ -19,9 +19,6 @@ DECODER_LAYER_FIELDS: dict[str, Any] = {
     "max_position_embeddings": None,
 }
 
-# (recipe key, message, hint) of a draft architecture a drafter refuses; None when it takes it
-Refusal = "tuple[str, str, str] | None"
-
 
 @dataclass(frozen=True)
 class Drafter:
@@ -41,7 +38,8 @@ class Drafter:
     lowest_aux_layer_id: int = 0  # the smallest aux layer id it can read
     step_label: str = "TTT step"  # what a position of its training unroll is called (metrics, plots, the card)
     forced: dict[str, Any] = field(default_factory=dict)  # architecture fields it always sets
-    refuses: Callable[[dict[str, Any]], Any] = lambda values: None  # values -> Refusal
+    # values -> (recipe key, message, hint) of an architecture it refuses, or None when it takes it
+    refuses: Callable[[dict[str, Any]], tuple[str, str, str] | None] = lambda values: None
     max_draft_tokens: Callable[[Any], int | None] = lambda config: None  # DraftConfig -> k it trains for (None: any)
     card_lines: Callable[[dict[str, Any]], list[str]] = lambda config: []  # trained draft_config -> model card lines
     # what it is made of, imported when called (those modules need torch; the facts above must not):
