@@ -102,7 +102,7 @@ class Memory:
 
 def line(label: str, tokens_per_s: float | None, memory: Memory, seconds: float, note: str = "") -> None:
     rate = f"{tokens_per_s:10.0f} tokens/s" if tokens_per_s is not None else " " * 19
-    say(f"  {label:36s} {rate}   peak GPU memory {memory.text()}   {seconds:5.1f} s{note}")
+    say(f"  {label:50s} {rate}   peak GPU memory {memory.text()}   {seconds:5.1f} s{note}")
 
 
 def free_port() -> int:
@@ -248,9 +248,23 @@ def torch_tier(device_name: str, size: Size, out: Path) -> None:
     run("cached-ddp", "ddp", features="cached")
     run("cached-fsdp", "fsdp", features="cached", strategy="fsdp")
     run("cached-ddp-wrapper", "the DDP wrapper", wrap_ddp=True, features="cached")
+    run("online-muon", "ddp, muon", optimizer="muon")
+    other_drafters(run, facts, size)
     resumed_check(run, out, size, device)
     export_and_decode(out, base, draft_config, mapping, size, device)
     dist.destroy_process_group()
+
+
+def other_drafters(run, facts, size: Size) -> None:
+    """Every other drafter of the registry trains online on this device too (its own forward and objective)."""
+    from eagle_recipes.draft.drafters import DEFAULT_DRAFTER, DRAFTERS, build_draft_config
+
+    for name, drafter in DRAFTERS.items():
+        if name == DEFAULT_DRAFTER:
+            continue
+        overrides = {"mask_token_id": size.vocab - 2} if drafter.needs_mask_token else {}
+        config = build_draft_config(name, overrides, facts, size.draft_vocab)
+        run(f"online-{name}", name, draft_config=config.to_dict())
 
 
 def resumed_check(run, out: Path, size: Size, device) -> None:

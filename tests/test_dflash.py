@@ -65,6 +65,21 @@ def test_training_blocks_equal_drafting_one_block_at_a_time():
     _compare(draft, outputs, target.get_input_embeddings())
 
 
+def test_training_blocks_run_under_bfloat16_autocast_as_on_a_gpu():
+    """The GPU path (bfloat16 autocast over float32 weights) on a CPU twin: the masked context scores once filled
+    with float32's minimum, which bfloat16 cannot hold, and the H200 check stopped there."""
+    target, draft, outputs = _setup()
+    embed = target.get_input_embeddings()
+    anchors = torch.arange(0, SEQ - 1)
+    with torch.no_grad():
+        full = dflash.blocks_at(draft, outputs.hidden[0], outputs.input_ids[0], anchors, embed)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = dflash.blocks_at(draft, outputs.hidden[0], outputs.input_ids[0], anchors, embed)
+    assert half.dtype == torch.bfloat16
+    agreement = (half.float().argmax(-1) == full.argmax(-1)).float().mean()
+    assert agreement > 0.9, agreement
+
+
 @pytest.mark.parametrize("perturbation", ["context visible at the anchor", "block shifted one position"])
 def test_the_oracle_fails_when_the_block_mask_or_positions_are_perturbed(monkeypatch, perturbation):
     target, draft, outputs = _setup()

@@ -62,7 +62,7 @@ class DFlashAttention(nn.Module):
         context_k, context_v = context_k.repeat_interleave(repeat, 1), context_v.repeat_interleave(repeat, 1)
         scale = 1.0 / math.sqrt(self.head_dim)
         context_scores = torch.matmul(q, context_k.transpose(2, 3)) * scale  # [N, heads, B, T]
-        context_scores = context_scores.masked_fill(~visible[:, None, None, :], torch.finfo(q.dtype).min)
+        context_scores = context_scores.masked_fill(~visible[:, None, None, :], torch.finfo(context_scores.dtype).min)
         block_scores = torch.matmul(q, k.transpose(2, 3)) * scale  # [N, heads, B, B]: both directions
         weights = torch.softmax(torch.cat([context_scores, block_scores], -1).float(), -1).to(q.dtype)
         length = context_k.shape[2]

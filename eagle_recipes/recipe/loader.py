@@ -9,15 +9,16 @@ import difflib
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
-
-from jsonschema import Draft202012Validator, ValidationError
+from typing import TYPE_CHECKING, Any
 
 from eagle_recipes.draft.drafters import DEFAULT_DRAFTER, drafter
 from eagle_recipes.recipe.errors import Problem, RecipeError
 from eagle_recipes.recipe.schema import apply_defaults, field_names, load_schema
 from eagle_recipes.recipe.toml_lines import key_lines, line_of
 from eagle_recipes.recipe.view import Recipe
+
+if TYPE_CHECKING:
+    from jsonschema import ValidationError
 
 
 def _key_path(parts: Any) -> str:
@@ -77,6 +78,10 @@ def _schema_problem(error: ValidationError, file: str, lines: dict[str, int]) ->
 
 
 def _check_schema(data: dict, file: str, lines: dict[str, int]) -> list[Problem]:
+    # imported here, where a recipe is validated: the training code imports this package on machines that only
+    # train (benchmarks/gpu_check.py's bare GPU machine has no jsonschema)
+    from jsonschema import Draft202012Validator
+
     validator = Draft202012Validator(load_schema())
     problems: list[Problem] = []
     for error in sorted(validator.iter_errors(data), key=lambda e: (list(map(str, e.absolute_path)), e.message)):
