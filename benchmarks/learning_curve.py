@@ -101,7 +101,7 @@ def mt_bench_replies(model_path: str, max_tokens: int, cache: Path,
     apply_engine_env()
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     prompts = mt_bench(max_prompts).prompts
-    llm = engine(model_path, None, "eagle3", 1, "auto")
+    llm = engine(model_path, None, {}, 1, "auto")  # the base alone
     replies, _, _ = generate(llm, prompts, max_tokens)
     del llm
     rows = []
@@ -140,9 +140,9 @@ def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, 
     import torch
 
     from eagle_recipes.draft.drafters import build_draft, build_draft_config, drafter
-    from eagle_recipes.draft.dflash import DFlashObjective
-    from eagle_recipes.draft.ttt import TargetOutputs, ttt_loss
+    from eagle_recipes.draft.ttt import TargetOutputs
     from eagle_recipes.training.batches import micro_batch_indices, steps_per_epoch
+    from eagle_recipes.training.config import TrainConfig
     from eagle_recipes.training.loop import with_feature_noise
     from eagle_recipes.training.optimizers import build_optimizer, set_learning_rate
     from eagle_recipes.training.schedule import learning_rate
@@ -162,8 +162,10 @@ def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, 
     optimizer = build_optimizer(draft, settings.get("optimizer", "adamw"), settings["lr"],
                                 settings.get("weight_decay", 0.0), settings.get("muon_lr_scale", 1.0))
     per_epoch = steps_per_epoch(len(captured), 1, 1, 1)
-    objective = DFlashObjective(draft, settings.get("anchors", 64), settings.get("block_loss_decay", 4.0),
-                                settings.get("loss", "kl"), settings.get("seed", 0)) if spec.drafts_in_one_pass else None
+    # the drafter's own training objective (the TTT unroll, or DFlash's blocks) with the variant's settings
+    objective = spec.objective(draft, TrainConfig.from_train_table(
+        settings, model_path="", draft_config=config.to_dict(), vocab_file="", data_folder="", checkpoint_dir="",
+        metrics_file="", features="cached", capture_dir="", threads=1, use_gpu=False, precision="float32"))
     started, tokens = time.process_time(), 0
     wall = time.time()
     warm = None  # wall time once the first steps (allocator and kernel warm-up) are done
@@ -181,11 +183,7 @@ def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, 
         if settings.get("feature_noise"):
             batch = with_feature_noise(batch, settings["feature_noise"], settings.get("seed", 0), step)
         optimizer.zero_grad(set_to_none=True)
-        if spec.drafts_in_one_pass:
-            loss, _ = objective(batch, embed, None, step)
-        else:
-            loss, _ = ttt_loss(draft, batch, embed, settings["ttt_steps"], settings["ttt_decay"],
-                               loss_kind=settings.get("loss", "kl"))
+        loss, _ = objective(batch, embed, None, step)
         loss.backward()
         if settings.get("grad_clip"):
             torch.nn.utils.clip_grad_norm_(draft.parameters(), settings["grad_clip"])
@@ -199,18 +197,13 @@ def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, 
 
 
 def simulated_tau(draft, config, eval_set, embed, k: int) -> dict:
-    from eagle_recipes.draft.dflash import dflash_correctness
     from eagle_recipes.draft.drafters import drafter
     from eagle_recipes.draft.reference import Acceptance, simulate_greedy_chain
-    from eagle_recipes.draft.ttt import step_correctness
 
     total = Acceptance(accepted_per_position=[0] * k)
-    one_pass = drafter(config.algorithm).drafts_in_one_pass
+    correctness = drafter(config.algorithm).correctness
     for outputs, prompt_len in eval_set:
-        if one_pass:
-            correct = dflash_correctness(draft, outputs, embed, k)[:, 0]
-        else:
-            correct = step_correctness(draft, outputs, embed, k)[:, 0]
+        correct = correctness(draft, outputs, embed, k, None)[:, 0]
         total.add(simulate_greedy_chain(correct, prompt_len - 1, outputs.input_ids.shape[1]))
     return {"acceptance_length": round(total.acceptance_length, 4),
             "per_position": [round(p, 4) for p in total.per_position], "drafts": total.drafts}
@@ -219,7 +212,7 @@ def simulated_tau(draft, config, eval_set, embed, k: int) -> dict:
 def vllm_tau(draft, config, mapping, model_path, recipe, out: Path) -> dict:
     from eagle_recipes.evaluation.prompt_sets import mt_bench
     from eagle_recipes.evaluation.vllm_path import evaluate_vllm
-    from eagle_recipes.draft.export import export_layout, speculative_method, write_draft
+    from eagle_recipes.draft.export import export_layout, speculative_config, write_draft
 
     folder = out / "draft"
     if folder.exists():
@@ -230,7 +223,7 @@ def vllm_tau(draft, config, mapping, model_path, recipe, out: Path) -> dict:
     write_draft(folder, draft.state_dict(), config, export_layout(config.algorithm, "flat"), "float32", model_path, k,
                 mapping.d2t, mapping.t2d)
     prompt_sets = [mt_bench()]
-    report, _ = evaluate_vllm(model_path, str(folder), speculative_method(config.algorithm), k, prompt_sets,
+    report, _ = evaluate_vllm(model_path, str(folder), speculative_config(config.algorithm), k, prompt_sets,
                               recipe.eval.max_tokens)
     return {name: {"acceptance_length": round(e.acceptance_length, 4),
                    "per_position": [round(p, 4) for p in e.per_position]} for name, e in report.items()}

@@ -191,7 +191,7 @@ def cmd_inspect(args) -> int:
 
 def cmd_eval(args) -> int:
     """Acceptance length of any draft folder on any base model."""
-    from eagle_recipes.draft.export import speculative_method
+    from eagle_recipes.draft.export import speculative_config
     from eagle_recipes.draft.inspect import inspect_draft
     from eagle_recipes.draft.layouts import algorithm_of
     from eagle_recipes.evaluation import evaluate_draft
@@ -214,7 +214,7 @@ def cmd_eval(args) -> int:
     settings = {k: v for k, v in vars(args).items() if k != "func"}
     speed = SpeedSettings(tuple(args.concurrency), args.speed_prompts, args.speed_max_tokens,
                           repeats=args.speed_repeats) if args.concurrency and args.engine == "vllm" else None
-    report = evaluate_draft(base, draft, speculative_method(algorithm_of(check.layout)), args.num_speculative_tokens,
+    report = evaluate_draft(base, draft, speculative_config(algorithm_of(check.layout)), args.num_speculative_tokens,
                             sets, args.max_tokens, args.engine, out, settings,
                             log=lambda message: console.print(message, markup=False), verbose=args.verbose,
                             speed=speed)

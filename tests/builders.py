@@ -77,19 +77,22 @@ def build_permutation_target(folder: Path, perm: list[int], layers: int = 8) -> 
 
 
 def build_copy_draft(target_folder: Path, perm: list[int], wrong: set[int] = frozenset(), sharpness: float = 1000.0,
-                     qk_norm: bool = False):
+                     qk_norm: bool = False, algorithm: str = "eagle3"):
     """(draft module, DraftConfig, d2t) for the permutation target; draft vocabulary = the 64 real tokens.
 
     qk_norm: a Qwen3-style layer whose projections alone give blunt queries and keys (sharpness 1) and whose q/k
-    norms make them sharp again: the draft copies only where the engine applies those norms."""
+    norms make them sharp again: the draft copies only where the engine applies those norms.
+    algorithm "peagle": the same weights as a P-EAGLE draft whose mask token is <eos> (a zero embedding): its first
+    position copies as EAGLE-3's does, its mask slots see no token and propose id 0 (all logits zero)."""
     from eagle_recipes.draft.config import BaseModelFacts
     from eagle_recipes.draft.drafters import build_draft, build_draft_config
 
     facts = BaseModelFacts.from_config(json.loads((target_folder / "config.json").read_text()))
     # slowest rotary pair turns ~0.02 rad per position: theta^(-(d-2)/d) = 0.02
     rope_theta = 0.02 ** (-HIDDEN / (HIDDEN - 2))
-    config = build_draft_config("eagle3", {"intermediate_size": 64, "norm_before_residual": True,
-                                           "rope_theta": rope_theta, "qk_norm": qk_norm}, facts, VOCAB)
+    mask = {"mask_token_id": VOCAB} if algorithm == "peagle" else {}
+    config = build_draft_config(algorithm, {"intermediate_size": 64, "norm_before_residual": True,
+                                            "rope_theta": rope_theta, "qk_norm": qk_norm, **mask}, facts, VOCAB)
     norm_gain = sharpness / 8  # RMS-normed, a one-hot head vector is 8 (sqrt(64)) at its slot
     sharpness = 1.0 if qk_norm else sharpness
     draft = build_draft(config)
@@ -114,14 +117,14 @@ def build_copy_draft(target_folder: Path, perm: list[int], wrong: set[int] = fro
 
 
 def export_copy_draft(folder: Path, target_folder: Path, perm: list[int], wrong: set[int] = frozenset(),
-                      qk_norm: bool = False) -> Path:
+                      qk_norm: bool = False, algorithm: str = "eagle3") -> Path:
+    from eagle_recipes.draft.export import export_layout, write_draft
     from eagle_recipes.draft.vocab import mapping_from_ids
-    from eagle_recipes.draft.export import write_draft
 
-    draft, config, _ = build_copy_draft(target_folder, perm, wrong, qk_norm=qk_norm)
+    draft, config, _ = build_copy_draft(target_folder, perm, wrong, qk_norm=qk_norm, algorithm=algorithm)
     mapping = mapping_from_ids(list(range(VOCAB)), VOCAB + 1)
-    report = write_draft(folder, draft.state_dict(), config, "flat", "float32", str(target_folder), 3,
-                         mapping.d2t, mapping.t2d)
+    report = write_draft(folder, draft.state_dict(), config, export_layout(algorithm, "flat"), "float32",
+                         str(target_folder), 3, mapping.d2t, mapping.t2d)
     assert report.ok, report.lines()
     return folder
 

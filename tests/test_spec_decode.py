@@ -34,7 +34,7 @@ def permutation_setup(tmp_path_factory):
 def test_copy_draft_reaches_k_plus_one_in_both_paths(permutation_setup):
     target, exact, _, prompts = permutation_setup
     reference = evaluate_reference(str(target), exact, K, [prompts], MAX_TOKENS)[prompts.name]
-    vllm = evaluate_vllm(str(target), str(exact), "eagle3", K, [prompts], MAX_TOKENS)[0][prompts.name]
+    vllm = evaluate_vllm(str(target), str(exact), {"method": "eagle3"}, K, [prompts], MAX_TOKENS)[0][prompts.name]
     # every draft accepted: only the last verify step of each prompt may be cut short by max_tokens
     assert reference.per_position == [1.0] * K
     assert reference.acceptance_length == K + 1
@@ -46,7 +46,7 @@ def test_copy_draft_reaches_k_plus_one_in_both_paths(permutation_setup):
 def test_vllm_and_reference_agree_on_a_partial_draft(permutation_setup):
     target, _, partial, prompts = permutation_setup
     reference = evaluate_reference(str(target), partial, K, [prompts], MAX_TOKENS)[prompts.name]
-    vllm = evaluate_vllm(str(target), str(partial), "eagle3", K, [prompts], MAX_TOKENS)[0][prompts.name]
+    vllm = evaluate_vllm(str(target), str(partial), {"method": "eagle3"}, K, [prompts], MAX_TOKENS)[0][prompts.name]
     assert 1.3 < reference.acceptance_length < K + 0.7  # partial acceptance, not a trivial case
     assert abs(vllm.acceptance_length - reference.acceptance_length) < 0.15, (vllm, reference)
     assert vllm.lossless, vllm.identical_outputs
@@ -59,7 +59,7 @@ def test_per_request_acceptance_sums_to_vllms_own_counters(permutation_setup):
     from eagle_recipes.evaluation.vllm_path import _chat, _counters, engine, request_acceptance
 
     target, _, partial, prompts = permutation_setup
-    llm = engine(str(target), str(partial), "eagle3", K, "auto")
+    llm = engine(str(target), str(partial), {"method": "eagle3"}, K, "auto")
     drafts_before, per_position_before = _counters(llm)
     finished: list[int] = []
     outputs, _ = _chat(llm, prompts.prompts, MAX_TOKENS, None, finished.append)
@@ -109,7 +109,7 @@ def test_vllm_serves_a_draft_in_modelopts_layout(permutation_setup, tmp_path):
     config["eagle_config"].update(use_input_layernorm_in_first_layer=True, use_last_layernorm=True)
     (folder / "config.json").write_text(json.dumps(config))
     assert inspect_draft(folder).ok, inspect_draft(folder).lines()
-    vllm = evaluate_vllm(str(target), str(folder), "eagle3", K, [prompts], MAX_TOKENS)[0][prompts.name]
+    vllm = evaluate_vllm(str(target), str(folder), {"method": "eagle3"}, K, [prompts], MAX_TOKENS)[0][prompts.name]
     assert vllm.acceptance_length > K + 1 - 0.3 and vllm.lossless, vllm
 
 
@@ -152,13 +152,13 @@ def test_speed_sweep_starts_one_engine_per_k_and_recommends_the_fastest(permutat
     target, exact, _, prompts = permutation_setup
     started, real_engine = [], vllm_path.engine
 
-    def counted_engine(base, draft, method, k, dtype):  # the real engine, counted
+    def counted_engine(base, draft, speculative, k, dtype):  # the real engine, counted
         started.append((draft is not None, k))
-        return real_engine(base, draft, method, k, dtype)
+        return real_engine(base, draft, speculative, k, dtype)
 
     monkeypatch.setattr(vllm_path, "engine", counted_engine)
     speed = SpeedSettings(concurrency=(1, 4), prompts=6, max_tokens=24)
-    sets, table = evaluate_vllm(str(target), str(exact), "eagle3", K, [prompts], MAX_TOKENS, speed=speed,
+    sets, table = evaluate_vllm(str(target), str(exact), {"method": "eagle3"}, K, [prompts], MAX_TOKENS, speed=speed,
                                 speed_prompts=prompts.prompts)
     assert started == [(False, K), (True, 1), (True, 2), (True, 3)]
     assert [(r.k, r.concurrency) for r in table.rows] == [(k, load) for k in range(K + 1) for load in (1, 4)]
@@ -235,7 +235,7 @@ def test_a_qwen3_layer_copy_draft_reaches_k_plus_one_only_with_its_qk_norms(perm
     perm = permutation()
     folder = export_copy_draft(tmp_path / "qk", target, perm, qk_norm=True)
     reference = evaluate_reference(str(target), folder, K, [prompts], MAX_TOKENS)[prompts.name]
-    vllm = evaluate_vllm(str(target), str(folder), "eagle3", K, [prompts], MAX_TOKENS)[0][prompts.name]
+    vllm = evaluate_vllm(str(target), str(folder), {"method": "eagle3"}, K, [prompts], MAX_TOKENS)[0][prompts.name]
     assert reference.acceptance_length == K + 1
     assert vllm.acceptance_length > K + 1 - 0.3 and vllm.lossless, vllm
 
@@ -256,7 +256,27 @@ def test_vllm_serves_a_dflash_export_as_the_reference_decoder_drafts(permutation
                          mapping.t2d)
     assert report.ok, report.lines()
     reference = evaluate_reference(str(target), folder, 2, [prompts], MAX_TOKENS)[prompts.name]
-    vllm = evaluate_vllm(str(target), str(folder), "dflash", 2, [prompts], MAX_TOKENS)[0][prompts.name]
+    vllm = evaluate_vllm(str(target), str(folder), {"method": "dflash"}, 2, [prompts], MAX_TOKENS)[0][prompts.name]
     assert 0.6 < reference.per_position[0] < 0.95 and reference.per_position[1] == 0.0, reference
     assert vllm.per_position[1] == 0.0 and abs(vllm.per_position[0] - reference.per_position[0]) < 0.1, (vllm, reference)
     assert vllm.lossless, vllm.identical_outputs
+
+
+def test_vllm_serves_a_peagle_export_as_the_reference_decoder_drafts(permutation_setup, tmp_path):
+    """Our P-EAGLE export in vLLM's `eagle3` method with `parallel_drafting` (one pass: the bonus position, then
+    mask slots read from `ptd_token_id` and `mask_hidden`): acceptance per position equal to the reference
+    decoder's within rounding, and lossless. The copy draft's first position is right but where it is made wrong;
+    its mask slots see a zero embedding and propose id 0, right only where the target's token is 0."""
+    from eagle_recipes.draft.export import speculative_config
+    from tests.builders import export_copy_draft
+
+    target, _, _, prompts = permutation_setup
+    folder = export_copy_draft(tmp_path / "peagle", target, permutation(), wrong=set(range(0, 64, 3)),
+                               algorithm="peagle")
+    reference = evaluate_reference(str(target), folder, K, [prompts], MAX_TOKENS)[prompts.name]
+    vllm = evaluate_vllm(str(target), str(folder), speculative_config("peagle"), K, [prompts],
+                         MAX_TOKENS)[0][prompts.name]
+    assert 0.4 < reference.per_position[0] < 0.9, reference  # the first position partly right
+    for theirs, ours in zip(vllm.per_position, reference.per_position):
+        assert abs(theirs - ours) < 0.1, (vllm, reference)
+    assert vllm.lossless and reference.lossless, vllm.identical_outputs

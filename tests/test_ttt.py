@@ -14,7 +14,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from eagle_recipes.draft.config import BaseModelFacts
 from eagle_recipes.draft.drafters import build_draft, build_draft_config
 from eagle_recipes.draft.model import _rotary
-from eagle_recipes.draft.reference import draft_chain
+from eagle_recipes.draft.chain import draft_chain
 from eagle_recipes.draft.target import target_features
 from eagle_recipes.draft.ttt import TargetOutputs, ttt_loss, unroll
 from eagle_recipes.training.target_source import target_outputs

@@ -12,9 +12,11 @@ from eagle_recipes.draft.inspect import InspectReport, inspect_draft
 from eagle_recipes.draft.layouts import layout_config, to_layout
 
 
-def speculative_method(algorithm: str) -> str:
-    """vLLM's `speculative_config.method` for a draft algorithm."""
-    return drafter(algorithm).vllm_method
+def speculative_config(algorithm: str) -> dict:
+    """vLLM's `speculative_config` for a draft algorithm, but for the draft's path and k: its `method` and any
+    option that method needs for this drafter (P-EAGLE: `parallel_drafting`)."""
+    spec = drafter(algorithm)
+    return {"method": spec.vllm_method, **spec.vllm_options}
 
 
 def sglang_algorithm(algorithm: str) -> str | None:
@@ -31,7 +33,7 @@ def export_layout(algorithm: str, requested: str) -> str:
 def serving_snippet(base: str, draft: Path | str, algorithm: str, k: int) -> str:
     """The vLLM and SGLang commands that serve `draft` beside `base` with k draft tokens."""
     sglang = sglang_algorithm(algorithm)
-    spec = json.dumps({"method": speculative_method(algorithm), "model": str(draft), "num_speculative_tokens": k})
+    spec = json.dumps({**speculative_config(algorithm), "model": str(draft), "num_speculative_tokens": k})
     vllm = f"# Serve with vLLM\nvllm serve {base} --speculative-config '{spec}'\n"
     if sglang is None:
         return vllm

@@ -130,6 +130,12 @@ class EagleDraft(nn.Module):
         """What the first draft step reads of the base model's features."""
         return features
 
+    def later_inputs(self, embeds: torch.Tensor, hidden: torch.Tensor,
+                     embed: nn.Embedding) -> tuple[torch.Tensor, torch.Tensor]:
+        """What draft step j >= 1 reads, given the next tokens' embeddings and step j - 1's output: in a chain
+        (EAGLE-1, EAGLE-3) both; a parallel draft (draft/peagle.py) its mask slot's instead."""
+        return embeds, self.next_hidden(hidden)
+
     def head(self, hidden: torch.Tensor, base_head: nn.Linear | None) -> torch.Tensor:
         """A step's output -> logits (over the draft vocabulary, or through the base model's head)."""
         raise NotImplementedError

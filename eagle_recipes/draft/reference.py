@@ -1,5 +1,6 @@
-"""The reference decoder: greedy chain drafting over a target and a draft, in plain PyTorch (a DFlash draft
-proposes its block in one pass instead: draft/dflash.py's `draft_block`).
+"""The reference decoder: greedy speculative decoding over a target and a draft, in plain PyTorch; each drafter
+proposes as its engine does (its registry entry's `propose`: a chain in draft/chain.py, one pass from mask slots
+in draft/dflash.py and draft/peagle.py).
 
 It is the oracle of the draft model. It runs the draft exactly as a serving engine does (each draft step one
 position further on, reading the draft's own output as the next step's hidden state) but recomputes the whole
@@ -14,9 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from eagle_recipes.draft.config import DraftConfig
-from eagle_recipes.draft.dflash import DFlashDraft, draft_block
 from eagle_recipes.draft.drafters import drafter
-from eagle_recipes.draft.model import EagleDraft, TTTCache
 from eagle_recipes.draft.target import target_features
 
 
@@ -47,41 +46,9 @@ class Acceptance:
         self.drafts += other.drafts
 
 
-def draft_chain(draft: EagleDraft, embed, lm_head, features: torch.Tensor,
-                tokens_in: list[int], k: int, draft_to_target: torch.Tensor | None = None,
-                forced: list[int] | None = None) -> tuple[list[int], list[torch.Tensor]]:
-    """Draft k tokens after a verified prefix; returns (proposals as draft-vocabulary ids, logits of each step).
-
-    `features` [1, n, *]: the target's features of the n verified positions; `tokens_in`: the n tokens that
-    follow them (the verified tokens shifted by one, then the bonus token). Step j runs at position n - 1 + j.
-    `draft_to_target`: maps a proposal to the target id fed to the next step (None: the same id).
-    `forced`: feed these tokens to steps 1.. instead of the draft's own proposals (teacher forcing, for tests).
-    """
-    hidden_in = draft.first_hidden(features)
-    proposals: list[int] = []
-    step_logits: list[torch.Tensor] = []
-    tokens_in = list(tokens_in)
-    for step in range(k):
-        positions = torch.arange(len(tokens_in))[None]
-        hidden_out = draft.step(embed(torch.tensor([tokens_in])), hidden_in, positions,
-                                [TTTCache() for _ in draft.decoder_layers()], None)
-        last = hidden_out[:, -1:]
-        logits = draft.head(last, lm_head)[0, -1]
-        step_logits.append(logits)
-        proposals.append(int(logits.argmax()))
-        if step + 1 < k:
-            if forced is not None:
-                token = forced[step]
-            else:
-                token = int(draft_to_target[proposals[-1]]) if draft_to_target is not None else proposals[-1]
-            tokens_in.append(token)
-            hidden_in = torch.cat([hidden_in, draft.next_hidden(last)], dim=1)
-    return proposals, step_logits
-
-
-def reference_generate(target, draft: EagleDraft | DFlashDraft, config: DraftConfig, d2t: torch.Tensor, prompt_ids: list[int],
+def reference_generate(target, draft: torch.nn.Module, config: DraftConfig, d2t: torch.Tensor, prompt_ids: list[int],
                        k: int, max_tokens: int, eos_ids: set[int]) -> tuple[list[int], Acceptance]:
-    """Greedy chain drafting of k tokens per verify step; exact target greedy output by construction."""
+    """Greedy speculative decoding, k drafted tokens per verify step; exact target greedy output by construction."""
     spec = drafter(config.algorithm)
     draft_to_target = torch.arange(config.draft_vocab_size) + d2t if spec.calibrated_vocab else None
     embed, lm_head = target.get_input_embeddings(), target.get_output_embeddings()
@@ -97,11 +64,7 @@ def reference_generate(target, draft: EagleDraft | DFlashDraft, config: DraftCon
             generated.append(bonus)
             if bonus in eos_ids or len(generated) >= max_tokens:
                 break
-            if spec.drafts_in_one_pass:  # DFlash: the block [bonus, MASK x k], one pass
-                drafted = draft_block(draft, features[0], bonus, k, embed)
-            else:
-                drafted, _ = draft_chain(draft, embed, lm_head, features, verified[1:] + [bonus], k,
-                                         draft_to_target)
+            drafted = spec.propose(draft, embed, lm_head, features, verified[1:] + [bonus], k, draft_to_target)
             proposals = [int(draft_to_target[t]) for t in drafted] if draft_to_target is not None else drafted
             # verify: one target forward over the bonus and the proposals
             out = target(input_ids=torch.tensor([[bonus] + proposals]), past_key_values=cache,

@@ -81,12 +81,13 @@ def unroll(draft: EagleDraft, target: TargetOutputs, embed: torch.nn.Embedding, 
         chain_start = positions if query_positions is None else query_positions
         with torch.no_grad():
             embeds = embed(tokens)
+        if step > 0:  # a chain reads the next token and its own last output; a parallel draft its mask slot
+            embeds, hidden = draft.later_inputs(embeds, hidden, embed)
         # rotary at t + step (where the engine runs this draft step); the mask keeps using t
         hidden = draft.step(embeds, hidden, (chain_start + step).expand(batch, -1), caches, target.padding,
                             query_positions)
         logits = draft.head(hidden, lm_head)
         yield UnrollStep(step, query_positions, logits, hidden)
-        hidden = draft.next_hidden(hidden)  # what the engine feeds the next draft step
 
 
 def ttt_loss(draft: EagleDraft, target: TargetOutputs, embed: torch.nn.Embedding, steps: int, decay: float,

@@ -19,7 +19,7 @@ def no_log(message: str) -> None:
     pass
 
 
-def measure(base: str, draft: Path, method: str, k: int, sets: list, max_tokens: int, engine: str,
+def measure(base: str, draft: Path, speculative: dict, k: int, sets: list, max_tokens: int, engine: str,
             dtype: str = "auto", log: Callable[[str], None] = print, progress=no_progress,
             thinking: bool | None = None, verbose: bool = False,
             speed: SpeedSettings | None = None) -> tuple[dict, SpeedTable | None]:
@@ -34,17 +34,17 @@ def measure(base: str, draft: Path, method: str, k: int, sets: list, max_tokens:
     from eagle_recipes.evaluation.vllm_path import evaluate_vllm
 
     prompts = speed_prompts(sets, speed.prompts) if speed else None
-    return evaluate_vllm(base, str(draft), method, k, sets, max_tokens, dtype, log, progress, thinking, verbose,
+    return evaluate_vllm(base, str(draft), speculative, k, sets, max_tokens, dtype, log, progress, thinking, verbose,
                          speed, prompts)
 
 
-def evaluate_draft(base: str, draft: Path, method: str, k: int, sets: list, max_tokens: int, engine: str,
+def evaluate_draft(base: str, draft: Path, speculative: dict, k: int, sets: list, max_tokens: int, engine: str,
                    out: Path, settings: dict[str, Any], dtype: str = "auto", log: Callable[[str], None] = no_log,
                    progress=no_progress, thinking: bool | None = None, verbose: bool = False,
                    speed: SpeedSettings | None = None) -> EvalReport:
     """Measure a draft on the prompt sets (and, with `speed`, its serving speed at every k and load) and write
     `out`/report.json and the chart."""
-    measured, table = measure(base, draft, method, k, sets, max_tokens, engine, dtype, log, progress, thinking,
+    measured, table = measure(base, draft, speculative, k, sets, max_tokens, engine, dtype, log, progress, thinking,
                               verbose, speed)
     report = EvalReport(measured, settings, table)
     report.write(out)

@@ -27,8 +27,9 @@ def _counters(llm) -> tuple[int, list[int]]:
     return drafts, per_position
 
 
-def engine(base: str, draft: str | None, method: str, k: int, dtype: str):
-    """A vLLM engine for the base model, speculative when a draft folder is given."""
+def engine(base: str, draft: str | None, speculative: dict, k: int, dtype: str):
+    """A vLLM engine for the base model, speculative when a draft folder is given (`speculative`: the method and
+    its options, draft/export.py's `speculative_config`)."""
     from vllm import LLM
 
     from eagle_recipes.engines.placement import cpu_max_model_len, vllm_engine_kwargs
@@ -37,7 +38,7 @@ def engine(base: str, draft: str | None, method: str, k: int, dtype: str):
     kwargs: dict[str, Any] = dict(model=base, seed=0, disable_log_stats=False,
                                   **{**vllm_engine_kwargs(base, dtype), "max_model_len": cpu_max_model_len(base)})
     if draft:
-        kwargs["speculative_config"] = {"method": method, "model": draft, "num_speculative_tokens": k}
+        kwargs["speculative_config"] = {**speculative, "model": draft, "num_speculative_tokens": k}
         kwargs["per_request_spec_decode_metrics"] = "summary"  # each request's accepted-length histogram
     return LLM(**kwargs)
 
@@ -151,7 +152,7 @@ def _speed_rows(llm, k: int, prompts: list[list[dict]], speed: SpeedSettings, th
     return rows
 
 
-def evaluate_vllm(base: str, draft: str, method: str, k: int, sets: list[PromptSet], max_tokens: int,
+def evaluate_vllm(base: str, draft: str, speculative: dict, k: int, sets: list[PromptSet], max_tokens: int,
                   dtype: str = "auto", log=print, progress=lambda done, total, unit: None,
                   thinking: bool | None = None, verbose: bool = False, speed: SpeedSettings | None = None,
                   speed_prompts: list[list[dict]] | None = None) -> tuple[dict[str, SetReport], SpeedTable | None]:
@@ -162,7 +163,7 @@ def evaluate_vllm(base: str, draft: str, method: str, k: int, sets: list[PromptS
 
     apply_engine_env(verbose)
     rows: list[SpeedRow] = []
-    llm = engine(base, None, method, k, dtype)
+    llm = engine(base, None, speculative, k, dtype)
     baseline: dict[str, tuple] = {}
     for prompt_set in sets:
         if any(m.get("content") is None for p in prompt_set.prompts for m in p):
@@ -175,7 +176,7 @@ def evaluate_vllm(base: str, draft: str, method: str, k: int, sets: list[PromptS
     report: dict[str, SetReport] = {}
     swept = speed.ks(k) if speed else []
     for draft_tokens in sorted(set(swept) | {k}):
-        llm = engine(base, draft, method, draft_tokens, dtype)
+        llm = engine(base, draft, speculative, draft_tokens, dtype)
         if draft_tokens in swept:
             rows += _speed_rows(llm, draft_tokens, speed_prompts, speed, thinking, progress)
             log(f"speed at k = {draft_tokens}: " + ", ".join(f"load {r.concurrency} {r.tokens_per_s:.1f} tokens/s"

@@ -6,6 +6,7 @@ Every problem is reported with file, line and key path, all of them at once, nev
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -34,8 +35,13 @@ ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "e
 def _did_you_mean(word: str, choices: list[str]) -> str:
     if ALIASES.get(word) in choices:
         return f"did you mean '{ALIASES[word]}'?"
-    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'?" if close else ""
+    close = difflib.get_close_matches(word, choices, n=3, cutoff=0.6)
+    if not close:
+        return ""
+    # equally similar choices: the one sharing the longest start ("eagle2" -> "eagle3", not "peagle")
+    best = max(close, key=lambda c: (difflib.SequenceMatcher(None, word, c).ratio(),
+                                     len(os.path.commonprefix([word, c]))))
+    return f"did you mean '{best}'?"
 
 
 def _schema_problem(error: ValidationError, file: str, lines: dict[str, int]) -> list[Problem]:
@@ -157,13 +163,14 @@ def _check_against_model(recipe: Recipe, raw: dict, lines: dict[str, int]) -> li
         problems.append(Problem(file, line_of(lines, error.key), error.key, error.message, error.hint))
         return problems
     k = recipe.eval.num_speculative_tokens
-    trained_for = drafter(draft.algorithm).max_draft_tokens(draft)
+    spec = drafter(draft.algorithm)
+    trained_for = spec.max_draft_tokens(draft, recipe.train.ttt_steps)
     if trained_for is not None and k > trained_for:
+        grows = "train.ttt_steps" if spec.trains_by_unroll else "draft.overrides.block_size"
         problems.append(Problem(file, line_of(lines, "eval.num_speculative_tokens") or line_of(lines, "eval"),
                                 "eval.num_speculative_tokens",
-                                f"{k} mask slots, but the DFlash block of {draft.block_size} trains "
-                                f"{trained_for}", f"use at most {trained_for}, or raise "
-                                "draft.overrides.block_size"))
+                                f"{k} draft tokens, but {spec.title} drafts them in one pass and this recipe "
+                                f"trains {trained_for}", f"use at most {trained_for}, or raise {grows}"))
     return problems + _check_worker_memory(recipe, lines)
 
 

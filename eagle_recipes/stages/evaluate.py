@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from eagle_recipes.draft.export import speculative_method
+from eagle_recipes.draft.export import speculative_config
 from eagle_recipes.data.formats import HELD_OUT_SPLIT
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.run_folder import DRAFT_FOLDER, EVALUATE, EXPORT, RELATIVE, SYNTHESIZE, TRAIN, RunFolder
@@ -113,7 +113,7 @@ class EvaluateStage(Stage):
         k = recipe.eval.num_speculative_tokens
         task = ray.remote(evaluate_draft).options(**engine_placement(1, cluster_has_gpus()))
         report = ray.get(task.remote(base_model_path(recipe), ctx.upstream[EXPORT] / DRAFT_FOLDER,
-                                     speculative_method(recipe.draft.algorithm), k, sets, recipe.eval.max_tokens,
+                                     speculative_config(recipe.draft.algorithm), k, sets, recipe.eval.max_tokens,
                                      recipe.eval.engine, ctx.out, recipe.data["eval"], dtype=recipe.model.dtype,
                                      progress=ctx.progress, thinking=thinking_when_generating(recipe),
                                      speed=speed_settings(recipe)))

@@ -176,7 +176,7 @@ def check_step_cost(training: Training, metrics: dict[str, Any], log: Callable[[
     from eagle_recipes.training.step_cost import StepContext, diagnose, estimate_seconds, measure_rates, step_work
 
     config = training.config
-    unroll = 1 if drafter(training_algorithm(config)).drafts_in_one_pass else config.ttt_steps
+    unroll = config.ttt_steps if drafter(training_algorithm(config)).trains_by_unroll else 1
     work = step_work(training.draft, metrics["padded_tokens"], metrics["sequence_length"], unroll, config.optimizer)
     estimated = estimate_seconds(work, measure_rates(training.device))
     context = StepContext(config.optimizer, config.features, config.precision, describe_hardware(training.device),
@@ -200,7 +200,7 @@ def training_algorithm(config: TrainConfig) -> str:
 
 def unroll_positions(config: TrainConfig) -> int:
     """Positions one training forward scores: a block's mask slots (one pass), else the TTT steps."""
-    return config.block_size - 1 if drafter(training_algorithm(config)).drafts_in_one_pass else config.ttt_steps
+    return config.ttt_steps if drafter(training_algorithm(config)).trains_by_unroll else config.block_size - 1
 
 
 def simulate(training: Training) -> dict[str, Any]:

@@ -13,11 +13,8 @@ import numpy as np
 import torch
 
 from eagle_recipes.data.sequences import Sequences
-from eagle_recipes.draft.dflash import DFlashDraft, dflash_correctness
 from eagle_recipes.draft.drafters import drafter
-from eagle_recipes.draft.model import EagleDraft
 from eagle_recipes.draft.reference import Acceptance, simulate_greedy_chain
-from eagle_recipes.draft.ttt import step_correctness
 from eagle_recipes.training.batches import collate
 from eagle_recipes.training.target_source import TargetSource
 
@@ -34,19 +31,16 @@ class HeldOut:
     target: TargetSource  # where their base-model outputs come from (indices into `sequences`)
 
 
-def simulated_acceptance(draft: EagleDraft | DFlashDraft, held_out: HeldOut, k: int, embed, device,
+def simulated_acceptance(draft: torch.nn.Module, held_out: HeldOut, k: int, embed, device,
                          lm_head: torch.nn.Linear | None = None) -> Acceptance:
-    """Greedy chain drafting of k tokens per verify step over every held-out reply."""
+    """Greedy speculative decoding of k drafted tokens per verify step over every held-out reply."""
     total = Acceptance(accepted_per_position=[0] * k)
-    one_pass = drafter(draft.config.algorithm).drafts_in_one_pass
+    correctness = drafter(draft.config.algorithm).correctness
     with torch.no_grad():
         for index in range(held_out.sequences.count):
             input_ids, loss_mask, padding = (t.to(device) for t in collate(held_out.sequences, [index], "assistant"))
             outputs = held_out.target.outputs(input_ids, loss_mask, padding, [index])
-            if one_pass:
-                correct = dflash_correctness(draft, outputs, embed, k)[:, 0]
-            else:
-                correct = step_correctness(draft, outputs, embed, k, lm_head)[:, 0]
+            correct = correctness(draft, outputs, embed, k, lm_head)[:, 0]
             for first, end in assistant_spans(held_out.sequences.mask_of(index)):
                 if first > 0:
                     total.add(simulate_greedy_chain(correct, first - 1, end))

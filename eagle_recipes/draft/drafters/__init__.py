@@ -1,4 +1,4 @@
-"""The drafters: one module per drafter (eagle3.py, eagle1.py, dflash.py) declaring what it is (base.py's
+"""The drafters: one module per drafter (eagle3.py, eagle1.py, dflash.py, peagle.py) declaring what it is (base.py's
 `Drafter`), the registry that finds one by name (registry.py), and a draft's architecture for a recipe
 (architecture.py). The rest of the code imports from here."""
 

@@ -33,18 +33,26 @@ class Drafter:
     sglang_algorithm: str | None  # SGLang's --speculative-algorithm (None: served with vLLM only)
     layout: str | None  # the one export layout it has; None: the recipe's export.layout chooses
     needs_mask_token: bool = False  # drafts from mask slots: the tokenizer's mask token fills them
-    drafts_in_one_pass: bool = False  # one forward proposes the whole block (else a chain, one token a pass)
+    vllm_options: dict[str, Any] = field(default_factory=dict)  # more speculative_config keys vLLM needs for it
+    trains_by_unroll: bool = True  # trained by the TTT unroll, train.ttt_steps passes (else one pass over blocks)
     starts_from_base_head: bool = False  # train.init_from_target copies the base model's head and norm into its own
     lowest_aux_layer_id: int = 0  # the smallest aux layer id it can read
     step_label: str = "TTT step"  # what a position of its training unroll is called (metrics, plots, the card)
     forced: dict[str, Any] = field(default_factory=dict)  # architecture fields it always sets
     # values -> (recipe key, message, hint) of an architecture it refuses, or None when it takes it
     refuses: Callable[[dict[str, Any]], tuple[str, str, str] | None] = lambda values: None
-    max_draft_tokens: Callable[[Any], int | None] = lambda config: None  # DraftConfig -> k it trains for (None: any)
+    # (DraftConfig, train.ttt_steps) -> the k it is trained for (None: any k, a chain drafts on)
+    max_draft_tokens: Callable[[Any, int], int | None] = lambda config, ttt_steps: None
     card_lines: Callable[[dict[str, Any]], list[str]] = lambda config: []  # trained draft_config -> model card lines
     # what it is made of, imported when called (those modules need torch; the facts above must not):
     build_model: Callable[[Any], Any] | None = None  # DraftConfig -> its nn.Module
     objective: Callable[[Any, Any], Any] | None = None  # (draft, TrainConfig) -> what one training forward computes
+    # (draft, embed, lm_head, features [1, n, *], tokens_in (n), k, draft_to_target) -> k proposals (draft ids),
+    # as a serving engine drafts after n verified positions (the reference decoder calls it)
+    propose: Callable[..., list[int]] | None = None
+    # (draft, TargetOutputs, embed, k, lm_head) -> [k, B, T] bool: after verified position t, draft position j
+    # proposes the base model's own top token (teacher forced; the simulation replays greedy decoding with it)
+    correctness: Callable[..., Any] | None = None
 
     @property
     def captured_as(self) -> str:

@@ -24,6 +24,18 @@ def _model(config):
     return DFlashDraft(config)
 
 
+def _propose(*args):
+    from eagle_recipes.draft.dflash import propose_block
+
+    return propose_block(*args)
+
+
+def _correctness(*args):
+    from eagle_recipes.draft.dflash import block_correctness
+
+    return block_correctness(*args)
+
+
 def _objective(draft, config):
     """The block objective: anchors per sequence, each a block of mask slots drafted in one pass."""
     from eagle_recipes.draft.dflash import DFlashObjective
@@ -38,9 +50,9 @@ DFLASH = Drafter(
               "block_size": 8,  # the block: the token just produced and block_size - 1 mask slots (drafts per pass)
               "mask_token_id": None},  # None: the tokenizer's mask token, else its last added special token not in chats
     reads_aux_states=True, calibrated_vocab=True, vllm_method="dflash", sglang_algorithm=None, layout="dflash",
-    needs_mask_token=True, drafts_in_one_pass=True,
+    needs_mask_token=True, trains_by_unroll=False,
     lowest_aux_layer_id=1,  # DFlash names layer outputs (id - 1): the embeddings have none
     step_label="block slot", forced={"qk_norm": True}, refuses=_refuses,
-    max_draft_tokens=lambda config: config.block_size - 1, card_lines=_card_lines, build_model=_model,
-    objective=_objective,
+    max_draft_tokens=lambda config, ttt_steps: config.block_size - 1, card_lines=_card_lines, build_model=_model,
+    objective=_objective, propose=_propose, correctness=_correctness,
 )

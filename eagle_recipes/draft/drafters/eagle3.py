@@ -16,11 +16,24 @@ AUX_STATE_FIELDS = {
 }
 
 
-
 def _model(config):
     from eagle_recipes.draft.model import Eagle3Draft
 
     return Eagle3Draft(config)
+
+
+def propose_chain(*args):
+    """A chain: k passes, each reading the previous proposal and output (draft/chain.py)."""
+    from eagle_recipes.draft.chain import propose_chain
+
+    return propose_chain(*args)
+
+
+def unroll_correctness(*args):
+    """Each position of the training unroll, teacher forced (draft/ttt.py)."""
+    from eagle_recipes.draft.ttt import step_correctness
+
+    return step_correctness(*args)
 
 
 def ttt_objective(draft, config):
@@ -33,5 +46,6 @@ def ttt_objective(draft, config):
 EAGLE3 = Drafter(
     name="eagle3", title="EAGLE-3", defaults={**DECODER_LAYER_FIELDS, **AUX_STATE_FIELDS},
     reads_aux_states=True, calibrated_vocab=True, vllm_method="eagle3", sglang_algorithm="EAGLE3", layout=None,
-    starts_from_base_head=True, build_model=_model, objective=ttt_objective,
+    starts_from_base_head=True, build_model=_model, objective=ttt_objective, propose=propose_chain,
+    correctness=unroll_correctness,
 )

@@ -8,8 +8,9 @@ from eagle_recipes.draft.drafters.base import Drafter
 from eagle_recipes.draft.drafters.dflash import DFLASH
 from eagle_recipes.draft.drafters.eagle1 import EAGLE1
 from eagle_recipes.draft.drafters.eagle3 import EAGLE3
+from eagle_recipes.draft.drafters.peagle import PEAGLE
 
-DRAFTERS: dict[str, Drafter] = {d.name: d for d in (EAGLE3, EAGLE1, DFLASH)}
+DRAFTERS: dict[str, Drafter] = {d.name: d for d in (EAGLE3, EAGLE1, DFLASH, PEAGLE)}
 DEFAULT_DRAFTER = EAGLE3.name  # the schema's default draft.algorithm
 
 

@@ -16,12 +16,12 @@ from eagle_recipes.draft.config import DraftConfig
 from eagle_recipes.draft.layouts.common import FLOAT_DTYPES, Layout, LayoutError, TensorSpec, layer_facts
 from eagle_recipes.draft.layouts.dflash import DFlashLayout
 from eagle_recipes.draft.layouts.eagle1 import Eagle1Layout
-from eagle_recipes.draft.layouts.eagle3 import FlatLayout, SpeculatorsLayout
+from eagle_recipes.draft.layouts.eagle3 import FlatLayout, PEagleLayout, SpeculatorsLayout
 from eagle_recipes.draft.layouts.folder import read_config, read_tensors
 from eagle_recipes.draft.layouts.rope import rope_problems, rope_scaling_problems, with_long_context
 
 # in the order a config.json is recognised: EAGLE-1's plain Llama config is what no other layout claims
-LAYOUTS: tuple[Layout, ...] = (SpeculatorsLayout(), DFlashLayout(), FlatLayout(), Eagle1Layout())
+LAYOUTS: tuple[Layout, ...] = (SpeculatorsLayout(), DFlashLayout(), PEagleLayout(), FlatLayout(), Eagle1Layout())
 BY_NAME = {layout.name: layout for layout in LAYOUTS}
 IGNORED_TENSORS = ("d2t", "t2d", "embed_tokens.weight")  # held by the folder, not by our modules
 

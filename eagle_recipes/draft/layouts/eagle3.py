@@ -116,3 +116,22 @@ class SpeculatorsLayout(Eagle3Layout):
         if name.startswith("midlayer."):
             return "layers.0." + name[len("midlayer."):]
         return super().layout_name(name)
+
+
+class PEagleLayout(FlatLayout):
+    """P-EAGLE (draft/peagle.py): the flat layout, plus what vLLM's parallel drafting reads: the mask token as
+    `ptd_token_id` in config.json and the learned `mask_hidden` [1, aux x hidden] among the weights."""
+
+    name = "peagle"
+    algorithm = "peagle"
+    architecture_word, config_key = "", "ptd_token_id"  # its architecture is EAGLE-3's: asked before flat
+
+    def config_json(self, config: DraftConfig, dtype: str, base_model: str, k: int) -> dict[str, Any]:
+        return {**super().config_json(config, dtype, base_model, k), "ptd_token_id": config.mask_token_id}
+
+    def drafter_facts(self, config: dict, body: dict) -> dict[str, Any]:
+        return {**super().drafter_facts(config, body), "mask_token_id": config.get("ptd_token_id")}
+
+    def required_tensors(self, facts: dict, first_layer: str | None) -> dict[str, TensorSpec]:
+        width = len(facts["aux_layer_ids"]) * facts["target_hidden_size"]
+        return {**super().required_tensors(facts, first_layer), "mask_hidden": ((1, width), None)}
