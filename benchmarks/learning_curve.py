@@ -165,7 +165,8 @@ def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, 
     # the drafter's own training objective (the TTT unroll, or DFlash's blocks) with the variant's settings
     objective = spec.objective(draft, TrainConfig.from_train_table(
         settings, model_path="", draft_config=config.to_dict(), vocab_file="", data_folder="", checkpoint_dir="",
-        metrics_file="", features="cached", capture_dir="", threads=1, use_gpu=False, precision="float32"))
+        metrics_file="", features="cached", capture_dir="", threads=1, use_gpu=False, precision="float32",
+        simulate_k=recipe.eval.num_speculative_tokens))
     started, tokens = time.process_time(), 0
     wall = time.time()
     warm = None  # wall time once the first steps (allocator and kernel warm-up) are done
