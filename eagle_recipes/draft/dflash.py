@@ -161,17 +161,6 @@ def draft_block(draft: DFlashDraft, aux_hidden: torch.Tensor, bonus: int, k: int
     return logits[0, 1:].argmax(-1).tolist()
 
 
-def propose_block(draft: DFlashDraft, embed: nn.Embedding, lm_head, features: torch.Tensor, tokens_in: list[int],
-                  k: int, draft_to_target=None) -> list[int]:
-    """The drafter registry's `propose`: the block after the bonus token (the last of `tokens_in`)."""
-    return draft_block(draft, features[0], tokens_in[-1], k, embed)
-
-
-def block_correctness(draft: DFlashDraft, target, embed: nn.Embedding, k: int, lm_head=None) -> torch.Tensor:
-    """The drafter registry's `correctness` (DFlash reads no LM head of the base model)."""
-    return dflash_correctness(draft, target, embed, k)
-
-
 def block_loss_weights(block_size: int, gamma: float) -> torch.Tensor:
     """Weights of slots 1 .. B-1: exp(-(k-1)/gamma) (later slots are accepted only after earlier ones)."""
     return torch.exp(-torch.arange(block_size - 1, dtype=torch.float32) / gamma)

@@ -24,16 +24,18 @@ def _model(config):
     return DFlashDraft(config)
 
 
-def _propose(*args):
-    from eagle_recipes.draft.dflash import propose_block
+def _propose(draft, embed, lm_head, features, tokens_in, k, draft_to_target=None):
+    """The block after the bonus token (the last of tokens_in), over the verified positions' aux states."""
+    from eagle_recipes.draft.dflash import draft_block
 
-    return propose_block(*args)
+    return draft_block(draft, features[0], tokens_in[-1], k, embed)
 
 
-def _correctness(*args):
-    from eagle_recipes.draft.dflash import block_correctness
+def _correctness(draft, target, embed, k, lm_head=None):
+    """Each slot of the block, teacher forced (DFlash reads no LM head of the base model)."""
+    from eagle_recipes.draft.dflash import dflash_correctness
 
-    return block_correctness(*args)
+    return dflash_correctness(draft, target, embed, k)
 
 
 def _objective(draft, config):
