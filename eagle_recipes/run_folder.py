@@ -17,7 +17,7 @@ RUN_SUMMARY = "run.json"  # <root>/run.json: what the last `run` did
 CONVERSATION_SHARDS = "shards"  # synthesize/shards/*.jsonl: the conversations
 D2T_FILE, T2D_FILE = "d2t.pt", "t2d.pt"  # the draft vocabulary (calibrate's, the train stage's, the trained draft's)
 TOKEN_COUNTS = "counts.npy"  # calibrate: token frequencies of the training split
-SEQUENCES_FILE = "data.npz"  # tokenized sequences (capture's, or online training's): ids, loss mask, offsets
+SEQUENCES_FOLDER = "tokenized"  # tokenized sequences (capture's, or online training's): ids, loss mask, offsets (.npy)
 FEATURE_SHARDS = "shards"  # capture/shards/*.safetensors: the base model's features per sequence shard
 HEAD_FILE = "head.safetensors"  # capture: the base model's embeddings, final norm and draft-vocabulary LM head
 HELD_OUT_FOLDER = "holdout"  # the held-out split's sequences (and, in capture, their features)
@@ -113,7 +113,7 @@ class RunFolder:
     def sequences_folder(self) -> Path | None:
         """The folder holding the run's tokenized training sequences (capture's, else online training's)."""
         return next((self.stage(name) for name in (CAPTURE, TRAIN)
-                     if (self.stage(name) / SEQUENCES_FILE).exists()), None)
+                     if (self.stage(name) / SEQUENCES_FOLDER).exists()), None)
 
     @classmethod
     def of_draft(cls, draft: Path) -> "RunFolder | None":

@@ -15,8 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from eagle_recipes.data.feature_cache import FeatureStore
+from eagle_recipes.data.sequences import Sequences
 from eagle_recipes.graph.manifest import IN_PROGRESS, MANIFEST
-from eagle_recipes.run_folder import CAPTURE, FEATURE_SHARDS, SEQUENCES_FILE, TRAIN, RunFolder
+from eagle_recipes.run_folder import CAPTURE, FEATURE_SHARDS, TRAIN, RunFolder
 from tests.helpers import run_stage, small_recipe
 
 
@@ -72,7 +73,7 @@ def test_interrupted_capture_resumes_by_shard_to_identical_shards(tmp_path, tiny
     shards[1].unlink()
     shards[2].write_bytes(shards[2].read_bytes()[: shards[2].stat().st_size // 2])
     result = run_stage(_recipe(interrupted, tiny_llama, "cached", shard=5), "capture")
-    sequences = int(np.load(out / SEQUENCES_FILE)["offsets"].shape[0] - 1)
+    sequences = Sequences.load(out).count
     assert result["counts"]["resumed_from_earlier_run"] == sequences - 10  # every whole shard was kept
     assert result["counts"]["captured_this_run"] == 10
     for path in sorted((RunFolder(reference / "out").features / FEATURE_SHARDS).glob("*.safetensors")):
@@ -81,7 +82,7 @@ def test_interrupted_capture_resumes_by_shard_to_identical_shards(tmp_path, tiny
         for name in ours:
             assert torch.equal(ours[name], theirs[name]), (path.name, name)
     store = FeatureStore(out)
-    assert store.tokens == int(np.load(out / SEQUENCES_FILE)["offsets"][-1])
+    assert store.tokens == Sequences.load(out).tokens
 
 
 def test_feature_store_reads_the_rows_of_each_sequence(tmp_path, tiny_llama, ray_session):
@@ -90,12 +91,12 @@ def test_feature_store_reads_the_rows_of_each_sequence(tmp_path, tiny_llama, ray
     run_stage(recipe, "capture")
     out = RunFolder(tmp_path / "out").features
     store = FeatureStore(out)
-    data = np.load(out / SEQUENCES_FILE)
+    data = Sequences.load(out)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
-    for index in (0, 6, 7, 13, int(data["offsets"].shape[0]) - 2):
-        ids = torch.from_numpy(data["ids"][data["offsets"][index]: data["offsets"][index + 1]].astype(np.int64))
+    for index in (0, 6, 7, 13, data.count - 1):
+        ids = torch.from_numpy(data.ids_of(index).astype(np.int64))
         hidden, final, top = store.batch([index], len(ids) + 3, "cpu", torch.float32)
         with torch.no_grad():
             out_ = model(input_ids=ids[None], output_hidden_states=True)

@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 from eagle_recipes.data.feature_cache import shard_is_whole
+from eagle_recipes.data.sequences import Sequences
 from eagle_recipes.draft.inspect import inspect_draft
 from eagle_recipes.graph.manifest import IN_PROGRESS, MANIFEST
 from eagle_recipes.run_folder import (CAPTURE, CHECKPOINT_PREFIX, CHECKPOINTS, CONVERSATION_SHARDS, EXPORT,
-                                     FEATURE_SHARDS, SEQUENCES_FILE, SYNTHESIZE, TRAIN, RunFolder)
+                                     FEATURE_SHARDS, SYNTHESIZE, TRAIN, RunFolder)
 from eagle_recipes.stages import STAGE_NAMES
 from tests.helpers import CLI, recipe_head, small_conversations, write_recipe
 
@@ -168,8 +169,8 @@ def test_a_kill_inside_every_stage_loses_nothing(tmp_path, smollm2_path):
     assert len(ids) == len(set(ids)) == 40 and all(row["conversations"][-1]["role"] == "assistant" for row in rows)
     synthesize = manifest(out, SYNTHESIZE)["counts"]
     assert synthesize["resumed_from_earlier_run"] >= 8 and synthesize["generated_this_run"] >= 8  # cut shard redone
-    data = __import__("numpy").load(run.features / SEQUENCES_FILE)
-    offsets, token_ids = data["offsets"], data["ids"]
+    data = Sequences.load(run.features)
+    offsets, token_ids = data.offsets, data.ids
     shards = sorted((run.features / FEATURE_SHARDS).glob("*.safetensors"))
     assert len(shards) == manifest(out, CAPTURE)["counts"]["shards"]
     for index, shard in enumerate(shards):

@@ -120,7 +120,7 @@ def test_the_readme_names_every_folder_of_the_package():
 
 # what a run's folder holds, by name: eagle_recipes/run_folder.py is the one module that may spell these out
 # (graph/manifest.py owns its stage.json); everyone else asks a RunFolder or imports the name
-RUN_LAYOUT_NAMES = {"run.json", "stage.json", "d2t.pt", "t2d.pt", "counts.npy", "data.npz", "head.safetensors",
+RUN_LAYOUT_NAMES = {"run.json", "stage.json", "d2t.pt", "t2d.pt", "counts.npy", "tokenized", "head.safetensors",
                     "metrics.jsonl", "loss.png", "accuracy.png", "simulated_tau.png", "report.json",
                     "per_position.png", "checkpoints", "trained", "shards", "holdout"}
 LAYOUT_OWNERS = {PACKAGE / "run_folder.py", PACKAGE / "graph" / "manifest.py", PACKAGE / "data" / "formats.py"}

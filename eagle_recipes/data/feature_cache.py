@@ -2,8 +2,8 @@
 the base model.
 
 Layout of the capture stage's folder:
-- `data.npz`: the training sequences (data/sequences.py), tokenized exactly as online training does.
-- `shards/NNNNN.safetensors`: sequences [first, first + count) of `data.npz`, all their tokens back to back:
+- `tokenized/`: the training sequences (data/sequences.py), tokenized exactly as online training does.
+- `shards/NNNNN.safetensors`: sequences [first, first + count) of `tokenized/`, all their tokens back to back:
   `hidden` [N, F], what the draft reads (EAGLE-3: the aux layers' states concatenated, F = 3H; EAGLE-1: the
   final normed state, F = H); `final` [N, H], the final normed state (EAGLE-3 and DFlash: EAGLE-1's `hidden` is it);
   `top` [N] int32, the base model's top token over its whole vocabulary; `input_ids` [N] int32, to check.
@@ -81,7 +81,7 @@ def shard_is_whole(path: Path, first: int, expected_ids: np.ndarray) -> bool:
 class _Shard:
     first: int
     count: int
-    token_start: int  # offset of the shard's first token in data.npz's flat arrays
+    token_start: int  # offset of the shard's first token in the sequences' flat arrays
     handle: object
 
 

@@ -1,9 +1,12 @@
 """The training sequences: every training conversation rendered with the chat template, tokenized once, stored as
-flat arrays (`data.npz`) and indexed by sequence. Online training and capture both read them, so both see the same
-sequences in the same order, and cached features line up with them token for token.
+flat arrays (the `tokenized/` folder) and indexed by sequence. Online training and capture both read them, so both
+see the same sequences in the same order, and cached features line up with them token for token.
 
-`data.npz`: `ids` int32 [N tokens], `mask` int8 [N] (1 where a token is an assistant label), `offsets` int64
-[count + 1] (sequence i is ids[offsets[i]:offsets[i+1]]), `pad_id`.
+`tokenized/`: `ids.npy` int32 [N tokens], `mask.npy` int8 [N] (1 where a token is an assistant label),
+`offsets.npy` int64 [count + 1] (sequence i is ids[offsets[i]:offsets[i+1]]), `pad_id.npy`. Plain .npy files are
+read memory-mapped: a capture actor or a training worker maps them instead of reading every token into its own
+memory (750M tokens are ~3.75 GB), only the pages of the sequences it reads come in, and the processes of one
+node share them through the page cache.
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from eagle_recipes.atomic import atomic_path
-from eagle_recipes.run_folder import SEQUENCES_FILE
+from eagle_recipes.run_folder import SEQUENCES_FOLDER
 RENDER_CHUNK = 256  # conversations rendered per call
+ARRAYS = ("ids", "mask", "offsets")
+# in the fingerprint of every stage that writes sequences: a run folder of another layout is written again
+SEQUENCES_LAYOUT = "npy-mapped"
 
 
 @dataclass
@@ -27,8 +33,10 @@ class Sequences:
 
     @classmethod
     def load(cls, folder: Path) -> "Sequences":
-        data = np.load(Path(folder) / SEQUENCES_FILE)
-        return cls(data["ids"], data["mask"], data["offsets"], int(data["pad_id"]) if "pad_id" in data else 0)
+        """The sequences in `folder`, memory-mapped (read-only: nothing is read until a sequence is asked for)."""
+        stored = Path(folder) / SEQUENCES_FOLDER
+        ids, mask, offsets = (np.load(stored / f"{name}.npy", mmap_mode="r") for name in ARRAYS)
+        return cls(ids, mask, offsets, int(np.load(stored / "pad_id.npy")))
 
     @property
     def count(self) -> int:
@@ -45,18 +53,21 @@ class Sequences:
         return self.mask[self.offsets[index]: self.offsets[index + 1]]
 
     def save(self, folder: Path) -> None:
-        with atomic_path(Path(folder) / SEQUENCES_FILE) as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez(handle, ids=self.ids, mask=self.mask, offsets=self.offsets, pad_id=np.int64(self.pad_id))
+        """All arrays at once, atomically: a reader sees the whole folder or none of it."""
+        with atomic_path(Path(folder) / SEQUENCES_FOLDER) as tmp:
+            tmp.mkdir()
+            for name in ARRAYS:
+                np.save(tmp / f"{name}.npy", np.ascontiguousarray(getattr(self, name)))
+            np.save(tmp / "pad_id.npy", np.int64(self.pad_id))
 
 
 def has_sequences(folder: Path) -> bool:
-    return (Path(folder) / SEQUENCES_FILE).exists()
+    return (Path(folder) / SEQUENCES_FOLDER / "offsets.npy").exists()
 
 
 def sequence_offsets(folder: Path) -> np.ndarray:
     """The offsets alone (the token arrays are not read)."""
-    return np.load(Path(folder) / SEQUENCES_FILE)["offsets"]
+    return np.load(Path(folder) / SEQUENCES_FOLDER / "offsets.npy")
 
 
 def sequence_count(folder: Path) -> int:

@@ -32,7 +32,7 @@ class CaptureSpec:
     """What every engine needs to know."""
 
     model_path: str
-    data_folder: str  # holds data.npz, the training sequences
+    data_folder: str  # holds tokenized/, the training sequences
     out: str
     algorithm: str
     aux_layer_ids: tuple[int, ...]

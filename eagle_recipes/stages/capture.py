@@ -62,7 +62,9 @@ class CaptureStage(Stage):
         draft = recipe.data["draft"]
         # what is captured, not which drafter reads it: drafters reading the same states share a capture
         captured_for = drafter(draft["algorithm"]).captured_as
-        return {"capture": recipe.data["capture"], **rendering_settings(recipe),
+        from eagle_recipes.data.sequences import SEQUENCES_LAYOUT
+
+        return {"capture": recipe.data["capture"], **rendering_settings(recipe), "sequences": SEQUENCES_LAYOUT,
                 "draft": {"algorithm": captured_for,
                           "aux_layer_ids": draft.get("overrides", {}).get("aux_layer_ids")}}
 
@@ -75,10 +77,11 @@ class CaptureStage(Stage):
 
     @staticmethod
     def outputs(recipe: Recipe) -> list[str]:
-        from eagle_recipes.run_folder import HEAD_FILE, SEQUENCES_FILE
+        from eagle_recipes.run_folder import HEAD_FILE, SEQUENCES_FOLDER
 
         features = RELATIVE.features
-        return [str(features / SEQUENCES_FILE), str(features / HEAD_FILE), f"{features / FEATURE_SHARDS}/*.safetensors",
+        return [f"{features / SEQUENCES_FOLDER}/", str(features / HEAD_FILE),
+                f"{features / FEATURE_SHARDS}/*.safetensors",
                 f"{features / HELD_OUT_FOLDER}/ (the held-out split's)"]
 
     @staticmethod

@@ -76,7 +76,10 @@ class TrainStage(Stage):
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:
         # how conversations are rendered (online training renders them), then what is trained and how
-        return {**rendering_settings(recipe), "train": recipe.data["train"], "draft": recipe.data["draft"]}
+        from eagle_recipes.data.sequences import SEQUENCES_LAYOUT
+
+        return {**rendering_settings(recipe), "sequences": SEQUENCES_LAYOUT, "train": recipe.data["train"],
+                "draft": recipe.data["draft"]}
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:

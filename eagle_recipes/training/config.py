@@ -16,7 +16,7 @@ class TrainConfig:
     model_path: str
     draft_config: dict  # DraftConfig.to_dict()
     vocab_file: str  # the draft vocabulary's d2t file; empty: the base model's whole vocabulary
-    data_folder: str  # holds data.npz, the training sequences
+    data_folder: str  # holds tokenized/, the training sequences
     checkpoint_dir: str
     metrics_file: str
     features: str  # "online" | "cached": where the base model's outputs come from

@@ -1,0 +1,82 @@
+"""The tokenized training sequences on disk: what is saved is what is loaded, and loading maps the token arrays
+instead of reading them, so a capture actor's or a training worker's memory does not grow with the data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+
+from eagle_recipes.data.sequences import Sequences, has_sequences, sequence_count, sequence_offsets
+from eagle_recipes.run_folder import SEQUENCES_FOLDER
+
+
+def some_sequences(count: int, seed: int = 0) -> Sequences:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 400, size=count)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    ids = rng.integers(0, 49152, size=int(offsets[-1])).astype(np.int32)
+    mask = rng.integers(0, 2, size=int(offsets[-1])).astype(np.int8)
+    return Sequences(ids, mask, offsets, pad_id=7)
+
+
+def test_saved_sequences_load_back_equal_and_memory_mapped(tmp_path):
+    saved = some_sequences(50)
+    assert not has_sequences(tmp_path)
+    saved.save(tmp_path)
+    assert has_sequences(tmp_path) and sequence_count(tmp_path) == 50
+    assert np.array_equal(sequence_offsets(tmp_path), saved.offsets)
+    loaded = Sequences.load(tmp_path)
+    assert loaded.pad_id == 7 and loaded.count == 50 and loaded.tokens == saved.tokens
+    for name in ("ids", "mask", "offsets"):
+        array = getattr(loaded, name)
+        assert isinstance(array, np.memmap) and not array.flags.writeable, name
+        assert array.dtype == getattr(saved, name).dtype and np.array_equal(array, getattr(saved, name)), name
+    for index in (0, 17, 49):
+        assert np.array_equal(loaded.ids_of(index), saved.ids_of(index))
+        assert np.array_equal(loaded.mask_of(index), saved.mask_of(index))
+
+
+def test_saving_again_replaces_the_whole_folder(tmp_path):
+    some_sequences(30, seed=1).save(tmp_path)
+    second = some_sequences(5, seed=2)
+    second.save(tmp_path)
+    loaded = Sequences.load(tmp_path)
+    assert loaded.count == 5 and np.array_equal(loaded.ids, second.ids)
+    assert sorted(p.name for p in (tmp_path / SEQUENCES_FOLDER).iterdir()) == [
+        "ids.npy", "mask.npy", "offsets.npy", "pad_id.npy"]
+    assert [p.name for p in tmp_path.iterdir()] == [SEQUENCES_FOLDER]  # no temporary left beside it
+
+
+def test_loading_does_not_read_the_tokens_into_memory(tmp_path):
+    """~120 MB of sequences (25M tokens): loading them and reading 200 sequences grows the process's own memory
+    (anonymous resident pages) by a few MB, where reading the arrays whole (what an .npz load did) grows it by their
+    size. The mapped file's pages are the page cache's, shared by every process of the node that maps them (the
+    kernel may map more of them than were read: on tmpfs, huge pages)."""
+    sequences = some_sequences(125_000, seed=3)
+    size_mb = (sequences.ids.nbytes + sequences.mask.nbytes) / 2**20
+    assert size_mb > 100
+    sequences.save(tmp_path)
+    del sequences
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from eagle_recipes.data.sequences import Sequences
+
+        def rss_mb():  # this process's private memory: what a worker adds to the node
+            with open("/proc/self/status") as status:
+                return next(int(line.split()[1]) for line in status if line.startswith("RssAnon")) / 1024
+
+        before = rss_mb()
+        loaded = Sequences.load({str(tmp_path)!r})
+        touched = sum(int(loaded.ids_of(i).sum()) + int(loaded.mask_of(i).sum()) for i in range(0, 125_000, 625))
+        mapped = rss_mb() - before
+        whole = np.array(loaded.ids), np.array(loaded.mask)
+        print(mapped, rss_mb() - before)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    mapped_mb, whole_mb = map(float, result.stdout.split())
+    assert whole_mb > 0.9 * size_mb  # the measurement can see the data being read
+    assert mapped_mb < 16, f"loading and reading 200 sequences grew memory by {mapped_mb:.1f} MB of {size_mb:.0f} MB"
