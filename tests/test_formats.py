@@ -121,3 +121,16 @@ def test_the_same_conversation_under_two_ids_is_kept_once(tmp_path):
     assert sorted(c["conversation_id"] for c in data.conversations) == ["a-1", "b-8"]
     assert data.skipped == {"duplicate conversation": 1}
     assert data.skipped_lines() == ["skipped 1 rows of b.jsonl: duplicate conversation (first: b.jsonl line 1)"]
+
+
+def test_self_prompted_conversations_always_train_and_the_users_split_by_id():
+    """The held-out split measures the user's own prompts: a self-prompted conversation never lands in it, whatever
+    its id hashes to, so asking for more self prompts leaves the held-out split as it was."""
+    from eagle_recipes.data.formats import HELD_OUT_SPLIT, SELF_PROMPTS_SOURCE, TRAIN_SPLIT, is_holdout, split_of
+
+    ids = [f"self-{i:06d}" for i in range(200)]
+    hashed_out = [i for i in ids if is_holdout(i, 0.05)]
+    assert hashed_out  # ids that a plain hash split would hold out
+    assert {split_of({"conversation_id": i, "source": SELF_PROMPTS_SOURCE}, 0.05) for i in ids} == {TRAIN_SPLIT}
+    assert {split_of({"conversation_id": i, "source": "prompts.jsonl"}, 0.05) for i in hashed_out} == {HELD_OUT_SPLIT}
+    assert split_of({"conversation_id": hashed_out[0]}, 0.05) == HELD_OUT_SPLIT  # the user's rows carry no source

@@ -213,11 +213,17 @@ def _mixed(sources: list, taken: list[list[dict]], max_samples: int, seed: int) 
 
 
 TRAIN_SPLIT, HELD_OUT_SPLIT = "train", "holdout"  # the only two splits; "holdout" is also its eval prompt set
+SELF_PROMPTS_SOURCE = "self_prompts"  # the `source` of conversations whose prompt the base model wrote itself
+HELD_OUT_RULE = "user-prompts"  # in stage fingerprints: the split below holds out the user's conversations alone
 
 
-def split_of(conversation_id_: str, fraction: float) -> str:
-    """The split a conversation belongs to: the one place that decides it (calibrate, capture, train, evaluate)."""
-    return HELD_OUT_SPLIT if is_holdout(conversation_id_, fraction) else TRAIN_SPLIT
+def split_of(row: dict, fraction: float) -> str:
+    """The split a conversation row belongs to: the one place that decides it (calibrate, capture, train,
+    evaluate). Self-prompted conversations (synthesis.self_prompts) always train: they augment the user's data, and
+    the held-out split measures the user's own prompts, the same ones however many self prompts a recipe asks for."""
+    if row.get("source") == SELF_PROMPTS_SOURCE:
+        return TRAIN_SPLIT
+    return HELD_OUT_SPLIT if is_holdout(row["conversation_id"], fraction) else TRAIN_SPLIT
 
 
 def is_holdout(conversation_id_: str, fraction: float) -> bool:

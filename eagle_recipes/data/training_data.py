@@ -36,7 +36,7 @@ def read_conversations(sources: list[Source], recipe: Recipe, split: str | None 
     """The conversations of one split (every one with None)."""
     fraction = recipe.dataset.holdout_fraction
     return [row for row in read_conversation_rows(sources)
-            if split is None or split_of(row["conversation_id"], fraction) == split]
+            if split is None or split_of(row, fraction) == split]
 
 
 def tokenize_training_data(recipe: Recipe, upstream: dict[str, Path], model_path: str, out: Path,

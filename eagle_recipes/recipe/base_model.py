@@ -3,6 +3,7 @@ settings decide how conversations are rendered with it (part of every fingerprin
 
 from __future__ import annotations
 
+from eagle_recipes.data.formats import HELD_OUT_RULE
 from eagle_recipes.recipe.view import Recipe
 
 
@@ -44,4 +45,4 @@ def rendering_settings(recipe: Recipe) -> dict:
     """The recipe fields that decide how conversations become token ids, loss masks and splits (part of the
     fingerprint of every stage that reads the conversations so)."""
     return {"model": recipe.data["model"], "max_seq_len": recipe.train.max_seq_len,
-            "holdout_fraction": recipe.dataset.holdout_fraction, **reasoning_setting(recipe)}
+            "holdout_fraction": recipe.dataset.holdout_fraction, "held_out": HELD_OUT_RULE, **reasoning_setting(recipe)}

@@ -56,7 +56,7 @@ class TokenCounter:
         rows = [json.loads(text) for text in batch["text"] if text.strip()]
         result = {}
         for split in (TRAIN_SPLIT, HELD_OUT_SPLIT):
-            chosen = [r["conversations"] for r in rows if split_of(r["conversation_id"], self.holdout_fraction) == split]
+            chosen = [r["conversations"] for r in rows if split_of(r, self.holdout_fraction) == split]
             result[split] = self.count_conversations(chosen)[None, :]
         return result
 

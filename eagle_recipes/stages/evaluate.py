@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from eagle_recipes.draft.export import speculative_config
-from eagle_recipes.data.formats import HELD_OUT_SPLIT
+from eagle_recipes.data.formats import HELD_OUT_RULE, HELD_OUT_SPLIT
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.run_folder import DRAFT_FOLDER, EVALUATE, EXPORT, RELATIVE, SYNTHESIZE, TRAIN, RunFolder
 from eagle_recipes.stages.base import Stage, StageContext
@@ -57,7 +57,7 @@ class EvaluateStage(Stage):
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:
         return {"eval": recipe.data["eval"], "holdout_fraction": recipe.dataset.holdout_fraction,
-                **reasoning_setting(recipe)}  # the template switch evaluation prompts are rendered with
+                "held_out": HELD_OUT_RULE, **reasoning_setting(recipe)}  # the template switch evaluation prompts are rendered with
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:

@@ -18,7 +18,7 @@ from typing import Any, Iterator, Protocol
 
 from eagle_recipes.atomic import write_jsonl
 from eagle_recipes.data.chat import strip_thinking
-from eagle_recipes.data.formats import DataFormatError, load_conversations
+from eagle_recipes.data.formats import SELF_PROMPTS_SOURCE, DataFormatError, load_conversations
 from eagle_recipes.data.sources import Source
 from eagle_recipes.engines.actor_pool import TaskActor
 from eagle_recipes.engines.generation import OpenAIEngine, Sampling
@@ -54,7 +54,7 @@ def self_prompt_conversations(engine, prefix_ids: list[int], count: int, first_i
         if 12 <= len(text) and not reply.truncated and text.lower() not in {p.lower() for p in prompts}:
             prompts[text] = None
     return [{"conversation_id": f"self-{first_id + i:06d}", "conversations": [{"role": "user", "content": text}],
-             "source": "self_prompts"} for i, text in enumerate(list(prompts)[:count])]
+             "source": SELF_PROMPTS_SOURCE} for i, text in enumerate(list(prompts)[:count])]
 
 
 def regenerate(engine, tokenizer, conversations: list[dict], sampling: Sampling, system_prompt: str,

