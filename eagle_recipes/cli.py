@@ -53,10 +53,10 @@ def _print_problems(problems) -> None:
         errors.print(str(problem), markup=False, highlight=False)
 
 
-def _load(path: str, check_model: bool = True):
+def _load(path: str, check_model: bool = True, overrides: list[str] | None = None):
     from eagle_recipes.recipe import validate_file
 
-    recipe, problems = validate_file(path, check_model)
+    recipe, problems = validate_file(path, check_model, overrides or ())
     if problems:
         _print_problems(problems)
         errors.print(f"{len(problems)} problem(s) in {path}", markup=False)
@@ -66,10 +66,12 @@ def _load(path: str, check_model: bool = True):
 
 def cmd_validate(args) -> int:
     from eagle_recipes.recipe import validate_file
+    from eagle_recipes.recipe.overrides import is_override
 
     failed = 0
-    for path in args.recipes:
-        _, problems = validate_file(path)
+    overrides = [a for a in args.recipes if is_override(a)]  # applied to every recipe named
+    for path in (a for a in args.recipes if not is_override(a)):
+        _, problems = validate_file(path, overrides=overrides)
         if problems:
             failed += 1
             _print_problems(problems)
@@ -96,7 +98,7 @@ def _with_output_dir(recipe, output_dir: str | None):
 def _plan(args):
     from eagle_recipes.graph.plan import compile_plan
 
-    recipe = _with_output_dir(_load(args.recipe), getattr(args, "output_dir", None))
+    recipe = _with_output_dir(_load(args.recipe, overrides=args.overrides), getattr(args, "output_dir", None))
     try:
         plan = compile_plan(recipe, force=set(getattr(args, "force", None) or []),
                             only=getattr(args, "only", None), start_from=getattr(args, "start_from", None))
@@ -157,7 +159,7 @@ def _print_outcome(recipe, summary: dict) -> None:
 def cmd_submit(args) -> int:
     from eagle_recipes.graph.submit import submit
 
-    recipe = _load(args.recipe)
+    recipe = _load(args.recipe, overrides=args.overrides)
     return submit(recipe, args.address, follow=args.follow, output_dir=args.output_dir, console=console)
 
 
@@ -271,19 +273,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_overrides(p) -> None:
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="recipe keys to override, e.g. train.lr=3e-4 (checked, fingerprinted and recorded as an edit "
+                        "of the file would be)")
+
+
 def _add_recipe_commands(command) -> None:
     """Commands that read a recipe: validate, schema, plan, run, submit, catalog, draft-fields."""
     p = command("validate", "check recipes (syntax, schema, cross-field rules); exit 1 if any is invalid",
                 "eagle-recipes validate recipes/*.toml")
-    p.add_argument("recipes", nargs="+")
+    p.add_argument("recipes", nargs="+", metavar="RECIPE or KEY=VALUE",
+                   help="recipe files; KEY=VALUE overrides (e.g. train.lr=3e-4) apply to each")
     p.set_defaults(func=cmd_validate)
     p = command("schema", "print the recipe JSON Schema", "eagle-recipes schema > recipe.schema.json")
     p.set_defaults(func=cmd_schema)
     from eagle_recipes.stages import STAGE_NAMES as stage_names
     for name, help_ in (("plan", "show the task graph: stages, inputs, outputs, resources, what must run and why"),
                         ("run", "run the graph (embedded Ray, or a cluster with --address)")):
-        p = command(name, help_, f"eagle-recipes {name} recipes/quickstart.toml")
+        p = command(name, help_, f"eagle-recipes {name} recipes/quickstart.toml train.max_steps=200")
         p.add_argument("recipe")
+        _add_overrides(p)
         p.add_argument("--from", dest="start_from", choices=stage_names, help="run this stage and all after it")
         p.add_argument("--only", choices=stage_names, help="run just this stage")
         p.add_argument("--force", action="append", choices=stage_names, help="run this stage even if up to date")
@@ -299,6 +309,7 @@ def _add_recipe_commands(command) -> None:
     p = command("submit", "submit a run to a Ray cluster as a Ray Job",
                 "eagle-recipes submit my.toml --address http://127.0.0.1:8265 --follow")
     p.add_argument("recipe")
+    _add_overrides(p)
     p.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
     p.add_argument("--follow", action="store_true", help="stream the job's logs; exit with its status")
     p.add_argument("--output-dir", help="absolute path on storage every node sees (default: the recipe's, made "

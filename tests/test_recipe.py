@@ -197,3 +197,55 @@ def test_plan_shows_the_feature_cache_and_memory_per_worker(folder):
     assert "cache: at most 1,000 tokens x 4,616 B = at most 4 MiB" in stages["capture"]["resources"]
     memory = next(line for line in stages["train"]["resources"] if line.startswith("memory per worker: "))
     assert "online" in memory and "cached" in memory
+
+
+def _plan_fingerprints(recipe) -> dict[str, str]:
+    from eagle_recipes.graph.plan import compile_plan
+
+    return {stage.name: stage.fingerprint for stage in compile_plan(recipe).stages}
+
+
+def test_an_override_changes_the_run_as_the_same_edit_in_the_file_would(folder):
+    """`run r.toml train.lr=3e-4 ...`: the same recipe, the same stage fingerprints as the edited file, and the
+    overrides recorded; the unedited recipe differs (the override is not ignored)."""
+    base = write_recipe(folder, GOOD + '\n[train]\nlr = 0.001\n', "base.toml")
+    edited = write_recipe(folder, GOOD + '\n[train]\nlr = 0.0003\nmax_steps = 200\n\n[vocab]\ndraft_vocab_size = 4096\n'
+                          '\n[eval]\nprompts = ["mt-bench"]\n', "edited.toml")
+    overrides = ("train.lr=3e-4", "train.max_steps=200", "vocab.draft_vocab_size=4096", 'eval.prompts=["mt-bench"]')
+    overridden = load_recipe(base, overrides=overrides)
+    assert overridden.data == load_recipe(edited).data
+    assert overridden.overrides == overrides
+    assert _plan_fingerprints(overridden) == _plan_fingerprints(load_recipe(edited))
+    assert _plan_fingerprints(overridden)["train"] != _plan_fingerprints(load_recipe(base))["train"]
+    assert load_recipe(base, overrides=["train.optimizer=muon"]).train.optimizer == "muon"  # a bare word: a string
+
+
+@pytest.mark.parametrize("override, key, words", [
+    ("train.lrr=1e-3", "train.lrr", "unknown key (did you mean 'lr'?)"),
+    ("train.lr=fast", "train.lr", "expected number"),
+    ("train.lr", "train.lr", "not a KEY=VALUE override"),
+    ("data.prompts.first=x", "data.prompts.first", "data.prompts is a value, not a table"),
+])
+def test_a_bad_override_is_refused_naming_the_key_and_the_command_line(folder, override, key, words):
+    path = write_recipe(folder, GOOD)
+    _, problems = validate_file(path, overrides=[override])
+    assert [p.key for p in problems] == [key]
+    assert f"{path} (command line: {override}): {key}:" in str(problems[0]) and words in str(problems[0])
+
+
+def test_run_and_validate_take_overrides_on_the_command_line(folder):
+    path = write_recipe(folder, GOOD)
+    run = lambda *a: subprocess.run([sys.executable, "-m", "eagle_recipes.cli", *a], capture_output=True, text=True)
+    assert run("validate", str(path), "train.lr=3e-4").returncode == 0
+    refused = run("plan", str(path), "train.epochz=2", "--json")
+    assert refused.returncode == 1 and "(command line: train.epochz=2): train.epochz: unknown key" in refused.stderr
+    import json
+
+    def train_fingerprint(*overrides: str) -> str:
+        stages = json.loads(run("plan", str(path), *overrides, "--json").stdout)["stages"]
+        return next(s["fingerprint"] for s in stages if s["name"] == "train")
+
+    edited = write_recipe(folder, GOOD + "\n[train]\nmax_steps = 7\n", "edited.toml")
+    edited_stages = json.loads(run("plan", str(edited), "--json").stdout)["stages"]
+    assert train_fingerprint("train.max_steps=7") == next(s["fingerprint"] for s in edited_stages
+                                                           if s["name"] == "train") != train_fingerprint()

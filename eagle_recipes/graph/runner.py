@@ -111,7 +111,8 @@ def run_plan(recipe: Recipe, plan: Plan, address: str | None = None, display: Di
     if any(stage.must_run for stage in plan.stages):  # nothing to do: no Ray to start, seconds not minutes
         init_ray(recipe, address, verbose)
         hub = ProgressHub.remote()
-    summary: dict[str, Any] = {"recipe": plan.recipe, "output_dir": plan.output_dir, "stages": {}}
+    summary: dict[str, Any] = {"recipe": plan.recipe, "overrides": list(recipe.overrides),
+                               "output_dir": plan.output_dir, "stages": {}}
     started = time.time()
     with display:
         pending = _start_stages(recipe, plan, hub, display, summary["stages"])

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import tempfile
 import time
@@ -62,7 +63,8 @@ def submit(recipe: Recipe, address: str, follow: bool, output_dir: str | None, c
                         "`ray start --head --dashboard-host 0.0.0.0` or check --address") from None
     folder, recipe_in_job = stage_job_folder(recipe)
     # the nodes run the Python that started Ray; eagle-recipes must be installed there (like any job's code)
-    entrypoint = f"python -m eagle_recipes.cli run {recipe_in_job} --address auto --output-dir {output}"
+    overrides = "".join(f" {shlex.quote(text)}" for text in recipe.overrides)  # the same edit on the cluster
+    entrypoint = f"python -m eagle_recipes.cli run {recipe_in_job}{overrides} --address auto --output-dir {output}"
     try:
         job_id = submit_when_ready(client, entrypoint, folder, recipe.name)
     finally:

@@ -10,10 +10,11 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from eagle_recipes.draft.drafters import DEFAULT_DRAFTER, drafter
 from eagle_recipes.recipe.errors import Problem, RecipeError
+from eagle_recipes.recipe.overrides import apply_overrides, parse_overrides, relabel
 from eagle_recipes.recipe.schema import apply_defaults, field_names, load_schema
 from eagle_recipes.recipe.toml_lines import key_lines, line_of
 from eagle_recipes.recipe.view import Recipe
@@ -262,8 +263,10 @@ def _check_consistency(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
     return problems
 
 
-def validate_file(path: str | Path, check_model: bool = True) -> tuple[Recipe | None, list[Problem]]:
-    """Load and check a recipe; return (recipe or None, every problem found)."""
+def validate_file(path: str | Path, check_model: bool = True,
+                  overrides: Sequence[str] = ()) -> tuple[Recipe | None, list[Problem]]:
+    """Load and check a recipe, with command-line `KEY=VALUE` overrides applied (recipe/overrides.py); return
+    (recipe or None, every problem found)."""
     path = Path(path)
     file = str(path)
     try:
@@ -283,18 +286,23 @@ def validate_file(path: str | Path, check_model: bool = True) -> tuple[Recipe | 
         return None, [Problem(file, line, "", f"TOML syntax error{column}: {message}",
                               "check quotes, brackets and `key = value` form")]
     lines = key_lines(text)
-    problems = _check_schema(raw, file, lines)
+    parsed, problems = parse_overrides(overrides, file)
+    raw, misplaced = apply_overrides(raw, parsed, file)
+    problems += misplaced
+    if not problems:
+        problems = relabel(_check_schema(raw, file, lines), parsed, file)
     if problems:
         return None, problems
-    recipe = Recipe(path=path.resolve(), data=apply_defaults(raw))
+    recipe = Recipe(path=path.resolve(), data=apply_defaults(raw), overrides=tuple(overrides))
     problems = _check_files(recipe, lines) + _check_data_files(recipe, lines) + _check_consistency(recipe, lines)
     if check_model:
         problems += _check_against_model(recipe, raw, lines)
+    problems = relabel(problems, parsed, file)
     return (None if problems else recipe), problems
 
 
-def load_recipe(path: str | Path, check_model: bool = True) -> Recipe:
-    recipe, problems = validate_file(path, check_model)
+def load_recipe(path: str | Path, check_model: bool = True, overrides: Sequence[str] = ()) -> Recipe:
+    recipe, problems = validate_file(path, check_model, overrides)
     if problems:
         raise RecipeError(problems)
     assert recipe is not None

@@ -33,6 +33,7 @@ class Section:
 class Recipe:
     path: Path  # the recipe file; relative paths inside it are relative to its folder
     data: dict[str, Any]  # the recipe with every default applied
+    overrides: tuple[str, ...] = ()  # command-line KEY=VALUE overrides, already in `data` (recorded in run.json)
 
     @property
     def name(self) -> str:
