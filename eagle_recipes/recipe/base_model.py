@@ -44,5 +44,10 @@ def reasoning_setting(recipe: Recipe) -> dict:
 def rendering_settings(recipe: Recipe) -> dict:
     """The recipe fields that decide how conversations become token ids, loss masks and splits (part of the
     fingerprint of every stage that reads the conversations so)."""
-    return {"model": recipe.data["model"], "max_seq_len": recipe.train.max_seq_len,
-            "holdout_fraction": recipe.dataset.holdout_fraction, "held_out": HELD_OUT_RULE, **reasoning_setting(recipe)}
+    return {"model": recipe.data["model"], "max_seq_len": recipe.train.max_seq_len, **split_settings(recipe),
+            **reasoning_setting(recipe)}
+
+
+def split_settings(recipe: Recipe) -> dict:
+    """What decides which conversations are held out (part of the fingerprint of every stage that reads a split)."""
+    return {"holdout_fraction": recipe.dataset.holdout_fraction, "held_out": HELD_OUT_RULE}

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from eagle_recipes.draft.export import speculative_config
-from eagle_recipes.data.formats import HELD_OUT_RULE, HELD_OUT_SPLIT
+from eagle_recipes.data.formats import HELD_OUT_SPLIT
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.run_folder import DRAFT_FOLDER, EVALUATE, EXPORT, RELATIVE, SYNTHESIZE, TRAIN, RunFolder
 from eagle_recipes.stages.base import Stage, StageContext
 from eagle_recipes.data.training_data import conversation_sources, read_conversations
-from eagle_recipes.recipe.base_model import base_model_path, reasoning_setting, thinking_when_generating
+from eagle_recipes.recipe.base_model import base_model_path, reasoning_setting, split_settings, thinking_when_generating
 
 
 def speed_settings(recipe: Recipe):
@@ -56,8 +56,8 @@ class EvaluateStage(Stage):
 
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:
-        return {"eval": recipe.data["eval"], "holdout_fraction": recipe.dataset.holdout_fraction,
-                "held_out": HELD_OUT_RULE, **reasoning_setting(recipe)}  # the template switch evaluation prompts are rendered with
+        # the template switch evaluation prompts are rendered with
+        return {"eval": recipe.data["eval"], **split_settings(recipe), **reasoning_setting(recipe)}
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:
