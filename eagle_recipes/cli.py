@@ -1,4 +1,4 @@
-"""The `eagle-recipes` command line: validate | plan | run | submit | catalog | schema | draft-fields | inspect | eval |
+"""The `eagle-recipes` command line: validate | plan | run | tune | submit | catalog | schema | draft-fields | inspect | eval |
 publish."""
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   eagle-recipes plan recipes/quickstart.toml
   eagle-recipes run recipes/quickstart.toml
   eagle-recipes run my.toml --from train --force train
+  eagle-recipes tune recipes/quickstart.toml
   eagle-recipes submit my.toml --address http://head:8265 --follow
   eagle-recipes catalog list
   eagle-recipes catalog copy llama3/Llama-3.1-8B-Instruct my.toml
@@ -156,6 +157,12 @@ def _print_outcome(recipe, summary: dict) -> None:
         console.print(line, markup=False)
 
 
+def cmd_tune(args) -> int:
+    from eagle_recipes.tuning.display import tune_command
+    recipe = _with_output_dir(_load(args.recipe, overrides=args.overrides), args.output_dir)
+    return tune_command(recipe, args.address, args.verbose, console, print_table)
+
+
 def cmd_submit(args) -> int:
     from eagle_recipes.graph.submit import submit
 
@@ -280,7 +287,7 @@ def _add_overrides(p) -> None:
 
 
 def _add_recipe_commands(command) -> None:
-    """Commands that read a recipe: validate, schema, plan, run, submit, catalog, draft-fields."""
+    """Commands that read a recipe: validate, schema, plan, run, tune, submit, catalog, draft-fields."""
     p = command("validate", "check recipes (syntax, schema, cross-field rules); exit 1 if any is invalid",
                 "eagle-recipes validate recipes/*.toml")
     p.add_argument("recipes", nargs="+", metavar="RECIPE or KEY=VALUE",
@@ -290,13 +297,16 @@ def _add_recipe_commands(command) -> None:
     p.set_defaults(func=cmd_schema)
     from eagle_recipes.stages import STAGE_NAMES as stage_names
     for name, help_ in (("plan", "show the task graph: stages, inputs, outputs, resources, what must run and why"),
-                        ("run", "run the graph (embedded Ray, or a cluster with --address)")):
+                        ("run", "run the graph (embedded Ray, or a cluster with --address)"),
+                        ("tune", "choose levers by measurement: Ray Tune trials over the recipe's [tune] space, "
+                                 "scored by simulated tau on the held-out split (<output_dir>/tune/best.toml)")):
         p = command(name, help_, f"eagle-recipes {name} recipes/quickstart.toml train.max_steps=200")
         p.add_argument("recipe")
         _add_overrides(p)
-        p.add_argument("--from", dest="start_from", choices=stage_names, help="run this stage and all after it")
-        p.add_argument("--only", choices=stage_names, help="run just this stage")
-        p.add_argument("--force", action="append", choices=stage_names, help="run this stage even if up to date")
+        if name != "tune":
+            p.add_argument("--from", dest="start_from", choices=stage_names, help="run this stage and all after it")
+            p.add_argument("--only", choices=stage_names, help="run just this stage")
+            p.add_argument("--force", action="append", choices=stage_names, help="run this stage even if up to date")
         p.add_argument("--output-dir", help="override the recipe's output_dir")
         if name == "plan":
             p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -305,7 +315,7 @@ def _add_recipe_commands(command) -> None:
             p.add_argument("--address", help="Ray cluster address (default: the recipe's, else embedded Ray)")
             p.add_argument("--verbose", action="store_true",
                            help="also show Ray's start-up notices and the workers' own logs (vLLM, Ray Train)")
-            p.set_defaults(func=cmd_run)
+            p.set_defaults(func=cmd_run if name == "run" else cmd_tune)
     p = command("submit", "submit a run to a Ray cluster as a Ray Job",
                 "eagle-recipes submit my.toml --address http://127.0.0.1:8265 --follow")
     p.add_argument("recipe")

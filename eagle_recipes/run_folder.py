@@ -31,6 +31,10 @@ DRAFT_FOLDER = "draft"  # export/draft: what engines load
 REPORT_FILE = "report.json"  # evaluate: tau per prompt set, losslessness, the speed sweep
 REPORT_PLOT = "per_position.png"
 CARD_FOLDER = "card"  # evaluate/card: README.md and per_position.png, ready to publish
+# `eagle-recipes tune` (outside the graph): tune/trials/<NN-key>/ per trial, what it found beside them
+TUNE, TUNE_TRIALS, TUNE_DATA, TUNE_RAY = "tune", "trials", "data", "ray"
+TRIAL_REPORTS, TRIAL_STARTED, TRIAL_DONE = "reports.jsonl", "trial.json", "done.json"
+BEST_RECIPE, TUNE_TABLE, TUNE_RESULTS, TUNE_PLOT = "best.toml", "trials.md", "trials.jsonl", "tune.png"
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,19 @@ class RunFolder:
     @property
     def card(self) -> Path:
         return self.stage(EVALUATE) / CARD_FOLDER
+
+    # ------------------------------------------------------------ what a tune leaves
+    @property
+    def tune(self) -> Path:
+        return self.root / TUNE
+
+    def trial(self, name: str) -> Path:
+        return self.tune / TUNE_TRIALS / name
+
+    @staticmethod
+    def trial_training_files(trial: Path) -> tuple[Path, Path]:
+        """(checkpoint folder, metrics file) of a trial's worker (a trial writes no checkpoint)."""
+        return trial / CHECKPOINTS, trial / METRICS_FILE
 
     @staticmethod
     def mapping_files(folder: Path) -> tuple[Path, Path]:

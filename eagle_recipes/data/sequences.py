@@ -46,6 +46,10 @@ class Sequences:
     def tokens(self) -> int:
         return int(self.offsets[-1])
 
+    def head(self, count: int) -> "Sequences":
+        """The first `count` sequences (all of them when there are fewer), still memory-mapped."""
+        return Sequences(self.ids, self.mask, self.offsets[: count + 1], self.pad_id)
+
     def ids_of(self, index: int) -> np.ndarray:
         return self.ids[self.offsets[index]: self.offsets[index + 1]]
 

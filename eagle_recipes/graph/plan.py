@@ -59,15 +59,15 @@ def _stage_classes(recipe: Recipe) -> tuple[list[type[Stage]], dict[str, str]]:
 
 
 def compile_plan(recipe: Recipe, force: set[str] = frozenset(), only: str | None = None,
-                 start_from: str | None = None) -> Plan:
+                 start_from: str | None = None, until: str | None = None) -> Plan:
     """Order the stages, fingerprint them, and decide for each whether it must run.
 
     force: stages to run even when up to date; start_from: run this stage and all after it;
-    only: run just this stage (its upstream must be up to date).
+    only: run just this stage (its upstream must be up to date); until: no stage after this one.
     """
     stages, left_out = _stage_classes(recipe)
     names = {stage.name for stage in stages}
-    for requested in [*force, only, start_from]:
+    for requested in [*force, only, start_from, until]:
         if requested and requested not in names:
             known = ", ".join(s.name for s in stages)
             raise ValueError(f"stage '{requested}' is not in this recipe's graph (stages: {known})"
@@ -83,7 +83,9 @@ def compile_plan(recipe: Recipe, force: set[str] = frozenset(), only: str | None
         fingerprints[stage.name] = fp
         manifest = read_manifest(RunFolder(Path(recipe.output_dir)).stage(stage.name))
         stale_deps = [d for d in deps if d in must_run]
-        if stage.name in force:
+        if until and order.index(stage.name) > order.index(until):
+            status, reason = "skipped", f"after {until}"
+        elif stage.name in force:
             status, reason = "run", "forced"
         elif only and stage.name != only:
             status, reason = ("up to date", "") if manifest and manifest.fingerprint == fp else ("skipped", "--only")

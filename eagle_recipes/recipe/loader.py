@@ -9,6 +9,7 @@ import difflib
 import os
 import re
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -17,6 +18,7 @@ from eagle_recipes.recipe.errors import Problem, RecipeError
 from eagle_recipes.recipe.overrides import apply_overrides, parse_overrides, relabel
 from eagle_recipes.recipe.schema import apply_defaults, field_names, load_schema
 from eagle_recipes.recipe.toml_lines import key_lines, line_of
+from eagle_recipes.recipe.tune_space import space_problems
 from eagle_recipes.recipe.view import Recipe
 
 if TYPE_CHECKING:
@@ -263,10 +265,11 @@ def _check_consistency(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
     return problems
 
 
-def validate_file(path: str | Path, check_model: bool = True,
-                  overrides: Sequence[str] = ()) -> tuple[Recipe | None, list[Problem]]:
-    """Load and check a recipe, with command-line `KEY=VALUE` overrides applied (recipe/overrides.py); return
-    (recipe or None, every problem found)."""
+def validate_file(path: str | Path, check_model: bool = True, overrides: Sequence[str] = (),
+                  check_space: bool = True) -> tuple[Recipe | None, list[Problem]]:
+    """Load and check a recipe, with command-line `KEY=VALUE` overrides applied (recipe/overrides.py), and every
+    value of its [tune] space unless not `check_space` (a tune's own trials); return (recipe or None, every problem
+    found)."""
     path = Path(path)
     file = str(path)
     try:
@@ -289,20 +292,38 @@ def validate_file(path: str | Path, check_model: bool = True,
     parsed, problems = parse_overrides(overrides, file)
     raw, misplaced = apply_overrides(raw, parsed, file)
     problems += misplaced
+    recipe = None
     if not problems:
-        problems = relabel(_check_schema(raw, file, lines), parsed, file)
+        recipe, problems = _table_problems(raw, path, lines, check_model)
+    if not problems and check_space:  # each value a tune would try, checked as the same override would be
+        problems = space_problems(raw, file, lines,
+                                  lambda table: _table_problems(table, path, lines, check_model, inputs=False)[1])
+    problems = relabel(problems, parsed, file)
+    if problems or recipe is None:
+        return None, problems
+    return replace(recipe, overrides=tuple(overrides)), []
+
+
+def _table_problems(raw: dict, path: Path, lines: dict[str, int], check_model: bool,
+                    inputs: bool = True) -> tuple[Recipe | None, list[Problem]]:
+    """A recipe table's problems: the schema's, then (when it passes) the input files' (unless not `inputs`),
+    the cross-field rules' and the base model's."""
+    file = str(path)
+    problems = _check_schema(raw, file, lines)
     if problems:
         return None, problems
-    recipe = Recipe(path=path.resolve(), data=apply_defaults(raw), overrides=tuple(overrides))
-    problems = _check_files(recipe, lines) + _check_data_files(recipe, lines) + _check_consistency(recipe, lines)
+    recipe = Recipe(path=path.resolve(), data=apply_defaults(raw))
+    if inputs:
+        problems = _check_files(recipe, lines) + _check_data_files(recipe, lines)
+    problems += _check_consistency(recipe, lines)
     if check_model:
         problems += _check_against_model(recipe, raw, lines)
-    problems = relabel(problems, parsed, file)
-    return (None if problems else recipe), problems
+    return recipe, problems
 
 
-def load_recipe(path: str | Path, check_model: bool = True, overrides: Sequence[str] = ()) -> Recipe:
-    recipe, problems = validate_file(path, check_model, overrides)
+def load_recipe(path: str | Path, check_model: bool = True, overrides: Sequence[str] = (),
+                check_space: bool = True) -> Recipe:
+    recipe, problems = validate_file(path, check_model, overrides, check_space)
     if problems:
         raise RecipeError(problems)
     assert recipe is not None

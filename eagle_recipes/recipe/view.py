@@ -8,7 +8,7 @@ from typing import Any
 
 from eagle_recipes.data.formats import HELD_OUT_SPLIT
 
-FREE_FORM_TABLES = ("overrides", "engine_kwargs", "rope_scaling")  # tables whose keys the schema does not fix
+FREE_FORM_TABLES = ("overrides", "engine_kwargs", "rope_scaling", "space")  # tables whose keys the schema does not fix
 NAMED_PROMPT_SETS = ("mt-bench", HELD_OUT_SPLIT)  # eval prompt sets that are not files
 
 
@@ -41,7 +41,9 @@ class Recipe:
 
     @property
     def folder(self) -> Path:
-        return self.path.parent
+        """What relative paths are relative to: the recipe's folder, or its `relative_to` (best.toml's)."""
+        relative_to = self.data.get("relative_to") or ""
+        return (self.path.parent / relative_to).resolve() if relative_to else self.path.parent
 
     def resolve(self, relative: str) -> Path:
         """A path written in the recipe, made absolute against the recipe's folder."""
@@ -103,3 +105,4 @@ class Recipe:
     export = property(lambda self: self.section("export"))
     eval = property(lambda self: self.section("eval"))
     ray = property(lambda self: self.section("ray"))
+    tune = property(lambda self: self.section("tune"))

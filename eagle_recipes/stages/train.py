@@ -10,7 +10,7 @@ the trained draft in `train/trained/` (draft/trained.py) for export.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,45 +111,20 @@ class TrainStage(Stage):
 
     @staticmethod
     def run(ctx: StageContext) -> dict[str, Any]:
-        from eagle_recipes.data.sequences import has_sequences, sequence_count
-        from eagle_recipes.training.batches import steps_per_epoch
         from eagle_recipes.training.checkpoints import Checkpointer
         from eagle_recipes.training.metrics import MetricsLog
         from eagle_recipes.training.trainer import fit
 
         recipe, train = ctx.recipe, ctx.recipe.train
-        model_path = base_model_path(recipe)
-        mapping = vocab_mapping(recipe, ctx.upstream, model_path)
-        draft_config = draft_config_for(recipe, model_path, mapping.draft_vocab_size)
-        holdout = {}
-        if CAPTURE in ctx.upstream:  # capture tokenized them (and captured the held-out split's features)
-            data_folder = ctx.upstream[CAPTURE]
-            count = sequence_count(data_folder)
-            if train.simulate_every and has_sequences(data_folder / HELD_OUT_FOLDER):
-                holdout = {"holdout_folder": str(data_folder / HELD_OUT_FOLDER),
-                           "holdout_capture_dir": str(data_folder / HELD_OUT_FOLDER)}
-        else:
-            data_folder = ctx.out
-            count = tokenize_training_data(recipe, ctx.upstream, model_path, data_folder)
-            if train.simulate_every and tokenize_training_data(recipe, ctx.upstream, model_path, ctx.out / HELD_OUT_FOLDER,
-                                                               split=HELD_OUT_SPLIT):
-                holdout = {"holdout_folder": str(ctx.out / HELD_OUT_FOLDER)}
-        if train.simulate_every and not holdout:
-            ctx.log("train.simulate_every: the held-out split is empty (data.holdout_fraction leaves no "
-                    "conversation out): no simulated acceptance")
-        if steps_per_epoch(count, train.num_workers, train.grad_accum, train.batch_size) == 0:
-            raise ValueError(f"{count} training sequences are fewer than one global batch "
-                             f"({train.num_workers} workers x {train.grad_accum} x {train.batch_size}); add data")
         checkpointer, metrics = Checkpointer(ctx.run.checkpoints), MetricsLog(ctx.run.metrics)
+        prepared = prepare_training(recipe, ctx.upstream, ctx.out, checkpointer.folder, metrics.path,
+                                    bool(train.simulate_every), ctx.log)
         checkpointer.discard_damaged(ctx.log)
         resumed_step = checkpointer.latest_step()
         metrics.truncate_after(resumed_step)
         if resumed_step:
             ctx.log(f"resuming from checkpoint {checkpointer.latest().name}")
-        config = train_config(
-            recipe, model_path=model_path, draft_config=draft_config.to_dict(), vocab_file=str(mapping_file(recipe, ctx.upstream) or ""),
-            data_folder=str(data_folder), checkpoint_dir=str(checkpointer.folder), metrics_file=str(metrics.path),
-            capture_dir=str(ctx.upstream.get(CAPTURE, "")), **holdout)
+        config = prepared.config
         warn_emulated_bfloat16(config, ctx.log)
         started = time.time()
         fit(config, train.num_workers, train.cpus_per_worker, ctx.out / "ray", ctx.progress, recipe.tracking(),
@@ -159,10 +134,57 @@ class TrainStage(Stage):
         best = checkpointer.load_best() if config.keep_best else None
         if best:
             ctx.log(f"keeping the draft of step {best['step']} (best simulated tau {best['tau']:.3f})")
-        write_trained(ctx.run.trained, (best or state)["draft"], draft_config, mapping)
-        summary = metrics.summarize(state["step"], count, resumed_step)
+        write_trained(ctx.run.trained, (best or state)["draft"], prepared.draft_config, prepared.mapping)
+        summary = metrics.summarize(state["step"], prepared.count, resumed_step)
         plots = metrics.plot(ctx.out, drafter(recipe.draft.algorithm).step_label)
         summary["metrics"].update(wall_s=wall, plots=plots, exported_step=(best or state)["step"],
-                                  draft_vocab_size=mapping.draft_vocab_size, draft_config=asdict(draft_config),
-                                  train_config=config.to_dict())
+                                  draft_vocab_size=prepared.mapping.draft_vocab_size,
+                                  draft_config=asdict(prepared.draft_config), train_config=config.to_dict())
         return summary
+
+
+@dataclass
+class PreparedTraining:
+    config: Any  # TrainConfig
+    count: int  # training sequences
+    mapping: Any  # the draft vocabulary (draft/vocab.py)
+    draft_config: Any  # DraftConfig
+
+
+def prepare_training(recipe: Recipe, upstream: dict[str, Path], out: Path, checkpoint_dir: Path, metrics_file: Path,
+                     simulate: bool, log) -> PreparedTraining:
+    """What the workers train on and how: the sequences (the capture stage's, else tokenized into `out`), the
+    held-out split's when `simulate`, the draft's architecture and vocabulary, and the TrainConfig. The train stage
+    and every trial of a tune (eagle_recipes/tuning/) start from here."""
+    from eagle_recipes.data.sequences import has_sequences, sequence_count
+    from eagle_recipes.training.batches import steps_per_epoch
+
+    train = recipe.train
+    model_path = base_model_path(recipe)
+    mapping = vocab_mapping(recipe, upstream, model_path)
+    draft_config = draft_config_for(recipe, model_path, mapping.draft_vocab_size)
+    holdout = {}
+    if CAPTURE in upstream:  # capture tokenized them (and captured the held-out split's features)
+        data_folder = upstream[CAPTURE]
+        count = sequence_count(data_folder)
+        if simulate and has_sequences(data_folder / HELD_OUT_FOLDER):
+            holdout = {"holdout_folder": str(data_folder / HELD_OUT_FOLDER),
+                       "holdout_capture_dir": str(data_folder / HELD_OUT_FOLDER)}
+    else:
+        data_folder = out
+        count = tokenize_training_data(recipe, upstream, model_path, data_folder)
+        if simulate and tokenize_training_data(recipe, upstream, model_path, out / HELD_OUT_FOLDER,
+                                               split=HELD_OUT_SPLIT):
+            holdout = {"holdout_folder": str(out / HELD_OUT_FOLDER)}
+    if simulate and not holdout:
+        log("simulated acceptance: the held-out split is empty (data.holdout_fraction leaves no conversation "
+            "out)")
+    if steps_per_epoch(count, train.num_workers, train.grad_accum, train.batch_size) == 0:
+        raise ValueError(f"{count} training sequences are fewer than one global batch "
+                         f"({train.num_workers} workers x {train.grad_accum} x {train.batch_size}); add data")
+    config = train_config(
+        recipe, model_path=model_path, draft_config=draft_config.to_dict(),
+        vocab_file=str(mapping_file(recipe, upstream) or ""), data_folder=str(data_folder),
+        checkpoint_dir=str(checkpoint_dir), metrics_file=str(metrics_file), capture_dir=str(upstream.get(CAPTURE, "")),
+        **holdout)
+    return PreparedTraining(config, count, mapping, draft_config)

@@ -52,6 +52,7 @@ class TrainConfig:
     block_loss_decay: float  # DFlash: slot k weighs exp(-(k-1)/this)
     holdout_folder: str = ""  # the held-out sequences the simulation replays
     holdout_capture_dir: str = ""  # their captured features (cached training)
+    max_sequences: int = 0  # train on the first this many sequences only (0: all; a tune's trials on a subset)
 
     @classmethod
     def from_train_table(cls, train: dict[str, Any], **run: Any) -> "TrainConfig":

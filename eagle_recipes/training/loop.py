@@ -76,6 +76,8 @@ def setup(config: TrainConfig, rank: int, world: int, local_rank: int) -> Traini
     if state is not None:
         checkpointer.restore_optimizer(objective, optimizer, state["optimizer"])
     sequences = Sequences.load(Path(config.data_folder))
+    if config.max_sequences:
+        sequences = sequences.head(config.max_sequences)
     per_epoch = steps_per_epoch(sequences.count, world, config.grad_accum, config.batch_size)
     total = per_epoch * config.epochs
     if config.max_steps:
