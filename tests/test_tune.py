@@ -13,7 +13,7 @@ from pathlib import Path
 from eagle_recipes.recipe import load_recipe, validate_file
 from eagle_recipes.recipe.tune_space import expand
 from eagle_recipes.run_folder import BEST_RECIPE, TRIAL_DONE, TRIAL_STARTED, TUNE_PLOT, TUNE_RESULTS, RunFolder
-from tests.helpers import CLI, cli, plan_status, small_recipe
+from tests.helpers import CLI, cli, plan_status, small_recipe, write_recipe
 from tests.test_kill_matrix import kill_session
 
 SPACE = '{ "train.lr" = [0.001, 0.003], "draft.overrides.qk_norm" = [false, true] }'
@@ -29,8 +29,8 @@ grace_reports = 2
 reduction_factor = 2
 """)
     text = recipe.read_text().replace("[train]\n", '[train]\nfeatures = "cached"\n')
-    recipe.write_text(text.replace('prompts = ["prompts.jsonl"]\n', 'prompts = ["prompts.jsonl"]\nholdout_fraction = 0.2\n'))
-    return recipe
+    return write_recipe(folder, text.replace('prompts = ["prompts.jsonl"]\n',
+                                             'prompts = ["prompts.jsonl"]\nholdout_fraction = 0.2\n'))
 
 
 def test_the_space_expands_to_the_grid_with_the_recipe_as_written_first():
@@ -114,3 +114,27 @@ def test_tune_picks_the_argmax_writes_a_runnable_best_toml_and_resumes_without_r
     status = plan_status(best_toml)
     assert status["synthesize"] == status["calibrate"] == status["capture"] == "up to date"
     assert status["train"] == "run"
+
+
+def test_best_toml_keeps_paths_as_written_the_tunes_output_folder_and_equal_minutes(tmp_path, tiny_llama):
+    from dataclasses import replace
+
+    from eagle_recipes.graph.plan import compile_plan
+    from eagle_recipes.tuning.results import TrialResult, best_table, write_best
+
+    recipe = load_recipe(tune_recipe(tmp_path, tiny_llama))
+    report = [{"step": 6, "minutes": 0.1, "simulated_tau": 1.2}]
+    baseline = TrialResult(0, {"train.lr": 0.001, "draft.overrides.qk_norm": False}, "finished", report, 0.1)
+    winner = TrialResult(3, {"train.lr": 0.003, "draft.overrides.qk_norm": True}, "finished", report, 0.2)
+    (tmp_path / "elsewhere").mkdir()
+    table, notes = best_table(recipe, winner, baseline, budget_in_minutes=True)
+    best = load_recipe(write_best(tmp_path / "elsewhere", recipe, table, notes, "a score"))
+    assert best.train.lr == 0.003 and best.draft.overrides["qk_norm"] is True
+    assert best.train.max_steps == 3 and any("same training minutes" in note for note in notes)  # a step twice as long
+    assert best.output_dir == recipe.output_dir and best.data["data"]["prompts"] == ["prompts.jsonl"]  # as written
+    before, after = compile_plan(recipe), compile_plan(best)
+    assert before.stage("synthesize").fingerprint == after.stage("synthesize").fingerprint
+    moved = replace(recipe, data={**recipe.data, "output_dir": str(tmp_path / "other")})  # tune --output-dir
+    table, notes = best_table(moved, winner, baseline, budget_in_minutes=False)
+    best = load_recipe(write_best(tmp_path / "elsewhere", moved, table, notes, "a score"))
+    assert best.output_dir == tmp_path / "other" and best.train.max_steps == 6

@@ -17,6 +17,7 @@ from typing import Any
 from eagle_recipes.atomic import write_jsonl, write_text
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.recipe.overrides import apply_overrides, parse_overrides
+from eagle_recipes.recipe.schema import apply_defaults
 from eagle_recipes.recipe.tune_space import toml_value
 from eagle_recipes.run_folder import BEST_RECIPE, TUNE_PLOT as PLOT, TUNE_RESULTS as RESULTS, TUNE_TABLE as TABLE
 from eagle_recipes.tuning.trial import TrialRecord
@@ -88,7 +89,9 @@ def seed_spread(results: list[TrialResult], report: int) -> float | None:
 
 
 def score_text(result: TrialResult) -> str:
-    return f"{result.score:.3f}" + (f" (mean of {result.last_tau:.3f} and seed + 1)" if result.seeds_mean is not None else "")
+    if result.seeds_mean is None:
+        return f"{result.score:.3f}"
+    return f"{result.score:.3f} (mean of {result.last_tau:.3f} and seed + 1)"
 
 
 def trial_name(result: TrialResult) -> str:
@@ -149,10 +152,11 @@ def plot(folder: Path, results: list[TrialResult], winner: TrialResult, hardware
     return path
 
 
-def best_table(recipe: Recipe, winner: TrialResult, baseline: TrialResult, budget_in_minutes: bool) -> tuple[dict, list[str]]:
+def best_table(recipe: Recipe, winner: TrialResult, baseline: TrialResult,
+               budget_in_minutes: bool) -> tuple[dict, list[str]]:
     """The recipe's own table (command-line overrides applied) with the winning settings, its relative paths
-    still relative to the recipe's folder (best.toml lives in the run's), without [tune]; and the lines that say what
-    changed."""
+    still relative to the recipe's folder (best.toml lives in the run's), its output folder the tune's, without
+    [tune]; and the lines that say what changed."""
     raw = tomllib.loads(recipe.path.read_text(encoding="utf-8"))
     parsed, _ = parse_overrides(recipe.overrides, str(recipe.path))
     raw, _ = apply_overrides(raw, parsed, str(recipe.path))
@@ -160,7 +164,8 @@ def best_table(recipe: Recipe, winner: TrialResult, baseline: TrialResult, budge
     winning, _ = parse_overrides([f"{key}={toml_value(value)}" for key, value in changed.items()], str(recipe.path))
     table, _ = apply_overrides(raw, winning, str(recipe.path))
     table.pop("tune", None)
-    notes = [f"{key} = {toml_value(value)} (was {toml_value(baseline.settings[key])})" for key, value in changed.items()]
+    notes = [f"{key} = {toml_value(value)} (was {toml_value(baseline.settings[key])})"
+             for key, value in changed.items()]
     max_steps = recipe.train.max_steps
     if (budget_in_minutes and max_steps and "train.max_steps" not in winner.settings and winner.step_s
             and baseline.step_s and abs(winner.step_s / baseline.step_s - 1) > STEP_TIME_CHANGE):
@@ -170,6 +175,8 @@ def best_table(recipe: Recipe, winner: TrialResult, baseline: TrialResult, budge
                      f"{baseline.step_s:.3f} s, so the same training minutes")
     if not table.get("relative_to"):  # paths as written, from where best.toml lives: the same fingerprints
         table = {"relative_to": str(recipe.folder), **table}
+    if Recipe(recipe.path, apply_defaults(table)).output_dir != recipe.output_dir:  # the tune ran with --output-dir
+        table["output_dir"] = str(recipe.output_dir)
     return table, notes
 
 
