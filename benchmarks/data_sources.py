@@ -4,7 +4,9 @@ from one JSONL file, in the same run.
 Builds a synthetic dataset in the Hub's layout (Parquet shards and a README.md card, `--rows` multi-turn
 conversations of the OpenAI messages format) and the same rows as one JSONL file, then in a fresh process each
 reads them with the synthesize stage's reader (`load_conversations`: normalize, de-duplicate, shuffle) and prints
-its peak RSS (the interpreter and the libraries included) and the rows it kept.
+its peak RSS (the interpreter and the libraries included) and the rows it kept. The reader keeps the rows on disk
+(data/conversation_store.py) and an id and a digest per row in memory, so the peak should not grow with the rows
+beyond that.
 
     .venv/bin/python benchmarks/data_sources.py [--rows 200000] [--quick]
 """
@@ -22,8 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PROJECT, conversations, hardware  # noqa: E402
 
+# The peak is VmHWM, this address space's own high-water mark: ru_maxrss survives exec on Linux, so a child's
+# would start at the RSS its parent had when it forked (here, the parent that built the data)
 READ = """
-import resource, sys, time
+import sys, time
 from pathlib import Path
 sys.path.insert(0, {project!r})
 from eagle_recipes.data.formats import load_conversations
@@ -32,7 +36,9 @@ source = {source}
 started = time.perf_counter()
 loaded = load_conversations([source])
 seconds = time.perf_counter() - started
-print(len(loaded.conversations), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024, round(seconds, 1))
+with open("/proc/self/status") as status:
+    peak_mib = next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) // 1024
+print(len(loaded.conversations), peak_mib, round(seconds, 1))
 """
 
 
@@ -75,7 +81,7 @@ def main() -> None:
               f"Parquet, {jsonl.stat().st_size >> 20} MiB JSONL) in {time.time() - started:.0f} s", flush=True)
         by_name = peak(f"DatasetSource({str(dataset)!r}, 'data.prompts.0')")
         by_file = peak(f"FileSource(Path({str(jsonl)!r}), 'data.prompts.0')")
-    for label, (kept, rss, seconds) in (("dataset folder (datasets, streamed)", by_name),
+    for label, (kept, rss, seconds) in (("dataset folder (Parquet, by name)", by_name),
                                         ("one JSONL file", by_file)):
         print(f"{label:38s} {kept:,} conversations kept, peak RSS {rss:,} MiB, {seconds:.1f} s")
     print(f"measured on {hardware()}")

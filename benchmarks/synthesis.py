@@ -13,7 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -54,9 +56,11 @@ def in_process_path(model: str, texts: list[str], max_tokens: int) -> tuple[int,
     import ray
 
     from eagle_recipes.engines.generation import Sampling
+    from eagle_recipes.data.conversation_store import StoreWriter
     from eagle_recipes.stages.synthesize import RayDataRunner
 
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    folder = tempfile.mkdtemp()
     try:
         started = time.perf_counter()
         runner = RayDataRunner(dict(model=model, dtype="auto", tensor_parallel_size=1, engine_kwargs={}, seed=0),
@@ -64,10 +68,14 @@ def in_process_path(model: str, texts: list[str], max_tokens: int) -> tuple[int,
         sampling = asdict(Sampling(temperature=0.0, top_p=1.0, max_tokens=max_tokens, seed=0))
 
         def shard(index: int, chosen: list[str]) -> dict:
-            rows = [{"conversation_id": f"{index}-{i}", "conversations": [{"role": "user", "content": text}]}
-                    for i, text in enumerate(chosen)]
-            return {"kind": "shard", "shard": index, "conversations": rows, "sampling": sampling,
-                    "system_prompt": "", "id_suffix": ""}
+            """A task as the stage makes one: its prompt rows in a store on disk, named by offset."""
+            writer = StoreWriter(Path(folder) / f"prompts-{index}")
+            for i, text in enumerate(chosen):
+                writer.append({"conversation_id": f"{index}-{i}", "conversations": [{"role": "user", "content": text}]})
+            store = writer.close()
+            return {"kind": "shard", "shard": index, "prompts": str(store.path),
+                    "offsets": store.offsets_of(0, len(store)), "sampling": sampling, "system_prompt": "",
+                    "id_suffix": ""}
 
         # shard 0 is a warm-up request; each result carries the seconds its task took inside the actor
         results = {r["shard"]: r for r in runner.run([shard(0, texts[:1]), shard(1, texts)])}
@@ -76,6 +84,7 @@ def in_process_path(model: str, texts: list[str], max_tokens: int) -> tuple[int,
         return tokens, results[1]["seconds"], finished - started
     finally:
         ray.shutdown()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ SYNTHESIZE, CALIBRATE, CAPTURE, TRAIN, EXPORT, EVALUATE = (
 
 RUN_SUMMARY = "run.json"  # <root>/run.json: what the last `run` did
 CONVERSATION_SHARDS = "shards"  # synthesize/shards/*.jsonl: the conversations
+PROMPT_STORE = "prompts"  # synthesize/prompts/: the prompt rows as read, which a shard names by offset (removed when done)
 D2T_FILE, T2D_FILE = "d2t.pt", "t2d.pt"  # the draft vocabulary (calibrate's, the train stage's, the trained draft's)
 TOKEN_COUNTS = "counts.npy"  # calibrate: token frequencies of the training split
 SEQUENCES_FOLDER = "tokenized"  # tokenized sequences (capture's, or online training's): ids, loss mask, offsets (.npy)

@@ -134,3 +134,27 @@ def test_self_prompted_conversations_always_train_and_the_users_split_by_id():
     assert {split_of({"conversation_id": i, "source": SELF_PROMPTS_SOURCE}, 0.05) for i in ids} == {TRAIN_SPLIT}
     assert {split_of({"conversation_id": i, "source": "prompts.jsonl"}, 0.05) for i in hashed_out} == {HELD_OUT_SPLIT}
     assert split_of({"conversation_id": hashed_out[0]}, 0.05) == HELD_OUT_SPLIT  # the user's rows carry no source
+
+
+def test_the_reader_keeps_conversations_on_disk_and_a_shard_of_work_names_them_by_offset(tmp_path, smollm2_config):
+    from eagle_recipes.data.conversation_store import ROWS_FILE
+    from eagle_recipes.recipe import load_recipe
+    from eagle_recipes.stages.synthesize import shard_tasks, task_conversations
+    from tests.helpers import recipe_head, write_recipe
+
+    long_answer = "a long original answer " * 50
+    rows = [{"id": f"c{i}", "messages": [{"role": "user", "content": f"Question {i} é?"},
+                                         {"role": "assistant", "content": long_answer}]} for i in range(30)]
+    path = write_jsonl(tmp_path / "prompts.jsonl", rows + rows[:3])  # three duplicates
+    loaded = load_files([path], max_samples=25, seed=1, folder=tmp_path / "store")
+    store = loaded.conversations
+    assert (tmp_path / "store" / ROWS_FILE).exists() and len(store) == 25 and loaded.skipped["duplicate id"] == 3
+    every = list(store)
+    assert store[3] == every[3] and store[-1] == every[-1] and store[5:9] == every[5:9]
+    assert len({c["conversation_id"] for c in every}) == 25 and every[0]["source"] == "prompts.jsonl"
+    assert store.offsets.dtype.itemsize == 8  # what memory holds per conversation: its offset in the file
+    head = recipe_head("store", "some/model", config=str(smollm2_config))
+    recipe = load_recipe(write_recipe(tmp_path, head + '[synthesis]\nengine = "vllm"\nbatch_size = 4\n'))
+    tasks = shard_tasks(recipe, store, tokenizer=None)
+    assert [c for task in tasks for c in task_conversations(task)] == every  # in order, none lost or repeated
+    assert long_answer not in json.dumps(tasks)  # a task names its rows; the driver and Ray never hold them all

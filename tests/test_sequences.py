@@ -80,3 +80,27 @@ def test_loading_does_not_read_the_tokens_into_memory(tmp_path):
     mapped_mb, whole_mb = map(float, result.stdout.split())
     assert whole_mb > 0.9 * size_mb  # the measurement can see the data being read
     assert mapped_mb < 16, f"loading and reading 200 sequences grew memory by {mapped_mb:.1f} MB of {size_mb:.0f} MB"
+
+
+def test_tokenizing_as_the_conversations_stream_by_writes_the_same_files_as_tokenizing_them_whole(tmp_path,
+                                                                                                   smollm2_path):
+    """The stages tokenize from a stream (a generator over the conversation shards), writing tokens to disk as
+    they come: the same bytes as tokenizing the whole list in memory, over more than one render chunk and with a
+    conversation that has no label token (left out by both)."""
+    from eagle_recipes.data.chat import load_tokenizer
+    from eagle_recipes.data.sequences import RENDER_CHUNK, tokenize, write_tokenized
+
+    tokenizer = load_tokenizer(smollm2_path)
+    conversations = [[{"role": "user", "content": f"Question {i}: {'why ' * (i % 7)}?"},
+                      {"role": "assistant", "content": f"Answer {i} é. " * (1 + i % 5)}]
+                     for i in range(RENDER_CHUNK + 40)]
+    conversations[5] = [{"role": "user", "content": "no answer here"}]
+    whole, streamed = tmp_path / "whole", tmp_path / "streamed"
+    tokenize(tokenizer, conversations, 64).save(whole)
+    kept = write_tokenized(tokenizer, (c for c in conversations), 64, streamed)
+    assert kept == len(conversations) - 1 == sequence_count(streamed)
+    names = sorted(p.name for p in (streamed / SEQUENCES_FOLDER).iterdir())
+    assert names == ["ids.npy", "mask.npy", "offsets.npy", "pad_id.npy"]  # the raw files are gone
+    for name in names:
+        assert (whole / SEQUENCES_FOLDER / name).read_bytes() == (streamed / SEQUENCES_FOLDER / name).read_bytes()
+    assert write_tokenized(tokenizer, iter([]), 64, tmp_path / "none") == 0 == sequence_count(tmp_path / "none")

@@ -11,10 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
+from eagle_recipes.data.conversation_store import ConversationStore, StoreWriter
 from eagle_recipes.errors import UserError
 
 ROLE_NAMES = {
@@ -30,7 +33,7 @@ class DataFormatError(UserError):
 
 @dataclass
 class LoadedData:
-    conversations: list[dict]
+    conversations: ConversationStore | list[dict]  # on disk, read on demand (data/conversation_store.py)
     skipped: Counter = field(default_factory=Counter)  # reason -> count
     by_source: Counter = field(default_factory=Counter)  # (source, reason) -> count
     first_skipped: dict[tuple[str, str], str] = field(default_factory=dict)  # (source, reason) -> where the first was
@@ -147,25 +150,30 @@ def _take(iterator: Iterator, count: int) -> Iterator:
         yield item
 
 
-def load_conversations(sources: list, fmt: str = "auto", max_samples: int = 0, seed: int = 0) -> LoadedData:
+def load_conversations(sources: list, fmt: str = "auto", max_samples: int = 0, seed: int = 0,
+                       folder: Path | None = None) -> LoadedData:
     """Read every source (data/sources.py: a file, a dataset), normalize, skip what cannot be used,
     de-duplicate by id and by content across sources, shuffle deterministically and cut to max_samples (shared by
-    the sources' weights when they give any)."""
+    the sources' weights when they give any).
+
+    Rows stream from the sources into a `ConversationStore` on disk (in `folder`, or a private temporary one), so
+    memory holds an id and a content digest per row, not the conversations."""
     data = LoadedData(conversations=[])
     seen_ids: set[str] = set()
-    seen_content: set[str] = set()
-    taken: list[list[dict]] = []
-    for source in sources:
+    seen_content: set[bytes] = set()
+    ids: list[str] = []  # of each row written, in writing order
+    row_sources = array("I")  # index of each written row's source
+    writer = StoreWriter(folder)
+    for index, source in enumerate(sources):
         name, unit = source.label, source.row_unit
         source_format = _detected_format(source.location, source.rows(), fmt, unit)
         data.formats[name] = source_format
-        conversations = []
         for number, row in source.rows():
             conversation, reason = _conversation_of(row, source_format, fmt)
             if conversation is None:
                 data.skip(reason, name, f"{unit} {number}")
                 continue
-            content = hashlib.sha1(json.dumps(conversation["conversations"], sort_keys=True).encode()).hexdigest()
+            content = hashlib.sha1(json.dumps(conversation["conversations"], sort_keys=True).encode()).digest()
             if conversation["conversation_id"] in seen_ids:
                 data.skip("duplicate id", name, f"{unit} {number}")
                 continue
@@ -175,10 +183,12 @@ def load_conversations(sources: list, fmt: str = "auto", max_samples: int = 0, s
             seen_ids.add(conversation["conversation_id"])
             seen_content.add(content)
             conversation["source"] = name
-            conversations.append(conversation)
-        taken.append(conversations)
-    data.conversations = _mixed(sources, taken, max_samples, seed)
-    data.used = dict(Counter(c["source"] for c in data.conversations))
+            writer.append(conversation)
+            ids.append(conversation["conversation_id"])
+            row_sources.append(index)
+    order = _mixed_order([source.weight for source in sources], ids, row_sources, max_samples, seed)
+    data.conversations = writer.close(order)
+    data.used = dict(Counter(sources[row_sources[row]].label for row in order))
     return data
 
 
@@ -195,21 +205,23 @@ def _conversation_of(row: Any, source_format: str, fmt: str) -> tuple[dict | Non
     return normalize(row, source_format)
 
 
-def _mixed(sources: list, taken: list[list[dict]], max_samples: int, seed: int) -> list[dict]:
-    """Every source's conversations in one deterministic order (by id, then a seeded shuffle), cut to max_samples;
-    with weights, each source gives its share of max_samples (seeded), the rest of what it has unused."""
-    weights = [source.weight for source in sources]
+def _mixed_order(weights: list[float | None], ids: list[str], row_sources: array, max_samples: int,
+                 seed: int) -> list[int]:
+    """The rows (indices) in one deterministic order: by id, then a seeded shuffle, cut to max_samples; with
+    weights, each source gives its share of max_samples (its rows by id, seeded shuffle), the rest of what it has
+    unused. Ids alone decide it: input order must not change the shuffle."""
+    rows: list[int] = list(range(len(ids)))
     if max_samples and any(w is not None for w in weights):
         total = sum(w or 0.0 for w in weights)
-        chosen = []
-        for weight, conversations in zip(weights, taken):
-            conversations = sorted(conversations, key=lambda c: c["conversation_id"])
-            random.Random(seed).shuffle(conversations)
-            chosen += conversations[: round(max_samples * (weight or 0.0) / total)] if total else []
-        taken = [chosen]
-    conversations = sorted((c for group in taken for c in group), key=lambda c: c["conversation_id"])
-    random.Random(seed).shuffle(conversations)  # input order must not change the shuffle
-    return conversations[:max_samples] if max_samples else conversations
+        chosen: list[int] = []
+        for index, weight in enumerate(weights):
+            own = sorted((row for row in rows if row_sources[row] == index), key=ids.__getitem__)
+            random.Random(seed).shuffle(own)
+            chosen += own[: round(max_samples * (weight or 0.0) / total)] if total else []
+        rows = chosen
+    order = sorted(rows, key=ids.__getitem__)
+    random.Random(seed).shuffle(order)
+    return order[:max_samples] if max_samples else order
 
 
 TRAIN_SPLIT, HELD_OUT_SPLIT = "train", "holdout"  # the only two splits; "holdout" is also its eval prompt set

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -78,16 +79,59 @@ def sequence_count(folder: Path) -> int:
     return int(sequence_offsets(folder).shape[0] - 1)
 
 
-def tokenize(tokenizer, conversations: list[list[dict]], max_seq_len: int) -> Sequences:
-    """Render and tokenize conversations (chat messages); those with no label token are left out."""
+def rendered_chunks(tokenizer, conversations: Iterable[list[dict]], max_seq_len: int) -> Iterator[list]:
+    """Conversations rendered and tokenized RENDER_CHUNK at a time, those with no label token left out."""
     from eagle_recipes.data.chat import render_batch
 
-    rendered = []
-    for start in range(0, len(conversations), RENDER_CHUNK):
-        chunk = conversations[start: start + RENDER_CHUNK]
-        rendered += [r for r in render_batch(tokenizer, chunk, max_seq_len) if sum(r.loss_mask)]
+    chunk: list[list[dict]] = []
+    for conversation in conversations:
+        chunk.append(conversation)
+        if len(chunk) == RENDER_CHUNK:
+            yield [r for r in render_batch(tokenizer, chunk, max_seq_len) if sum(r.loss_mask)]
+            chunk = []
+    if chunk:
+        yield [r for r in render_batch(tokenizer, chunk, max_seq_len) if sum(r.loss_mask)]
+
+
+def tokenize(tokenizer, conversations: list[list[dict]], max_seq_len: int) -> Sequences:
+    """Render and tokenize conversations (chat messages) in memory; those with no label token are left out."""
+    rendered = [r for chunk in rendered_chunks(tokenizer, conversations, max_seq_len) for r in chunk]
     lengths = np.array([len(r.input_ids) for r in rendered], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     ids = np.concatenate([r.input_ids for r in rendered]).astype(np.int32) if rendered else np.zeros(0, np.int32)
     mask = np.concatenate([r.loss_mask for r in rendered]).astype(np.int8) if rendered else np.zeros(0, np.int8)
     return Sequences(ids, mask, offsets, int(tokenizer.pad_token_id or 0))
+
+
+def write_tokenized(tokenizer, conversations: Iterable[list[dict]], max_seq_len: int, folder: Path) -> int:
+    """Render and tokenize conversations into `folder`'s sequences as they stream by; returns how many were kept.
+    The same arrays as `tokenize(...).save(folder)`, but memory holds one chunk of conversations and a length per
+    sequence, not every token: the tokens go to disk as they are made."""
+    lengths: list[int] = []
+    with atomic_path(Path(folder) / SEQUENCES_FOLDER) as tmp:
+        tmp.mkdir()
+        raw = {name: tmp / f"{name}.raw" for name in ("ids", "mask")}
+        with open(raw["ids"], "wb") as ids_file, open(raw["mask"], "wb") as mask_file:
+            for chunk in rendered_chunks(tokenizer, conversations, max_seq_len):
+                for rendered in chunk:
+                    ids_file.write(np.asarray(rendered.input_ids, dtype=np.int32).tobytes())
+                    mask_file.write(np.asarray(rendered.loss_mask, dtype=np.int8).tobytes())
+                    lengths.append(len(rendered.input_ids))
+        for name, dtype in (("ids", np.int32), ("mask", np.int8)):
+            _raw_to_npy(raw[name], tmp / f"{name}.npy", np.dtype(dtype))
+        np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64))
+        np.save(tmp / "pad_id.npy", np.int64(tokenizer.pad_token_id or 0))
+    return len(lengths)
+
+
+def _raw_to_npy(raw: Path, target: Path, dtype: np.dtype) -> None:
+    """A file of raw values as a .npy file, copied through a memory map (never read whole), the raw one removed."""
+    count = raw.stat().st_size // dtype.itemsize
+    if count == 0:
+        np.save(target, np.zeros(0, dtype))
+    else:
+        stored = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=(count,))
+        stored[:] = np.memmap(raw, dtype=dtype, mode="r")
+        stored.flush()
+        del stored
+    raw.unlink()

@@ -5,6 +5,7 @@ and capture (cached) both tokenize through here, so both see the same sequences 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 from eagle_recipes.data.formats import TRAIN_SPLIT, read_conversation_rows, split_of
 from eagle_recipes.data.sources import FileSource, Source
@@ -32,21 +33,25 @@ def conversation_input_files(recipe: Recipe) -> list[Path]:
     return [file for source in recipe.conversation_sources() for file in source.input_files()]
 
 
-def read_conversations(sources: list[Source], recipe: Recipe, split: str | None = TRAIN_SPLIT) -> list[dict]:
-    """The conversations of one split (every one with None)."""
+def iter_conversations(sources: list[Source], recipe: Recipe, split: str | None = TRAIN_SPLIT) -> Iterator[dict]:
+    """The conversations of one split (every one with None), streamed from the sources."""
     fraction = recipe.dataset.holdout_fraction
-    return [row for row in read_conversation_rows(sources)
-            if split is None or split_of(row, fraction) == split]
+    return (row for row in read_conversation_rows(sources) if split is None or split_of(row, fraction) == split)
+
+
+def read_conversations(sources: list[Source], recipe: Recipe, split: str | None = TRAIN_SPLIT) -> list[dict]:
+    """The conversations of one split (every one with None), as a list."""
+    return list(iter_conversations(sources, recipe, split))
 
 
 def tokenize_training_data(recipe: Recipe, upstream: dict[str, Path], model_path: str, out: Path,
                            split: str = TRAIN_SPLIT) -> int:
     """A split's sequences (data/sequences.py) in `out`, tokenized once; returns their count. Train (online) and
     capture (cached) both call this, so both see the same sequences in the same order."""
-    from eagle_recipes.data.sequences import has_sequences, sequence_count, tokenize
+    from eagle_recipes.data.sequences import has_sequences, sequence_count, write_tokenized
 
     if not has_sequences(out):
         tokenizer = load_recipe_tokenizer(recipe, model_path, thinking_when_rendered(recipe))
-        conversations = read_conversations(conversation_sources(recipe, upstream), recipe, split=split)
-        tokenize(tokenizer, [c["conversations"] for c in conversations], recipe.train.max_seq_len).save(out)
+        rows = iter_conversations(conversation_sources(recipe, upstream), recipe, split=split)
+        write_tokenized(tokenizer, (row["conversations"] for row in rows), recipe.train.max_seq_len, out)
     return sequence_count(out)

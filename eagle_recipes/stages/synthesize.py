@@ -11,6 +11,7 @@ prompt data is only normalized into the same shard format.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,13 +19,14 @@ from typing import Any, Iterator, Protocol
 
 from eagle_recipes.atomic import write_jsonl
 from eagle_recipes.data.chat import strip_thinking
+from eagle_recipes.data.conversation_store import ConversationStore, rows_at
 from eagle_recipes.data.formats import SELF_PROMPTS_SOURCE, DataFormatError, load_conversations
 from eagle_recipes.data.sources import Source
 from eagle_recipes.engines.actor_pool import TaskActor
 from eagle_recipes.engines.generation import OpenAIEngine, Sampling
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.stages.base import Stage, StageContext
-from eagle_recipes.run_folder import CONVERSATION_SHARDS, RELATIVE, SYNTHESIZE
+from eagle_recipes.run_folder import CONVERSATION_SHARDS, PROMPT_STORE, RELATIVE, SYNTHESIZE
 from eagle_recipes.recipe.base_model import base_model_path, chat_template_file, load_recipe_tokenizer, thinking_when_generating
 
 SENTINEL = "\u2063EAGLE_RECIPES_USER_TURN\u2063"
@@ -87,10 +89,16 @@ def regenerate(engine, tokenizer, conversations: list[dict], sampling: Sampling,
             for c, s in zip(conversations, states)]
 
 
+def task_conversations(task: dict) -> list[dict]:
+    """A shard's prompt conversations, read from the prompt store where the task names them by offset (a task
+    carries offsets, not conversations: the driver never holds every prompt at once)."""
+    return rows_at(task["prompts"], task["offsets"]) if task["offsets"] else []
+
+
 def run_task(engine, tokenizer, task: dict) -> dict:
     """One shard of synthesis on an engine: regenerate its conversations; for a self-prompt shard, first have the
     model write the prompts (so one engine start serves both)."""
-    conversations = task["conversations"]
+    conversations = task_conversations(task)
     if task["kind"] == "self_prompts":
         conversations = self_prompt_conversations(engine, task["prefix_ids"], task["count"], task["first_id"],
                                                   Sampling(**task["prompt_sampling"]))
@@ -161,17 +169,17 @@ class LocalRunner:
             yield run_task(self.engine, self.tokenizer, task)
 
 
-def shard_tasks(recipe: Recipe, conversations: list[dict], tokenizer) -> list[dict]:
+def shard_tasks(recipe: Recipe, conversations: ConversationStore, tokenizer) -> list[dict]:
     """Every shard of the stage, in a fixed order (shard i is always the same work, so a re-run resumes): for each
     temperature, the prompt conversations in chunks of batch_size, then the self prompts in chunks."""
     synthesis = recipe.synthesis
     several = len(temperatures(recipe)) > 1
     prefix_ids = tokenizer(user_turn_prefix(tokenizer, synthesis.system_prompt),
                            add_special_tokens=False)["input_ids"] if synthesis.self_prompts else []
-    # (temperature, conversations, self prompts to write, id of the first of them)
-    chunks: list[tuple[float, list[dict], int, int]] = []
+    # (temperature, offsets of the conversations in the prompt store, self prompts to write, id of the first of them)
+    chunks: list[tuple[float, list[int], int, int]] = []
     for temperature in temperatures(recipe):
-        chunks += [(temperature, conversations[i: i + synthesis.batch_size], 0, 0)
+        chunks += [(temperature, conversations.offsets_of(i, i + synthesis.batch_size), 0, 0)
                    for i in range(0, len(conversations), synthesis.batch_size)]
         chunks += [(temperature, [], min(synthesis.batch_size, synthesis.self_prompts - i), i)
                    for i in range(0, synthesis.self_prompts, synthesis.batch_size)]
@@ -179,7 +187,8 @@ def shard_tasks(recipe: Recipe, conversations: list[dict], tokenizer) -> list[di
     for index, (temperature, chunk, self_count, first_id) in enumerate(chunks):
         # one seed range per shard: a re-run samples each shard as the first run did
         seed = synthesis.seed + index * 100_003
-        task = {"kind": "self_prompts" if self_count else "shard", "conversations": chunk,
+        task = {"kind": "self_prompts" if self_count else "shard", "prompts": str(conversations.path),
+                "offsets": chunk,
                 "expected": self_count or len(chunk), "system_prompt": synthesis.system_prompt,
                 "sampling": asdict(Sampling(temperature, synthesis.top_p, synthesis.max_tokens, seed)),
                 "id_suffix": f"@t{temperature:g}" if several else "",  # one pass per temperature: ids stay unique
@@ -204,7 +213,7 @@ def whole_shard_rows(path: Path, task: dict) -> int | None:
     if task["kind"] == "self_prompts":  # up to `count` prompts survive deduplication, numbered from first_id
         expected = [f"self-{task['first_id'] + i:06d}{suffix}" for i in range(len(rows))]
         return len(rows) if rows and ids == expected and len(rows) <= task["count"] else None
-    expected = [c["conversation_id"] + suffix for c in task["conversations"]]
+    expected = [c["conversation_id"] + suffix for c in task_conversations(task)]
     return len(rows) if ids == expected else None
 
 
@@ -285,55 +294,62 @@ class SynthesizeStage(Stage):
         recipe, synthesis = ctx.recipe, ctx.recipe.synthesis
         sources = recipe.prompt_sources()
         loaded = load_conversations(sources, recipe.dataset.format, recipe.dataset.max_samples,
-                                    recipe.dataset.shuffle_seed)
+                                    recipe.dataset.shuffle_seed, ctx.out / PROMPT_STORE)
         for line in loaded.skipped_lines():
             ctx.log(line)
         if not loaded.conversations and not synthesis.self_prompts:
             names = ", ".join(source.location for source in sources)
             raise DataFormatError(f"{names}: no usable conversation (" + "; ".join(loaded.skipped_lines())
                                   + "); each row needs a user turn")
-        shards_dir = ctx.out / CONVERSATION_SHARDS
-        shards_dir.mkdir(parents=True, exist_ok=True)
-        if synthesis.engine == "none":
-            return _normalize_only(ctx, loaded)
-        model_path = base_model_path(recipe)
-        tokenizer = load_recipe_tokenizer(recipe, model_path, thinking_when_generating(recipe))
-        runner = _make_runner(recipe, model_path, tokenizer)
-        started = time.time()
-        planned = shard_tasks(recipe, loaded.conversations, tokenizer)
-        tasks, done_before, total = [], 0, 0
-        for index, task in enumerate(planned):
-            shard = shards_dir / f"{index:05d}.jsonl"
-            total += task["expected"]
-            rows = whole_shard_rows(shard, task)
-            if rows is not None:  # written whole by an earlier run: resumed, not redone
-                done_before += rows
-            else:
-                if shard.exists():
-                    ctx.log(f"shard {shard.name} is damaged (a cut or foreign row): writing it again")
-                    shard.unlink()
-                tasks.append({**task, "shard": index})
-        ctx.progress(done_before, total, "conversations")
-        generated, tokens, truncated, engines = 0, 0, 0, set()
-        for result in runner.run(tasks):
-            engines.add(result.get("engine", "local"))
-            rows = result["rows"]
-            write_jsonl(shards_dir / f"{result['shard']:05d}.jsonl", rows)
-            generated += len(rows)
-            tokens += sum(r["generated_tokens"] for r in rows)
-            truncated += sum(r["truncated"] for r in rows)
-            ctx.progress(done_before + generated, total, "conversations")
-        wall = time.time() - started
-        return {"counts": {"conversations": done_before + generated, "generated_this_run": generated,
-                           "resumed_from_earlier_run": done_before, "truncated": truncated,
-                           "generated_tokens": tokens, "skipped": dict(loaded.skipped),
-                           "skipped_by_source": skipped_by_source(loaded),
-                           "self_prompts": synthesis.self_prompts,
-                           "shards": len(planned),
-                           "engines_used": len(engines)},
-                "metrics": {"tokens_per_s": tokens / wall if wall else 0.0, "conversations": done_before + generated,
-                            "input_formats": loaded.formats,
-                            "sources": source_records(ctx.recipe.prompt_sources(), loaded)}}
+        (ctx.out / CONVERSATION_SHARDS).mkdir(parents=True, exist_ok=True)
+        try:
+            return _normalize_only(ctx, loaded) if synthesis.engine == "none" else _generate(ctx, loaded)
+        finally:  # the shards hold every conversation now; a re-run reads the sources again
+            shutil.rmtree(ctx.out / PROMPT_STORE, ignore_errors=True)
+
+
+def _generate(ctx: StageContext, loaded) -> dict[str, Any]:
+    """The shards of work (resuming the finished ones), run on the recipe's engine."""
+    recipe, synthesis = ctx.recipe, ctx.recipe.synthesis
+    shards_dir = ctx.out / CONVERSATION_SHARDS
+    model_path = base_model_path(recipe)
+    tokenizer = load_recipe_tokenizer(recipe, model_path, thinking_when_generating(recipe))
+    runner = _make_runner(recipe, model_path, tokenizer)
+    started = time.time()
+    planned = shard_tasks(recipe, loaded.conversations, tokenizer)
+    tasks, done_before, total = [], 0, 0
+    for index, task in enumerate(planned):
+        shard = shards_dir / f"{index:05d}.jsonl"
+        total += task["expected"]
+        rows = whole_shard_rows(shard, task)
+        if rows is not None:  # written whole by an earlier run: resumed, not redone
+            done_before += rows
+        else:
+            if shard.exists():
+                ctx.log(f"shard {shard.name} is damaged (a cut or foreign row): writing it again")
+                shard.unlink()
+            tasks.append({**task, "shard": index})
+    ctx.progress(done_before, total, "conversations")
+    generated, tokens, truncated, engines = 0, 0, 0, set()
+    for result in runner.run(tasks):
+        engines.add(result.get("engine", "local"))
+        rows = result["rows"]
+        write_jsonl(shards_dir / f"{result['shard']:05d}.jsonl", rows)
+        generated += len(rows)
+        tokens += sum(r["generated_tokens"] for r in rows)
+        truncated += sum(r["truncated"] for r in rows)
+        ctx.progress(done_before + generated, total, "conversations")
+    wall = time.time() - started
+    return {"counts": {"conversations": done_before + generated, "generated_this_run": generated,
+                       "resumed_from_earlier_run": done_before, "truncated": truncated,
+                       "generated_tokens": tokens, "skipped": dict(loaded.skipped),
+                       "skipped_by_source": skipped_by_source(loaded),
+                       "self_prompts": synthesis.self_prompts,
+                       "shards": len(planned),
+                       "engines_used": len(engines)},
+            "metrics": {"tokens_per_s": tokens / wall if wall else 0.0, "conversations": done_before + generated,
+                        "input_formats": loaded.formats,
+                        "sources": source_records(ctx.recipe.prompt_sources(), loaded)}}
 
 
 def _normalize_only(ctx: StageContext, loaded) -> dict[str, Any]:
