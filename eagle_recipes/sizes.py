@@ -9,6 +9,7 @@ logits, probabilities and their gradients at every unroll step, which dominate).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from eagle_recipes.draft.config import text_config
 
@@ -76,22 +77,55 @@ def draft_parameters(draft_config) -> int:
 
 
 def gib(size: float) -> str:
+    if size >= 1024 * GiB:
+        return f"{size / 1024 / GiB:.1f} TiB"
     return f"{size / GiB:.1f} GiB" if size >= GiB / 10 else f"{size / 1024 ** 2:.0f} MiB"
 
 
-def estimated_tokens(recipe) -> tuple[int, bool]:
-    """(training tokens, exact?): exact once the conversations are tokenized, else an upper bound (every
-    conversation at max_seq_len; conversations counted from the prompt files plus self prompts)."""
+def planned_conversations(recipe) -> int | None:
+    """The conversations the run will train on, from what is known offline: the sources' row counts (capped by
+    data.max_samples), else data.max_samples itself (how a user states the size of a Hub dataset whose rows are
+    unknown offline: `plan r.toml data.max_samples=500000`), plus self prompts, once per synthesis temperature.
+    None when a source's rows are unknown and no max_samples states them."""
+    counts = [source.row_count() for source in recipe.prompt_sources() + recipe.conversation_sources()]
+    max_samples = recipe.dataset.max_samples
+    if all(count is not None for count in counts):
+        rows = min(sum(counts), max_samples) if max_samples else sum(counts)
+    elif max_samples:
+        rows = max_samples
+    else:
+        return None
+    temperature = recipe.synthesis.temperature
+    passes = len(temperature) if isinstance(temperature, list) and not recipe.dataset.conversations else 1
+    return (rows + recipe.synthesis.self_prompts) * passes
+
+
+def estimated_tokens(recipe) -> tuple[int | None, bool]:
+    """(training tokens, exact?): exact once the conversations are tokenized, else an upper bound (every planned
+    conversation at max_seq_len); None when the conversations are not known offline."""
     from eagle_recipes.data.sequences import sequence_offsets
     from eagle_recipes.run_folder import RunFolder
 
     folder = RunFolder(recipe.output_dir).sequences_folder()
     if folder is not None:
         return int(sequence_offsets(folder)[-1]), True
-    rows = recipe.synthesis.self_prompts
-    for source in recipe.prompt_sources() + recipe.conversation_sources():
-        rows += source.row_count() or 0  # unknown until read: not counted
-    return rows * recipe.train.max_seq_len, False
+    conversations = planned_conversations(recipe)
+    return (None if conversations is None else conversations * recipe.train.max_seq_len), False
+
+
+def size_line(recipe, sizes: dict) -> str:
+    """The size the estimates are for, as plan shows it."""
+    from eagle_recipes.data.sequences import sequence_count
+    from eagle_recipes.run_folder import RunFolder
+
+    if sizes["tokens_exact"]:
+        sequences = sequence_count(RunFolder(recipe.output_dir).sequences_folder())
+        return f"size: {sequences:,} sequences, {sizes['tokens']:,} tokens (tokenized)"
+    conversations = planned_conversations(recipe)
+    if conversations is None:
+        return "size: unknown offline (a source's rows are known once read; data.max_samples=N states them)"
+    return (f"size: {conversations:,} conversations (the sources' rows, data.max_samples and self prompts), at most "
+            f"{sizes['tokens']:,} tokens (max_seq_len each)")
 
 
 def training_sizes(recipe) -> dict | None:
@@ -116,4 +150,40 @@ def training_sizes(recipe) -> dict | None:
     batch = (recipe.train.batch_size * recipe.train.max_seq_len, draft.draft_vocab_size, recipe.train.ttt_steps)
     return {"online": worker_memory(config, trained, "online", *batch),
             "cached": worker_memory(config, trained, "cached", *batch),
-            "bytes_per_token": per_token, "tokens": tokens, "tokens_exact": exact, "cache_bytes": per_token * tokens}
+            "bytes_per_token": per_token, "tokens": tokens, "tokens_exact": exact,
+            "cache_bytes": None if tokens is None else per_token * tokens}
+
+
+def free_disk(folder: Path) -> int:
+    """Free bytes on the disk that holds `folder` (its nearest existing parent: a run folder may not exist yet)."""
+    import shutil
+
+    folder = Path(folder).resolve()
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def feature_modes(recipe, sizes: dict) -> list[str]:
+    """What each `train.features` mode costs at the recipe's size, and the one to use: feature disk, memory per
+    training worker, and how often the base model runs over the data."""
+    online, cached, bytes_ = sizes["online"], sizes["cached"], sizes["cache_bytes"]
+    epochs, free = recipe.train.epochs, free_disk(recipe.output_dir)
+    bound = "" if sizes["tokens_exact"] else "at most "
+    disk = "unknown (set data.max_samples to the conversations you plan)" if bytes_ is None else f"{bound}{gib(bytes_)}"
+    lines = [size_line(recipe, sizes),
+             f"online: no feature disk, {gib(online.total)} per worker, the base model in every worker and run "
+             f"forward over the data every epoch ({epochs} epoch{'s' if epochs > 1 else ''})",
+             f"cached: {disk} of feature disk ({sizes['bytes_per_token']:,} B a token; {gib(free)} free under "
+             f"output_dir), {gib(cached.total)} per worker, the base model run once (capture)"]
+    online_fits = not recipe.train.use_gpu or online.total <= recipe.train.accelerator_memory_gb * 1e9
+    cached_fits = bytes_ is not None and bytes_ <= free
+    if cached_fits:
+        lines.append("recommended: cached (it fits the disk; no base model in the workers, one forward pass in all)")
+    elif online_fits:
+        lines.append("recommended: online (the feature cache would not fit the disk under output_dir)"
+                     if bytes_ is not None else "recommended: online (the feature cache's size is not known)")
+    else:
+        lines.append("recommended: neither fits: online needs more than train.accelerator_memory_gb per GPU and the "
+                     "cache more than the free disk; put output_dir on a disk that holds the cache")
+    return lines

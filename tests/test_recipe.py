@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -179,6 +180,27 @@ def test_vllm_capture_needs_gpus(folder):
     assert [p.key for p in problems] == ["capture.engine"] and 'engine = "hf"' in problems[0].hint
 
 
+def test_cached_features_larger_than_the_disk_are_refused_once_their_size_is_exact(folder):
+    """After an online run tokenized the data (train/tokenized/), switching to cached features is checked against
+    the disk: here the sequences claim 10^12 tokens (offsets only; nothing else is read), 4.2 PiB of cache."""
+    import numpy as np
+
+    from eagle_recipes.run_folder import SEQUENCES_FOLDER
+
+    tokenized = folder / "runs" / "demo" / "train" / SEQUENCES_FOLDER
+    tokenized.mkdir(parents=True)
+    np.save(tokenized / "offsets.npy", np.array([0, 10 ** 12], dtype=np.int64))
+    text = (GOOD.replace('name = "demo"\n', 'name = "demo"\noutput_dir = "runs/{name}"\n')
+            + '[train]\nfeatures = "cached"\n')
+    _, problems = validate_file(write_recipe(folder, text))
+    assert [p.key for p in problems] == ["train.features"], problems
+    assert "1,000,000,000,000 tokenized tokens x 4,616 B" in problems[0].message
+    assert 'train.features = "online"' in problems[0].hint
+    online_text = text.replace('features = "cached"', 'features = "online"')
+    online, _ = validate_file(write_recipe(folder, online_text, "online.toml"))
+    assert online is not None
+
+
 def test_fsdp_and_bf16_validate_on_cpu(folder):
     """FSDP2 runs on gloo and bfloat16 autocast on a CPU (tests/test_fsdp.py): neither is refused any more."""
     text = GOOD + '\n[train]\nstrategy = "fsdp"\nprecision = "bfloat16"\nnum_workers = 2\n'
@@ -186,17 +208,46 @@ def test_fsdp_and_bf16_validate_on_cpu(folder):
     assert recipe.train.strategy == "fsdp" and not recipe.train.use_gpu and recipe.train.precision == "bfloat16"
 
 
-def test_plan_shows_the_feature_cache_and_memory_per_worker(folder):
-    text = GOOD + '\n[train]\nfeatures = "cached"\nmax_seq_len = 1000\n'
-    out = subprocess.run([sys.executable, "-m", "eagle_recipes.cli", "plan", str(write_recipe(folder, text)), "--json"],
-                         capture_output=True, text=True, check=True)
+def _planned_resources(recipe: Path, *overrides: str) -> dict[str, list[str]]:
     import json
 
-    stages = {s["name"]: s for s in json.loads(out.stdout)["stages"]}
+    out = subprocess.run([sys.executable, "-m", "eagle_recipes.cli", "plan", str(recipe), *overrides, "--json"],
+                         capture_output=True, text=True, check=True)
+    return {stage["name"]: stage["resources"] for stage in json.loads(out.stdout)["stages"]}
+
+
+def _feature_modes(resources: list[str]) -> list[str]:
+    return [line for line in resources if line.split(":")[0] in ("online", "cached", "recommended")]
+
+
+def test_plan_tells_what_each_feature_mode_costs_at_the_recipes_size(folder):
+    text = GOOD + '\n[train]\nfeatures = "cached"\nmax_seq_len = 1000\n'
+    resources = _planned_resources(write_recipe(folder, text))
     # one prompt, at most 1000 tokens; SmolLM2: aux layers 3 x 576 + final 576, bf16, + top and token ids
-    assert "cache: at most 1,000 tokens x 4,616 B = at most 4 MiB" in stages["capture"]["resources"]
-    memory = next(line for line in stages["train"]["resources"] if line.startswith("memory per worker: "))
-    assert "online" in memory and "cached" in memory
+    assert "cache: at most 1,000 tokens x 4,616 B = at most 4 MiB" in resources["capture"]
+    online, cached, recommended = _feature_modes(resources["train"])
+    assert online.startswith("online: no feature disk, ") and "forward over the data every epoch" in online, online
+    assert cached.startswith("cached: at most 4 MiB of feature disk (4,616 B a token; ") and "run once" in cached
+    assert recommended.startswith("recommended: cached (it fits the disk"), recommended
+
+
+def test_plan_at_a_stated_size_for_a_dataset_whose_rows_are_unknown_offline(folder):
+    """A Hub dataset's row count is unknown offline: the cache's size is unknown until data.max_samples states
+    it; at 500,000 conversations of up to 1,000 tokens the cache (2.1 TiB) outgrows this disk and plan says so."""
+    hub = 'prompts = [{ dataset = "HuggingFaceH4/ultrachat_200k", split = "train_sft" }]\n'
+    text = GOOD.replace('prompts = ["prompts.jsonl"]\n', hub) + '\n[train]\nfeatures = "cached"\nmax_seq_len = 1000\n'
+    recipe = write_recipe(folder, text)
+    _, cached, recommended = _feature_modes(_planned_resources(recipe)["train"])
+    assert cached.startswith("cached: unknown (set data.max_samples to the conversations you plan)"), cached
+    assert recommended == "recommended: online (the feature cache's size is not known)"
+    resources = _planned_resources(recipe, "data.max_samples=500000")
+    assert "cache: at most 500,000,000 tokens x 4,616 B = at most 2.1 TiB" in resources["capture"]
+    _, cached, recommended = _feature_modes(resources["train"])
+    assert cached.startswith("cached: at most 2.1 TiB of feature disk"), cached
+    from eagle_recipes.sizes import free_disk
+
+    if free_disk(folder) < 2.1 * 1024 ** 4:  # this machine's disk: CI's and ours are far smaller
+        assert recommended == "recommended: online (the feature cache would not fit the disk under output_dir)"
 
 
 def _plan_fingerprints(recipe) -> dict[str, str]:

@@ -174,7 +174,26 @@ def _check_against_model(recipe: Recipe, raw: dict, lines: dict[str, int]) -> li
                                 "eval.num_speculative_tokens",
                                 f"{k} draft tokens, but {spec.title} drafts them in one pass and this recipe "
                                 f"trains {trained_for}", f"use at most {trained_for}, or raise {grows}"))
-    return problems + _check_worker_memory(recipe, lines)
+    return problems + _check_worker_memory(recipe, lines) + _check_feature_disk(recipe, lines)
+
+
+def _check_feature_disk(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
+    """Cached features that cannot fit the disk under output_dir: refused when the size is exact (the run's
+    sequences are tokenized). Before that it is an upper bound (every conversation at max_seq_len), which plan
+    shows but which would refuse runs that fit; the capture stage checks the exact size before its first shard."""
+    from eagle_recipes.sizes import free_disk, gib, training_sizes
+
+    if recipe.train.features != "cached":
+        return []
+    sizes = training_sizes(recipe)
+    if sizes is None or not sizes["tokens_exact"] or sizes["cache_bytes"] <= free_disk(recipe.output_dir):
+        return []
+    return [Problem(str(recipe.path), line_of(lines, "train.features") or line_of(lines, "train"), "train.features",
+                    f"the feature cache needs {gib(sizes['cache_bytes'])} ({sizes['tokens']:,} tokenized tokens x "
+                    f"{sizes['bytes_per_token']:,} B), the disk under {recipe.output_dir} has "
+                    f"{gib(free_disk(recipe.output_dir))} free",
+                    'set train.features = "online", put output_dir on a larger disk, or use capture.dtype = '
+                    '"bfloat16" (half of float32)')]
 
 
 def _check_worker_memory(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:

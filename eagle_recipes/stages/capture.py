@@ -92,7 +92,7 @@ class CaptureStage(Stage):
         per_engine = f"{capture.tensor_parallel_size} GPU" if capture.engine == "vllm" else "1 GPU (or the CPU)"
         lines = [f"engines: {capture.replicas} x {capture.engine}, {per_engine} each"]
         sizes = training_sizes(recipe)
-        if sizes:
+        if sizes and sizes["tokens"] is not None:
             bound = "" if sizes["tokens_exact"] else "at most "
             lines.append(f"cache: {bound}{sizes['tokens']:,} tokens x {sizes['bytes_per_token']:,} B = "
                          f"{bound}{gib(sizes['cache_bytes'])}")

@@ -94,19 +94,14 @@ class TrainStage(Stage):
 
     @staticmethod
     def describe_resources(recipe: Recipe) -> list[str]:
-        from eagle_recipes.sizes import gib, training_sizes
+        from eagle_recipes.sizes import feature_modes, training_sizes
 
         train = recipe.train
         per_worker = "1 GPU" if train.use_gpu else f"{train.cpus_per_worker} CPU"
         lines = [f"workers: {train.num_workers} x {per_worker} ({train.strategy}, features {train.features})"]
         sizes = training_sizes(recipe)
         if sizes:
-            online, cached = sizes["online"], sizes["cached"]
-            lines.append(
-                f"memory per worker: online {gib(online.total)} (base {gib(online.base)}, "
-                f"draft state {gib(online.draft)}, "
-                f"activations {gib(online.activations)}), cached {gib(cached.total)} (embeddings and LM head "
-                f"{gib(cached.base)}, draft state {gib(cached.draft)}, activations {gib(cached.activations)})")
+            lines += feature_modes(recipe, sizes)
         return lines
 
     @staticmethod
