@@ -32,6 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import PROJECT, SMOLLM2, hardware, prompts  # noqa: E402
 
+from eagle_recipes.run_folder import RunFolder  # noqa: E402
+
 STAGES = ("synthesize", "calibrate", "train", "export")
 SHARD_ROWS = 20_000
 KINDS = (("stage:", "stage task"), ("MapWorker", "Ray Data actor"), ("RayTrainWorker", "training worker"))
@@ -163,9 +165,9 @@ def measure(workdir: Path, count: int, model: Path, steps: int) -> dict[str, dic
         peaks = sampler.stop()
         if process.returncode:
             raise SystemExit(f"{stage} at {count:,} conversations failed:\n{output[-3000:]}")
-        manifest = json.loads((workdir / "out" / stage / "stage.json").read_text())
-        results[stage] = {"wall_s": manifest["wall_s"], "bytes": folder_bytes(workdir / "out" / stage),
-                          "peaks": peaks}
+        run = RunFolder(workdir / "out")
+        manifest = json.loads(run.manifest_file(stage).read_text())
+        results[stage] = {"wall_s": manifest["wall_s"], "bytes": folder_bytes(run.stage(stage)), "peaks": peaks}
         print(f"  {count:>9,} {stage:<10} {manifest['wall_s']:8.1f} s  "
               + ", ".join(f"{kind} {mib:,.0f} MiB" for kind, mib in sorted(peaks.items())), flush=True)
     return results
