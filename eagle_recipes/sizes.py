@@ -164,6 +164,16 @@ def free_disk(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
+def online_fits(recipe, sizes: dict) -> bool:
+    """Whether a worker holding the whole base model fits its accelerator (a CPU worker: not checked)."""
+    return not recipe.train.use_gpu or sizes["online"].total <= recipe.train.accelerator_memory_gb * 1e9
+
+
+def cache_fits(sizes: dict, free: int) -> bool:
+    """Whether the feature cache fits `free` bytes (False while its size is unknown)."""
+    return sizes["cache_bytes"] is not None and sizes["cache_bytes"] <= free
+
+
 def feature_modes(recipe, sizes: dict) -> list[str]:
     """What each `train.features` mode costs at the recipe's size, and the one to use: feature disk, memory per
     training worker, and how often the base model runs over the data."""
@@ -176,11 +186,9 @@ def feature_modes(recipe, sizes: dict) -> list[str]:
              f"forward over the data every epoch ({epochs} epoch{'s' if epochs > 1 else ''})",
              f"cached: {disk} of feature disk ({sizes['bytes_per_token']:,} B a token; {gib(free)} free under "
              f"output_dir), {gib(cached.total)} per worker, the base model run once (capture)"]
-    online_fits = not recipe.train.use_gpu or online.total <= recipe.train.accelerator_memory_gb * 1e9
-    cached_fits = bytes_ is not None and bytes_ <= free
-    if cached_fits:
+    if cache_fits(sizes, free):
         lines.append("recommended: cached (it fits the disk; no base model in the workers, one forward pass in all)")
-    elif online_fits:
+    elif online_fits(recipe, sizes):
         lines.append("recommended: online (the feature cache would not fit the disk under output_dir)"
                      if bytes_ is not None else "recommended: online (the feature cache's size is not known)")
     else:

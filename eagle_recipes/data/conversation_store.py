@@ -37,11 +37,10 @@ class StoreWriter:
         self._handle = open(self.path, "wb")
         self._offsets: list[int] = []
 
-    def append(self, row: dict) -> int:
-        """Write one row; returns its index in the file."""
+    def append(self, row: dict) -> None:
+        """Write one row (its index is the count of rows written before it)."""
         self._offsets.append(self._handle.tell())
         self._handle.write(json.dumps(row, ensure_ascii=False).encode() + b"\n")
-        return len(self._offsets) - 1
 
     def close(self, order: Sequence[int] | np.ndarray | None = None) -> "ConversationStore":
         """The store of the rows written, in `order` (indices into the writing order; all of them by default)."""

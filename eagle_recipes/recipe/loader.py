@@ -181,31 +181,33 @@ def _check_feature_disk(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
     """Cached features that cannot fit the disk under output_dir: refused when the size is exact (the run's
     sequences are tokenized). Before that it is an upper bound (every conversation at max_seq_len), which plan
     shows but which would refuse runs that fit; the capture stage checks the exact size before its first shard."""
-    from eagle_recipes.sizes import free_disk, gib, training_sizes
+    from eagle_recipes.sizes import cache_fits, free_disk, gib, training_sizes
 
     if recipe.train.features != "cached":
         return []
     sizes = training_sizes(recipe)
-    if sizes is None or not sizes["tokens_exact"] or sizes["cache_bytes"] <= free_disk(recipe.output_dir):
+    if sizes is None or not sizes["tokens_exact"]:
+        return []
+    free = free_disk(recipe.output_dir)
+    if cache_fits(sizes, free):
         return []
     return [Problem(str(recipe.path), line_of(lines, "train.features") or line_of(lines, "train"), "train.features",
                     f"the feature cache needs {gib(sizes['cache_bytes'])} ({sizes['tokens']:,} tokenized tokens x "
-                    f"{sizes['bytes_per_token']:,} B), the disk under {recipe.output_dir} has "
-                    f"{gib(free_disk(recipe.output_dir))} free",
+                    f"{sizes['bytes_per_token']:,} B), the disk under {recipe.output_dir} has {gib(free)} free",
                     'set train.features = "online", put output_dir on a larger disk, or use capture.dtype = '
                     '"bfloat16" (half of float32)')]
 
 
 def _check_worker_memory(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
     """Online training puts the whole base model in every GPU worker: refuse it when the weights alone cannot fit."""
-    from eagle_recipes.sizes import gib, training_sizes
+    from eagle_recipes.sizes import gib, online_fits, training_sizes
 
     train = recipe.train
     if not train.use_gpu or train.features != "online":
         return []
     sizes = training_sizes(recipe)
     capacity = train.accelerator_memory_gb * 1e9
-    if sizes is None or sizes["online"].total <= capacity:
+    if sizes is None or online_fits(recipe, sizes):
         return []
     online, cached = sizes["online"], sizes["cached"]
     return [Problem(str(recipe.path), line_of(lines, "train.features") or line_of(lines, "train"), "train.features",
