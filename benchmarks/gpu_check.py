@@ -3,13 +3,13 @@ machine that may have nothing but PyTorch, transformers, safetensors, numpy and 
 
 Each tier runs when what it needs is there, else it prints one line saying what it skipped and why:
 - torch (needs torch and a GPU): the real training code without Ray, in this one process with torch.distributed
-  (NCCL, world size 1): the worker (training/loop.py) with online and with cached target sources in bf16, FSDP2,
+  (NCCL, world size 1): the worker (training/loop.py) with online, cached and streamed target sources in bf16, FSDP2,
   the DDP wrapper, a checkpoint saved and resumed (compared with the uninterrupted run), the capture engine on
   the GPU against the CPU, export + inspect, and the reference decoder's tau. The base model is a random Llama
   built here from a config shaped like SmolLM2-135M (weights cannot travel to a bare machine): its figures are
   throughput and memory of that shape, not of a trained model.
 - ray (needs Ray, a GPU and SmolLM2-135M-Instruct in the model cache): the train stage through Ray Train's NCCL
-  workers, online and cached, DDP and FSDP, on the real model.
+  workers, online, cached and streamed (feature servers as Ray actors), DDP and FSDP, on the real model.
 - vllm (needs vLLM, Ray, a GPU and the model): synthesis in vLLM, capture by vLLM's extractor against
   transformers (largest difference), export, and tau in real vLLM.
 
@@ -172,12 +172,20 @@ def largest_difference(first: Path, second: Path) -> dict[str, float]:
 
 
 def train(config, wrap_ddp: bool = False):
-    """The worker of training/loop.py on this process (rank 0 of 1): setup, then every step."""
+    """The worker of training/loop.py on this process (rank 0 of 1): setup, then every step. Streamed features: a
+    feature server in this process on the same device answers the worker (no Ray here: the object store's hop is
+    the ray tier's)."""
     from eagle_recipes.training.loop import run_steps, setup
     from eagle_recipes.training.metrics import MetricsLog
     from eagle_recipes.training.parallel import ddp
 
-    training = setup(config, rank=0, world=1, local_rank=0)
+    servers = None
+    if config.features == "streamed":
+        from eagle_recipes.devices import worker_device
+        from eagle_recipes.engines.feature_server import FeatureServer, LocalFeatureServers
+
+        servers = LocalFeatureServers(FeatureServer(config.feature_servers["spec"], worker_device(config.use_gpu, 0)))
+    training = setup(config, rank=0, world=1, local_rank=0, feature_servers=servers)
     if wrap_ddp:  # one worker runs unwrapped in a real run; the wrapper's own path is checked here
         training.objective = ddp(training.objective, training.device)
     run_steps(training, progress=None, tracking=None)
@@ -248,11 +256,22 @@ def torch_tier(device_name: str, size: Size, out: Path) -> None:
     run("cached-ddp", "ddp", features="cached")
     run("cached-fsdp", "fsdp", features="cached", strategy="fsdp")
     run("cached-ddp-wrapper", "the DDP wrapper", wrap_ddp=True, features="cached")
+    run("streamed-ddp", "ddp, a feature server on this device", features="streamed",
+        feature_servers={"spec": streamed_spec(base, out / "data", draft_config, precision), "replicas": 1})
     run("online-muon", "ddp, muon", optimizer="muon")
     other_drafters(run, facts, size)
     resumed_check(run, out, size, device)
     export_and_decode(out, base, draft_config, mapping, size, device)
     dist.destroy_process_group()
+
+
+def streamed_spec(base: Path, data: Path, draft_config, precision: str) -> dict:
+    """The capture engine a streamed run's feature server holds: transformers, storing in the training precision."""
+    from eagle_recipes.engines.capture import CaptureSpec
+
+    return CaptureSpec(model_path=str(base), data_folder=str(data), out="", algorithm=draft_config.algorithm,
+                       aux_layer_ids=tuple(draft_config.aux_layer_ids), dtype=precision, engine="hf",
+                       tensor_parallel_size=1, trust_remote_code=False).to_dict()
 
 
 def other_drafters(run, facts, size: Size) -> None:
@@ -409,7 +428,7 @@ def graph_tier(out: Path, with_vllm: bool) -> None:
         say(f"  evaluate: tau {result['metrics']['acceptance_length']:.3f}, lossless {result['metrics']['lossless']}")
         return
     stage("capture (hf)", recipe("capture", features="cached"), "capture")
-    for features in ("online", "cached"):
+    for features in ("online", "cached", "streamed"):
         for strategy in ("ddp", "fsdp"):
             stage(f"train bf16 ({features}, {strategy}, Ray Train)",
                   recipe(f"train-{features}-{strategy}", features=features, strategy=strategy), "train")

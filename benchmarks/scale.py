@@ -4,14 +4,16 @@ For each N: a dataset folder in the Hub's layout (Parquet shards, a README.md ca
 (1-3 rounds, answers of 40-160 words), the tiny target (a random 6-layer, 64-wide Llama with SmolLM2's tokenizer),
 synthesis engine "none", then each stage run alone (`eagle-recipes run --only STAGE`): synthesize (read, normalize,
 de-duplicate, shuffle, write shards), calibrate (count tokens; Ray Data actors from 128 MiB of conversations),
-train (features online: the stage tokenizes the split once, then two workers x 1 CPU run a fixed 4 steps) and
-export. Per stage: its own wall seconds (the stage manifest's), seconds per 1,000 conversations, bytes it wrote,
-and the peak RSS of every process by kind (the `eagle-recipes` driver, the stage's Ray task, Ray Data actors,
-training workers), sampled every 0.2 s from /proc (a spike shorter than that can be missed).
+train (features streamed: the stage tokenizes the split once, then two workers x 1 CPU run a fixed 4 steps, a
+feature server computing each micro-batch's features as they ask) and export. Per stage: its own wall seconds (the
+stage manifest's), seconds per 1,000 conversations, bytes it wrote, and the peak RSS of every process by kind (the
+`eagle-recipes` driver, the stage's Ray task, Ray Data actors, feature servers, training workers), sampled every
+0.2 s from /proc (a spike shorter than that can be missed).
 
 Its last lines compare the largest N with the one before it: `<stage>: time per conversation 100k/10k = X.XXx,
 peak RSS 100k/10k = Y.YYx` (RSS: of the stage's own largest process, the driver aside; every kind's ratio follows),
-then the feature bytes training wrote.
+then the feature bytes streamed training wrote (feature files in the run folder) and what the feature servers'
+processes wrote to storage at all (/proc's write_bytes: their logs).
 
     .venv/bin/python benchmarks/scale.py [--sizes 1000 10000 100000] [--quick]
 """
@@ -36,7 +38,8 @@ from eagle_recipes.run_folder import RunFolder  # noqa: E402
 
 STAGES = ("synthesize", "calibrate", "train", "export")
 SHARD_ROWS = 20_000
-KINDS = (("stage:", "stage task"), ("MapWorker", "Ray Data actor"), ("RayTrainWorker", "training worker"))
+KINDS = (("stage:", "stage task"), ("MapWorker", "Ray Data actor"), ("RayTrainWorker", "training worker"),
+         ("FeatureServer", "feature server"))
 RECIPE = """
 name = "scale"
 output_dir = "out"
@@ -50,7 +53,7 @@ batch_size = 2000
 [vocab]
 draft_vocab_size = 1024
 [train]
-features = "online"
+features = "streamed"
 num_workers = 2
 cpus_per_worker = 1
 max_steps = {steps}
@@ -108,6 +111,7 @@ class PeakSampler:
 
     def __init__(self, root_pid: int):
         self.root_pid, self.peaks, self._stop = root_pid, {}, threading.Event()
+        self.written: dict[int, int] = {}  # feature servers: bytes each process sent to storage (last seen)
         self._kind_of: dict[int, str] = {}
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -129,6 +133,11 @@ class PeakSampler:
                     continue
                 if kind:
                     self.peaks[kind] = max(self.peaks.get(kind, 0.0), rss)
+                if kind == "feature server":
+                    try:
+                        self.written[process.pid] = process.io_counters().write_bytes
+                    except psutil.Error:
+                        pass
             time.sleep(0.2)
 
     def _kind(self, process) -> str | None:
@@ -150,6 +159,14 @@ def folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) if folder.exists() else 0
 
 
+def feature_file_bytes(root: Path) -> int:
+    """Bytes of feature files (shards, the head file) anywhere in the run folder."""
+    from eagle_recipes.run_folder import FEATURE_SHARDS, HEAD_FILE
+
+    files = [*root.rglob(f"{FEATURE_SHARDS}/*.safetensors"), *root.rglob(HEAD_FILE)]
+    return sum(path.stat().st_size for path in files if path.is_file())
+
+
 def measure(workdir: Path, count: int, model: Path, steps: int) -> dict[str, dict]:
     """Each stage of the graph at `count` conversations: wall seconds, bytes written, peak RSS by kind."""
     build_dataset(workdir / "dataset", count)
@@ -167,7 +184,9 @@ def measure(workdir: Path, count: int, model: Path, steps: int) -> dict[str, dic
             raise SystemExit(f"{stage} at {count:,} conversations failed:\n{output[-3000:]}")
         run = RunFolder(workdir / "out")
         manifest = json.loads(run.manifest_file(stage).read_text())
-        results[stage] = {"wall_s": manifest["wall_s"], "bytes": folder_bytes(run.stage(stage)), "peaks": peaks}
+        results[stage] = {"wall_s": manifest["wall_s"], "bytes": folder_bytes(run.stage(stage)), "peaks": peaks,
+                          "feature_files": feature_file_bytes(run.root),
+                          "server_writes": sum(sampler.written.values())}
         print(f"  {count:>9,} {stage:<10} {manifest['wall_s']:8.1f} s  "
               + ", ".join(f"{kind} {mib:,.0f} MiB" for kind, mib in sorted(peaks.items())), flush=True)
     return results
@@ -195,7 +214,10 @@ def report(sizes: list[int], measured: dict[int, dict]) -> None:
         print(f"{stage}: time per conversation {name} = {time_ratio:.2f}x, peak RSS {name} = "
               f"{big['peaks'][largest] / little['peaks'][largest]:.2f}x ({largest}; by kind: "
               + ", ".join(f"{kind} {ratio:.2f}x" for kind, ratio in sorted(rss.items())) + ")")
-    print("feature bytes written by training: 0 (features online: computed in the workers, never stored)")
+    train = measured[large]["train"]
+    print(f"streamed feature bytes written: {train['feature_files']:,} (feature files in the run folder after "
+          f"streamed training at {large:,}); the feature servers' processes wrote {train['server_writes']:,} B to "
+          "storage in all (logs)")
 
 
 def plot(sizes: list[int], measured: dict[int, dict], path: Path) -> None:

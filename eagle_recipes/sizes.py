@@ -185,13 +185,25 @@ def feature_modes(recipe, sizes: dict) -> list[str]:
              f"online: no feature disk, {gib(online.total)} per worker, the base model in every worker and run "
              f"forward over the data every epoch ({epochs} epoch{'s' if epochs > 1 else ''})",
              f"cached: {disk} of feature disk ({sizes['bytes_per_token']:,} B a token; {gib(free)} free under "
-             f"output_dir), {gib(cached.total)} per worker, the base model run once (capture)"]
+             f"output_dir), {gib(cached.total)} per worker, the base model run once (capture)",
+             f"streamed: no feature disk, {gib(streamed_worker_bytes(recipe, sizes))} per worker (the cached worker's, "
+             f"{recipe.train.stream_in_flight} batches in flight and the stream cache), {recipe.capture.replicas} "
+             f"feature server{'s' if recipe.capture.replicas > 1 else ''} running the base model over the data every "
+             f"epoch"]
     if cache_fits(sizes, free):
         lines.append("recommended: cached (it fits the disk; no base model in the workers, one forward pass in all)")
     elif online_fits(recipe, sizes):
         lines.append("recommended: online (the feature cache would not fit the disk under output_dir)"
                      if bytes_ is not None else "recommended: online (the feature cache's size is not known)")
     else:
-        lines.append("recommended: neither fits: online needs more than train.accelerator_memory_gb per GPU and the "
-                     "cache more than the free disk; put output_dir on a disk that holds the cache")
+        lines.append("recommended: streamed (online needs more than train.accelerator_memory_gb per GPU and the "
+                     "cache more than the free disk)")
     return lines
+
+
+def streamed_worker_bytes(recipe, sizes: dict) -> int:
+    """A streamed worker holds what a cached one holds, plus the features of the batches it asked for ahead and
+    its stream cache."""
+    batch_features = recipe.train.batch_size * recipe.train.max_seq_len * sizes["bytes_per_token"]
+    return (sizes["cached"].total + recipe.train.stream_in_flight * batch_features
+            + int(recipe.train.stream_cache_gib * 2**30))

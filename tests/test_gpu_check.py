@@ -43,6 +43,7 @@ def test_gpu_check_torch_tier_runs_on_the_cpu(tmp_path):
     out = result.stdout
     for path in ("capture (transformers, cpu)", "train float32 (online, ddp)", "train float32 (online, fsdp)",
                  "train float32 (cached, ddp)", "train float32 (cached, fsdp)", "train float32 (cached, the DDP wrapper)",
+                 "train float32 (streamed, ddp, a feature server on this device)",
                  "train float32 (online, ddp, muon)", "export + inspect", "reference decoder (CPU, 3 prompts)",
                  *(f"train float32 (online, {name})" for name in DRAFTERS if name != DEFAULT_DRAFTER)):
         line = next((l for l in out.splitlines() if path in l), None)

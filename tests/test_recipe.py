@@ -167,8 +167,10 @@ def test_online_training_of_a_base_too_large_for_a_gpu_is_refused(folder):
     assert recipe is None and len(problems) == 1
     problem = problems[0]
     assert problem.key == "train.features" and "online training needs about" in problem.message
-    assert 'train.features = "cached"' in problem.hint and problem.line == text.splitlines().index("[train]") + 1
+    assert 'train.features = "streamed" or "cached"' in problem.hint
+    assert problem.line == text.splitlines().index("[train]") + 1
     assert load_recipe(write_recipe(folder, text.replace("[train]\n", '[train]\nfeatures = "cached"\n')))
+    assert load_recipe(write_recipe(folder, text.replace("[train]\n", '[train]\nfeatures = "streamed"\n')))
     # a base that fits, online: fine (the SmolLM2 config of the fixture)
     recipe, problems = validate_file(write_recipe(folder, GOOD.replace('config = "config.json"', f'config = "{PROJECT}/catalog/smollm2/configs/SmolLM2-135M-Instruct.json"') + "\n[train]\nuse_gpu = true\n"))
     assert problems == []
@@ -195,10 +197,10 @@ def test_cached_features_larger_than_the_disk_are_refused_once_their_size_is_exa
     _, problems = validate_file(write_recipe(folder, text))
     assert [p.key for p in problems] == ["train.features"], problems
     assert "1,000,000,000,000 tokenized tokens x 4,616 B" in problems[0].message
-    assert 'train.features = "online"' in problems[0].hint
-    online_text = text.replace('features = "cached"', 'features = "online"')
-    online, _ = validate_file(write_recipe(folder, online_text, "online.toml"))
-    assert online is not None
+    assert 'train.features = "streamed"' in problems[0].hint
+    for features in ("online", "streamed"):  # no feature disk: the same size is fine
+        other, _ = validate_file(write_recipe(folder, text.replace('"cached"', f'"{features}"'), f"{features}.toml"))
+        assert other is not None
 
 
 def test_fsdp_and_bf16_validate_on_cpu(folder):
@@ -217,7 +219,7 @@ def _planned_resources(recipe: Path, *overrides: str) -> dict[str, list[str]]:
 
 
 def _feature_modes(resources: list[str]) -> list[str]:
-    return [line for line in resources if line.split(":")[0] in ("online", "cached", "recommended")]
+    return [line for line in resources if line.split(":")[0] in ("online", "cached", "streamed", "recommended")]
 
 
 def test_plan_tells_what_each_feature_mode_costs_at_the_recipes_size(folder):
@@ -225,7 +227,8 @@ def test_plan_tells_what_each_feature_mode_costs_at_the_recipes_size(folder):
     resources = _planned_resources(write_recipe(folder, text))
     # one prompt, at most 1000 tokens; SmolLM2: aux layers 3 x 576 + final 576, bf16, + top and token ids
     assert "cache: at most 1,000 tokens x 4,616 B = at most 4 MiB" in resources["capture"]
-    online, cached, recommended = _feature_modes(resources["train"])
+    online, cached, streamed, recommended = _feature_modes(resources["train"])
+    assert streamed.startswith("streamed: no feature disk, ") and "every epoch" in streamed, streamed
     assert online.startswith("online: no feature disk, ") and "forward over the data every epoch" in online, online
     assert cached.startswith("cached: at most 4 MiB of feature disk (4,616 B a token; ") and "run once" in cached
     assert recommended.startswith("recommended: cached (it fits the disk"), recommended
@@ -237,12 +240,12 @@ def test_plan_at_a_stated_size_for_a_dataset_whose_rows_are_unknown_offline(fold
     hub = 'prompts = [{ dataset = "HuggingFaceH4/ultrachat_200k", split = "train_sft" }]\n'
     text = GOOD.replace('prompts = ["prompts.jsonl"]\n', hub) + '\n[train]\nfeatures = "cached"\nmax_seq_len = 1000\n'
     recipe = write_recipe(folder, text)
-    _, cached, recommended = _feature_modes(_planned_resources(recipe)["train"])
+    _, cached, _, recommended = _feature_modes(_planned_resources(recipe)["train"])
     assert cached.startswith("cached: unknown (set data.max_samples to the conversations you plan)"), cached
     assert recommended == "recommended: online (the feature cache's size is not known)"
     resources = _planned_resources(recipe, "data.max_samples=500000")
     assert "cache: at most 500,000,000 tokens x 4,616 B = at most 2.1 TiB" in resources["capture"]
-    _, cached, recommended = _feature_modes(resources["train"])
+    _, cached, _, recommended = _feature_modes(resources["train"])
     assert cached.startswith("cached: at most 2.1 TiB of feature disk"), cached
     from eagle_recipes.sizes import free_disk
 

@@ -113,51 +113,69 @@ class FeatureStore:
 
     def batch(self, indices: list[int], length: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(hidden [B, T, F], final [B, T, H], top [B, T]) for these sequences, zero-padded to `length`."""
-        import torch
-
         hidden_rows = [self._rows(i, "hidden") for i in indices]
         final_rows = [self._rows(i, "final") for i in indices] if self.has_final else hidden_rows
-        top_rows = [self._rows(i, "top") for i in indices]
-
-        def stack(rows: list[torch.Tensor], cast) -> torch.Tensor:
-            out = torch.zeros((len(rows), length, *rows[0].shape[1:]), dtype=cast)
-            for row, tensor in enumerate(rows):
-                out[row, : tensor.shape[0]] = tensor.to(cast)
-            return out.to(device)
-
-        return stack(hidden_rows, dtype), stack(final_rows, dtype), stack(top_rows, torch.long)
+        return padded_features(hidden_rows, final_rows, [self._rows(i, "top") for i in indices], length, device,
+                               dtype)
 
     def head_modules(self, draft_ids: torch.Tensor, device, dtype):
         """(embedding, LM head's draft rows as a Linear, final norm weight holder): all a cached worker holds of
         the base model."""
-        import torch
         from safetensors import safe_open
 
         with safe_open(str(self.head_folder / HEAD_FILE), framework="pt") as handle:
-            embed_weight = handle.get_tensor("embed")
-            head_weight = handle.get_tensor("lm_head").index_select(0, draft_ids.cpu())
-            norm_weight = handle.get_tensor("norm")
-        embed = torch.nn.Embedding.from_pretrained(embed_weight.to(dtype), freeze=True).to(device)
-        draft_head = torch.nn.Linear(head_weight.shape[1], head_weight.shape[0], bias=False)
-        draft_head.weight = torch.nn.Parameter(head_weight.to(dtype), requires_grad=False)
-        norm = torch.nn.Module()
-        norm.weight = torch.nn.Parameter(norm_weight.to(dtype), requires_grad=False)
-        return embed, draft_head.to(device), norm.to(device)
+            tensors = {name: handle.get_tensor(name) for name in ("embed", "lm_head", "norm")}
+        return head_modules(tensors, draft_ids, device, dtype)
 
     def draft_mask(self, draft_ids: torch.Tensor, device) -> torch.Tensor:
         """[V] bool: which base-model tokens are draft tokens (indexes `top`)."""
-        import torch
         from safetensors import safe_open
 
         with safe_open(str(self.head_folder / HEAD_FILE), framework="pt") as handle:
             vocab = handle.get_slice("lm_head").get_shape()[0]
-        mask = torch.zeros(vocab, dtype=torch.bool)
-        mask[draft_ids.cpu()] = True
-        return mask.to(device)
+        return draft_mask(vocab, draft_ids, device)
 
     @property
     def tokens(self) -> int:
         return int(self.offsets[-1])
+
+
+def padded_features(hidden_rows: list, final_rows: list, top_rows: list, length: int, device,
+                    dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sequence feature rows as a batch: (hidden [B, T, F], final [B, T, H], top [B, T]), zero-padded to
+    `length` (cached and streamed workers alike)."""
+    import torch
+
+    def stack(rows: list[torch.Tensor], cast) -> torch.Tensor:
+        out = torch.zeros((len(rows), length, *rows[0].shape[1:]), dtype=cast)
+        for row, tensor in enumerate(rows):
+            out[row, : tensor.shape[0]] = tensor.to(cast)
+        return out.to(device)
+
+    return stack(hidden_rows, dtype), stack(final_rows, dtype), stack(top_rows, torch.long)
+
+
+def head_modules(tensors: dict[str, torch.Tensor], draft_ids: torch.Tensor, device, dtype):
+    """(embedding, LM head's draft rows as a Linear, final norm weight holder) from `head_tensors`' three tensors:
+    all a worker without the base model holds of it."""
+    import torch
+
+    head_weight = tensors["lm_head"].index_select(0, draft_ids.cpu())
+    embed = torch.nn.Embedding.from_pretrained(tensors["embed"].to(dtype), freeze=True).to(device)
+    draft_head = torch.nn.Linear(head_weight.shape[1], head_weight.shape[0], bias=False)
+    draft_head.weight = torch.nn.Parameter(head_weight.to(dtype), requires_grad=False)
+    norm = torch.nn.Module()
+    norm.weight = torch.nn.Parameter(tensors["norm"].to(dtype), requires_grad=False)
+    return embed, draft_head.to(device), norm.to(device)
+
+
+def draft_mask(vocab_size: int, draft_ids: torch.Tensor, device) -> torch.Tensor:
+    """[V] bool: which base-model tokens are draft tokens (indexes `top`)."""
+    import torch
+
+    mask = torch.zeros(vocab_size, dtype=torch.bool)
+    mask[draft_ids.cpu()] = True
+    return mask.to(device)
 
 
 def base_model_tensor(model_path: str, suffixes: tuple[str, ...]) -> torch.Tensor:

@@ -49,6 +49,19 @@ class CaptureSpec:
         return cls(**{**data, "aux_layer_ids": tuple(data["aux_layer_ids"])})
 
 
+def capture_spec(recipe, model_path: str, out: Path) -> CaptureSpec:
+    """The recipe's capture engine over the sequences in `out` (the capture stage's; streamed training's feature
+    servers take theirs from the folder each request names)."""
+    from eagle_recipes.draft.for_recipe import draft_config_for
+
+    draft_config = draft_config_for(recipe, model_path, draft_vocab_size=1)
+    return CaptureSpec(model_path=model_path, data_folder=str(out), out=str(out),
+                       algorithm=recipe.draft.algorithm, aux_layer_ids=tuple(draft_config.aux_layer_ids),
+                       dtype=recipe.capture.dtype, engine=recipe.capture.engine,
+                       tensor_parallel_size=recipe.capture.tensor_parallel_size,
+                       trust_remote_code=recipe.model.trust_remote_code)
+
+
 class CaptureEngine(Protocol):
     def capture(self, sequences: list[np.ndarray]) -> list[dict]: ...
 
@@ -102,6 +115,24 @@ def make_capture_engine(spec: CaptureSpec, device=None) -> CaptureEngine:
     return HFCaptureEngine(spec, device)
 
 
+def captured_rows(engine: CaptureEngine, spec: CaptureSpec, sequences: list[np.ndarray]) -> dict:
+    """These sequences' features back to back, as a shard stores them (and a feature server sends them), in the
+    stored dtype: `hidden` [N, F], `top` [N] int32, and `final` [N, H] for drafters that read aux states. The
+    engine sees them in batches of about one length (`batches_by_tokens`)."""
+    import torch
+
+    rows: list[dict | None] = [None] * len(sequences)
+    for positions in batches_by_tokens([len(s) for s in sequences]):
+        for position, row in zip(positions, engine.capture([sequences[p] for p in positions])):
+            rows[position] = row
+    stored = getattr(torch, spec.dtype)
+    tensors = {"hidden": torch.cat([r["hidden"] for r in rows]).to(stored),
+               "top": torch.cat([r["top"] for r in rows]).to(torch.int32)}
+    if reads_aux_states(spec.algorithm):
+        tensors["final"] = torch.cat([r["final"] for r in rows]).to(stored)
+    return tensors
+
+
 class CaptureActor(TaskActor):
     """Ray Data actor: holds one engine for the whole pass and writes each shard it is given."""
 
@@ -128,16 +159,8 @@ class CaptureActor(TaskActor):
             self.sequences[folder] = Sequences.load(Path(self.spec.data_folder) / folder)
         started = time.perf_counter()
         sequences = [self.sequences[folder].ids_of(i) for i in range(first, first + count)]
-        rows: list[dict | None] = [None] * len(sequences)
-        for positions in batches_by_tokens([len(s) for s in sequences]):
-            for position, row in zip(positions, self.engine.capture([sequences[p] for p in positions])):
-                rows[position] = row
-        stored = getattr(torch, self.spec.dtype)
-        tensors = {"hidden": torch.cat([r["hidden"] for r in rows]).to(stored),
-                   "top": torch.cat([r["top"] for r in rows]).to(torch.int32),
+        tensors = {**captured_rows(self.engine, self.spec, sequences),
                    "input_ids": torch.from_numpy(np.concatenate(sequences).astype(np.int32))}
-        if reads_aux_states(self.spec.algorithm):
-            tensors["final"] = torch.cat([r["final"] for r in rows]).to(stored)
         write_shard(shard_path(Path(self.spec.out) / folder, shard), first, tensors)
         return {"shard": shard, "folder": folder, "sequences": count, "tokens": int(tensors["input_ids"].numel()),
                 "seconds": time.perf_counter() - started}

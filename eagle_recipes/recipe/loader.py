@@ -194,8 +194,8 @@ def _check_feature_disk(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
     return [Problem(str(recipe.path), line_of(lines, "train.features") or line_of(lines, "train"), "train.features",
                     f"the feature cache needs {gib(sizes['cache_bytes'])} ({sizes['tokens']:,} tokenized tokens x "
                     f"{sizes['bytes_per_token']:,} B), the disk under {recipe.output_dir} has {gib(free)} free",
-                    'set train.features = "online", put output_dir on a larger disk, or use capture.dtype = '
-                    '"bfloat16" (half of float32)')]
+                    'set train.features = "streamed" (features computed when a worker asks, nothing on disk), '
+                    '"online", put output_dir on a larger disk, or use capture.dtype = "bfloat16" (half of float32)')]
 
 
 def _check_worker_memory(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
@@ -215,8 +215,9 @@ def _check_worker_memory(recipe: Recipe, lines: dict[str, int]) -> list[Problem]
                     f"bf16, draft state {gib(online.draft)}, activations of one batch at max_seq_len "
                     f"{gib(online.activations)}); a GPU has "
                     f"{gib(capacity)} (train.accelerator_memory_gb = {train.accelerator_memory_gb:g})",
-                    f'set train.features = "cached": workers then hold {gib(cached.total)} '
-                    f"(the capture stage runs the base model once, tensor parallel with capture.engine = \"vllm\")")]
+                    f'set train.features = "streamed" or "cached": workers then hold {gib(cached.total)} '
+                    f"(feature servers, or the capture stage once, run the base model, tensor parallel with "
+                    f"capture.engine = \"vllm\")")]
 
 
 def _check_rope_scaling(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
@@ -269,7 +270,7 @@ def _check_consistency(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
                                 "name prompt files in data.prompts, conversations in data.conversations, "
                                 "or set synthesis.self_prompts"))
     problems += _check_training_levers(recipe, lines)
-    if recipe.train.features == "cached" and recipe.capture.engine == "vllm" and not recipe.train.use_gpu:
+    if recipe.train.features != "online" and recipe.capture.engine == "vllm" and not recipe.train.use_gpu:
         problems.append(Problem(file, line_of(lines, "capture.engine"), "capture.engine",
                                 "vLLM's hidden-state extractor needs GPUs (the CPU build cannot save the states)",
                                 'use capture.engine = "hf" on CPU machines'))

@@ -27,19 +27,7 @@ from eagle_recipes.recipe import Recipe
 from eagle_recipes.run_folder import CAPTURE, FEATURE_SHARDS, HELD_OUT_FOLDER, RELATIVE, SYNTHESIZE
 from eagle_recipes.stages.base import Stage, StageContext
 from eagle_recipes.data.training_data import conversation_input_files, tokenize_training_data
-from eagle_recipes.draft.for_recipe import draft_config_for
 from eagle_recipes.recipe.base_model import base_model_path, rendering_settings
-
-
-def capture_spec(recipe: Recipe, model_path: str, out: Path):
-    from eagle_recipes.engines.capture import CaptureSpec
-
-    draft_config = draft_config_for(recipe, model_path, draft_vocab_size=1)
-    return CaptureSpec(model_path=model_path, data_folder=str(out), out=str(out),
-                       algorithm=recipe.draft.algorithm, aux_layer_ids=tuple(draft_config.aux_layer_ids),
-                       dtype=recipe.capture.dtype, engine=recipe.capture.engine,
-                       tensor_parallel_size=recipe.capture.tensor_parallel_size,
-                       trust_remote_code=recipe.model.trust_remote_code)
 
 
 class CaptureStage(Stage):
@@ -50,8 +38,10 @@ class CaptureStage(Stage):
 
     @staticmethod
     def enabled(recipe: Recipe) -> tuple[bool, str]:
-        if recipe.train.features != "cached":
+        if recipe.train.features == "online":
             return False, 'train.features = "online" (the base model runs in each training worker)'
+        if recipe.train.features == "streamed":
+            return False, 'train.features = "streamed" (feature servers compute features as training asks)'
         return True, ""
 
 
@@ -104,7 +94,7 @@ class CaptureStage(Stage):
 
         from eagle_recipes.data.sequences import Sequences
         from eagle_recipes.engines.actor_pool import run_in_actor_pool
-        from eagle_recipes.engines.capture import CaptureActor
+        from eagle_recipes.engines.capture import CaptureActor, capture_spec
         from eagle_recipes.engines.placement import capture_placement, cluster_has_gpus
         from eagle_recipes.models import base_model_facts
 

@@ -1,8 +1,10 @@
 """Train: an EAGLE-3, EAGLE-1 or DFlash draft on Ray Train.
 
-The base model's outputs come from one of two sources (`train.features`): `online`, the frozen base model
-inside each worker, run forward at every step; or `cached`, the capture stage's feature cache, read back by
-sequence (workers then hold the draft, the embedding table and the LM head's draft rows, no base model).
+The base model's outputs come from one of three sources (`train.features`): `online`, the frozen base model
+inside each worker, run forward at every step; `cached`, the capture stage's feature cache, read back by
+sequence; or `streamed`, feature servers (the capture engines, `capture.replicas` of them) computing each batch's
+features when a worker asks, every epoch, nothing on disk. Cached and streamed workers hold the draft, the
+embedding table and the LM head's draft rows, no base model.
 What a worker does lives in eagle_recipes/training/; this stage decides what it trains on, starts it, and leaves
 the trained draft in `train/trained/` (draft/trained.py) for export.
 """
@@ -68,7 +70,7 @@ def vocab_mapping(recipe: Recipe, upstream: dict[str, Path], model_path: str):
 
 class TrainStage(Stage):
     name = TRAIN
-    description = "train the draft on Ray Train (base model features online in each worker, or cached)"
+    description = "train the draft on Ray Train (base model features online in each worker, cached or streamed)"
     headline_metric = "final_loss"
     reads_from = (SYNTHESIZE, CALIBRATE, CAPTURE)
 
@@ -78,8 +80,9 @@ class TrainStage(Stage):
         # how conversations are rendered (online training renders them), then what is trained and how
         from eagle_recipes.data.sequences import SEQUENCES_LAYOUT
 
+        streamed = {"capture": recipe.data["capture"]} if recipe.train.features == "streamed" else {}
         return {**rendering_settings(recipe), "sequences": SEQUENCES_LAYOUT, "train": recipe.data["train"],
-                "draft": recipe.data["draft"]}
+                "draft": recipe.data["draft"], **streamed}  # streamed: the servers' engine and dtype count
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:
@@ -99,6 +102,11 @@ class TrainStage(Stage):
         train = recipe.train
         per_worker = "1 GPU" if train.use_gpu else f"{train.cpus_per_worker} CPU"
         lines = [f"workers: {train.num_workers} x {per_worker} ({train.strategy}, features {train.features})"]
+        if train.features == "streamed":
+            capture = recipe.capture
+            lines.append(f"feature servers: {capture.replicas} x {capture.engine} ({capture.dtype}), "
+                         f"{train.stream_in_flight} batches in flight per worker, stream cache "
+                         f"{train.stream_cache_gib:g} GiB per worker")
         sizes = training_sizes(recipe)
         if sizes:
             lines += feature_modes(recipe, sizes)
@@ -122,8 +130,8 @@ class TrainStage(Stage):
         config = prepared.config
         warn_emulated_bfloat16(config, ctx.log)
         started = time.time()
-        fit(config, train.num_workers, train.cpus_per_worker, ctx.out / "ray", ctx.progress, recipe.tracking(),
-            ctx.log)
+        served = fit(config, train.num_workers, train.cpus_per_worker, ctx.out / "ray", ctx.progress,
+                     recipe.tracking(), ctx.log)
         wall = time.time() - started
         state = checkpointer.load_latest()
         best = checkpointer.load_best() if config.keep_best else None
@@ -132,6 +140,8 @@ class TrainStage(Stage):
         write_trained(ctx.run.trained, (best or state)["draft"], prepared.draft_config, prepared.mapping)
         summary = metrics.summarize(state["step"], prepared.count, resumed_step)
         plots = metrics.plot(ctx.out, drafter(recipe.draft.algorithm).step_label)
+        if served:  # streamed: what the feature servers computed (nothing of it was written)
+            summary["counts"].update({f"streamed_{name}": value for name, value in served.items()})
         summary["metrics"].update(wall_s=wall, plots=plots, exported_step=(best or state)["step"],
                                   draft_vocab_size=prepared.mapping.draft_vocab_size,
                                   draft_config=asdict(prepared.draft_config), train_config=config.to_dict())
@@ -177,9 +187,15 @@ def prepare_training(recipe: Recipe, upstream: dict[str, Path], out: Path, check
     if steps_per_epoch(count, train.num_workers, train.grad_accum, train.batch_size) == 0:
         raise ValueError(f"{count} training sequences are fewer than one global batch "
                          f"({train.num_workers} workers x {train.grad_accum} x {train.batch_size}); add data")
+    servers = {}
+    if train.features == "streamed":
+        from eagle_recipes.engines.capture import capture_spec
+
+        servers = {"feature_servers": {"spec": capture_spec(recipe, model_path, data_folder).to_dict(),
+                                       "replicas": recipe.capture.replicas}}
     config = train_config(
         recipe, model_path=model_path, draft_config=draft_config.to_dict(),
         vocab_file=str(mapping_file(recipe, upstream) or ""), data_folder=str(data_folder),
         checkpoint_dir=str(checkpoint_dir), metrics_file=str(metrics_file), capture_dir=str(upstream.get(CAPTURE, "")),
-        **holdout)
+        **holdout, **servers)
     return PreparedTraining(config, count, mapping, draft_config)

@@ -7,6 +7,8 @@ accumulation, and online and cached training see the same batches.
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 import torch
 
@@ -19,10 +21,28 @@ def micro_batch_indices(count: int, seed: int, epoch: int, step_in_epoch: int, r
     """Sequence indices of one micro-batch. A global batch is world * accumulation * batch_size sequences;
     micro-batch `micro` of `rank` takes slot (micro * world + rank), so the union over ranks and micro-steps
     is the same whatever the split between workers and accumulation."""
-    order = np.random.default_rng(seed + epoch).permutation(count)
-    global_size = world * accumulation * batch_size
-    start = step_in_epoch * global_size + (micro * world + rank) * batch_size
+    return _slot(epoch_order(count, seed, epoch), step_in_epoch, rank, world, accumulation, batch_size, micro)
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng(seed + epoch).permutation(count)
+
+
+def _slot(order: np.ndarray, step_in_epoch: int, rank: int, world: int, accumulation: int, batch_size: int,
+          micro: int) -> list[int]:
+    start = step_in_epoch * world * accumulation * batch_size + (micro * world + rank) * batch_size
     return order[start: start + batch_size].tolist()
+
+
+def planned_micro_batches(count: int, seed: int, per_epoch: int, first_step: int, last_step: int, rank: int,
+                          world: int, accumulation: int, batch_size: int) -> Iterator[list[int]]:
+    """The sequence indices of every micro-batch `rank` takes from step `first_step` up to `last_step`, in the
+    order it takes them (what a streamed worker asks its feature servers for ahead)."""
+    for step in range(first_step, last_step):
+        epoch, step_in_epoch = divmod(step, per_epoch)
+        order = epoch_order(count, seed, epoch)  # once a step, not once a micro-batch
+        for micro in range(accumulation):
+            yield _slot(order, step_in_epoch, rank, world, accumulation, batch_size, micro)
 
 
 def steps_per_epoch(count: int, world: int, accumulation: int, batch_size: int) -> int:

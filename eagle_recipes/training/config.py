@@ -7,7 +7,7 @@ is the only place their defaults are written. The rest are the run's paths and w
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -19,7 +19,7 @@ class TrainConfig:
     data_folder: str  # holds tokenized/, the training sequences
     checkpoint_dir: str
     metrics_file: str
-    features: str  # "online" | "cached": where the base model's outputs come from
+    features: str  # "online" | "cached" | "streamed": where the base model's outputs come from
     capture_dir: str  # the capture stage's folder ("" when online)
     threads: int
     use_gpu: bool
@@ -53,6 +53,9 @@ class TrainConfig:
     holdout_folder: str = ""  # the held-out sequences the simulation replays
     holdout_capture_dir: str = ""  # their captured features (cached training)
     max_sequences: int = 0  # train on the first this many sequences only (0: all; a tune's trials on a subset)
+    stream_in_flight: int = 2  # streamed: feature requests a worker has out at once
+    stream_cache_gib: float = 0.0  # streamed: served features a worker keeps (GiB)
+    feature_servers: dict = field(default_factory=dict)  # streamed: {"spec": CaptureSpec dict, "replicas": n}
 
     @classmethod
     def from_train_table(cls, train: dict[str, Any], **run: Any) -> "TrainConfig":

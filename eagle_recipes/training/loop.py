@@ -21,7 +21,7 @@ from eagle_recipes.draft.model import EagleDraft
 from eagle_recipes.draft.ttt import TargetOutputs
 from eagle_recipes.draft.vocab import draft_target_ids
 from eagle_recipes.trackers import TrackingSpec, step_scalars
-from eagle_recipes.training.batches import collate, micro_batch_indices, steps_per_epoch
+from eagle_recipes.training.batches import collate, micro_batch_indices, planned_micro_batches, steps_per_epoch
 from eagle_recipes.training.checkpoints import Checkpointer, checkpointer_for
 from eagle_recipes.training.config import TrainConfig
 from eagle_recipes.training.metrics import MetricsLog
@@ -30,7 +30,7 @@ from eagle_recipes.training.parallel import clip_gradients, wrap_objective
 from eagle_recipes.training.schedule import learning_rate
 from eagle_recipes.training.simulation import HeldOut, simulated_acceptance
 from eagle_recipes.training.step_cost import PHASES
-from eagle_recipes.training.target_source import CachedTarget, TargetSource, make_target_source
+from eagle_recipes.training.target_source import TargetSource, make_target_source
 
 
 @dataclass
@@ -54,14 +54,16 @@ class Training:
     best_tau: float = 0.0
 
 
-def setup(config: TrainConfig, rank: int, world: int, local_rank: int) -> Training:
+def setup(config: TrainConfig, rank: int, world: int, local_rank: int, feature_servers=None) -> Training:
+    """`feature_servers` (streamed features): where this worker asks for its batches' features."""
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     device = worker_device(config.use_gpu, local_rank)
     draft_config = DraftConfig.from_dict(config.draft_config)
     draft = build_draft(draft_config).to(device)
     draft_ids = draft_target_ids(config.vocab_file, draft_config.vocab_size).to(device)
-    target = make_target_source(config, draft_config, draft_ids, device, compute_dtype(device, config.precision))
+    target = make_target_source(config, draft_config, draft_ids, device, compute_dtype(device, config.precision),
+                                feature_servers)
     if config.init_from_target and drafter(draft_config.algorithm).starts_from_base_head:
         init_from_target(draft, target.draft_head.weight, target.final_norm)
     checkpointer = checkpointer_for(config.strategy, Path(config.checkpoint_dir), config.keep_checkpoints)
@@ -82,10 +84,11 @@ def setup(config: TrainConfig, rank: int, world: int, local_rank: int) -> Traini
     total = per_epoch * config.epochs
     if config.max_steps:
         total = min(total, config.max_steps)
+    target.expect(planned_micro_batches(sequences.count, config.seed, per_epoch, step, total, rank, world,
+                                        config.grad_accum, config.batch_size))
     best = checkpointer.best()
     return Training(config, draft, objective, optimizer, target, sequences, checkpointer, device, rank, world, step,
-                    total, per_epoch, held_out_of(config, target, draft_config, draft_ids, device),
-                    best["tau"] if best else 0.0)
+                    total, per_epoch, held_out_of(config, target), best["tau"] if best else 0.0)
 
 
 def make_objective(draft, config: TrainConfig) -> torch.nn.Module:
@@ -93,16 +96,13 @@ def make_objective(draft, config: TrainConfig) -> torch.nn.Module:
     return drafter(training_algorithm(config)).objective(draft, config)
 
 
-def held_out_of(config: TrainConfig, target: TargetSource, draft_config: DraftConfig, draft_ids: torch.Tensor,
-                device: torch.device) -> HeldOut | None:
-    """The held-out sequences and their base-model outputs (the online target serves any sequence; cached
-    training reads the capture stage's held-out cache)."""
+def held_out_of(config: TrainConfig, target: TargetSource) -> HeldOut | None:
+    """The held-out sequences and the training source serving their base-model outputs (the online base model
+    serves any sequence; cached training reads the capture stage's held-out cache; streamed asks the servers)."""
     if not config.simulate_every or not config.holdout_folder:
         return None
-    if config.holdout_capture_dir:
-        target = CachedTarget(config, draft_config, draft_ids, device, compute_dtype(device, config.precision),
-                              Path(config.holdout_capture_dir))
-    return HeldOut(Sequences.load(Path(config.holdout_folder)), target)
+    return HeldOut(Sequences.load(Path(config.holdout_folder)),
+                   target.for_split(config.holdout_capture_dir or config.holdout_folder))
 
 
 def init_from_target(draft: EagleDraft, draft_head: torch.Tensor, final_norm: torch.nn.Module | None) -> None:
@@ -265,8 +265,13 @@ def train_loop(loop_config: dict) -> None:
     import ray.train
 
     context = ray.train.get_context()
+    servers = loop_config.get("feature_servers")
+    if servers is not None:
+        from eagle_recipes.engines.feature_server import RayFeatureServers
+
+        servers = RayFeatureServers(servers)
     training = setup(TrainConfig(**loop_config["config"]), context.get_world_rank(), context.get_world_size(),
-                     context.get_local_rank())
+                     context.get_local_rank(), servers)
 
     def report(metrics: dict) -> None:
         # only at checkpoints: a report waits on the controller (~1.3 s each measured on this CPU, 3x a small step);

@@ -36,6 +36,7 @@ def simulated_acceptance(draft: torch.nn.Module, held_out: HeldOut, k: int, embe
     """Greedy speculative decoding of k drafted tokens per verify step over every held-out reply."""
     total = Acceptance(accepted_per_position=[0] * k)
     correctness = drafter(draft.config.algorithm).correctness
+    held_out.target.expect([index] for index in range(held_out.sequences.count))
     with torch.no_grad():
         for index in range(held_out.sequences.count):
             input_ids, loss_mask, padding = (t.to(device) for t in collate(held_out.sequences, [index], "assistant"))

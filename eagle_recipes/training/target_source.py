@@ -2,16 +2,20 @@
 
 - `OnlineTarget`: the frozen base model in this worker, run forward for every batch;
 - `CachedTarget`: the capture stage's feature cache (data/feature_cache.py), read back by sequence index; no base
-  model in this worker, only its embeddings and the LM head's draft rows.
+  model in this worker, only its embeddings and the LM head's draft rows;
+- `StreamedTarget` (training/streamed.py): the feature servers compute each batch's features when the worker asks,
+  ahead of need; no base model in this worker and nothing on disk.
 
-Both give the same `TargetOutputs` (draft/ttt.py) for the same batch (tested), plus the embedding the draft
-reads its tokens with and the LM head's draft rows (`draft_head`).
+All give the same `TargetOutputs` (draft/ttt.py) for the same batch (tested), plus the embedding the draft
+reads its tokens with and the LM head's draft rows (`draft_head`). Training and the held-out simulation read
+through the same interface: `for_split(folder)` is the same source serving another split's sequences, and
+`expect(micro_batches)` tells a source which batches come next (the streamed one asks for them ahead).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Iterable, Protocol
 
 import torch
 
@@ -28,6 +32,10 @@ class TargetSource(Protocol):
 
     def outputs(self, input_ids: torch.Tensor, loss_mask: torch.Tensor, padding: torch.Tensor,
                 indices: list[int]) -> TargetOutputs: ...
+
+    def expect(self, upcoming: Iterable[list[int]]) -> None: ...
+
+    def for_split(self, folder: str) -> "TargetSource": ...
 
 
 def target_outputs(target, input_ids, loss_mask, padding, aux_ids, draft_ids, algorithm: str) -> TargetOutputs:
@@ -65,6 +73,12 @@ class OnlineTarget:
         return target_outputs(self.target, input_ids, loss_mask, padding, self.draft_config.aux_layer_ids,
                               self.draft_ids, self.draft_config.algorithm)
 
+    def expect(self, upcoming: Iterable[list[int]]) -> None:
+        pass  # each batch is computed when it is asked for
+
+    def for_split(self, folder: str) -> "OnlineTarget":
+        return self  # the base model in this worker serves any sequence
+
 
 class CachedTarget:
     """The capture stage's feature cache: features read back by sequence index; no base model in this worker."""
@@ -77,7 +91,7 @@ class CachedTarget:
         self.store = FeatureStore(Path(features_folder or config.capture_dir), Path(config.capture_dir))
         self.embed, self.draft_head, self.final_norm = self.store.head_modules(draft_ids, device, dtype)
         self.in_draft = self.store.draft_mask(draft_ids, device)
-        self.device, self.dtype = device, dtype
+        self.config, self.draft_ids, self.device, self.dtype = config, draft_ids, device, dtype
 
     def outputs(self, input_ids, loss_mask, padding, indices: list[int]) -> TargetOutputs:
         hidden, final, top = self.store.batch(indices, input_ids.shape[1], self.device, self.dtype)
@@ -85,8 +99,21 @@ class CachedTarget:
             return TargetOutputs(input_ids=input_ids, loss_mask=loss_mask, padding=padding,
                                  draft_logits=self.draft_head(final), top_in_draft=self.in_draft[top], hidden=hidden)
 
+    def expect(self, upcoming: Iterable[list[int]]) -> None:
+        pass  # each batch is read when it is asked for
+
+    def for_split(self, folder: str) -> "CachedTarget":
+        """The cache the capture stage wrote for the sequences in `folder` (the held-out split's)."""
+        return CachedTarget(self.config, None, self.draft_ids, self.device, self.dtype, Path(folder))
+
 
 def make_target_source(config: TrainConfig, draft_config: DraftConfig, draft_ids: torch.Tensor,
-                       device: torch.device, dtype: torch.dtype) -> TargetSource:
+                       device: torch.device, dtype: torch.dtype, servers=None) -> TargetSource:
+    """The recipe's source of base-model outputs for the training split; `servers` (streamed): the feature
+    servers' handles (engines/feature_server.py)."""
+    if config.features == "streamed":
+        from eagle_recipes.training.streamed import StreamedTarget
+
+        return StreamedTarget(config, draft_ids, device, dtype, servers, config.data_folder)
     source = CachedTarget if config.features == "cached" else OnlineTarget
     return source(config, draft_config, draft_ids, device, dtype)

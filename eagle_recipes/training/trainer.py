@@ -20,16 +20,40 @@ def scaling_config(use_gpu: bool, num_workers: int, cpus_per_worker: float):
 
 def fit(config: TrainConfig, num_workers: int, cpus_per_worker: float, storage: Path,
         progress: Callable | None = None, tracking: TrackingSpec | None = None,
-        log: Callable[[str], None] | None = None) -> None:
+        log: Callable[[str], None] | None = None) -> dict[str, int]:
     """Train with `num_workers` workers (gloo on CPUs, NCCL on GPUs); Ray Train restarts failed workers twice,
-    each resuming from the last checkpoint."""
+    each resuming from the last checkpoint. Streamed features: the feature servers run beside the workers for
+    the whole fit; returns what they served (requests, sequences, tokens; empty otherwise)."""
     from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
-    trainer = TorchTrainer(
-        train_loop, train_loop_config={"config": config.to_dict(), "progress": progress, "tracking": tracking,
-                                       "log": log},
-        scaling_config=scaling_config(config.use_gpu, num_workers, cpus_per_worker),
-        run_config=RunConfig(storage_path=str(storage), name="train",
-                             failure_config=FailureConfig(max_failures=2)))
-    trainer.fit()
+    servers = start_servers(config) if config.features == "streamed" else None
+    try:
+        trainer = TorchTrainer(
+            train_loop, train_loop_config={"config": config.to_dict(), "progress": progress, "tracking": tracking,
+                                           "log": log, "feature_servers": servers},
+            scaling_config=scaling_config(config.use_gpu, num_workers, cpus_per_worker),
+            run_config=RunConfig(storage_path=str(storage), name="train",
+                                 failure_config=FailureConfig(max_failures=2)))
+        trainer.fit()
+    finally:
+        served = stop_servers(servers)
+    return served
+
+
+def start_servers(config: TrainConfig) -> list:
+    """The feature servers of streamed training: the capture engine of the recipe, `capture.replicas` of them, on
+    the cluster's GPUs or a CPU each."""
+    from eagle_recipes.engines.capture import CaptureSpec
+    from eagle_recipes.engines.feature_server import start_feature_servers
+    from eagle_recipes.engines.placement import capture_placement, cluster_has_gpus
+
+    spec = CaptureSpec.from_dict(config.feature_servers["spec"])
+    placement = capture_placement(spec.engine, spec.tensor_parallel_size, cluster_has_gpus())
+    return start_feature_servers(spec, config.feature_servers["replicas"], placement)
+
+
+def stop_servers(servers: list | None) -> dict[str, int]:
+    from eagle_recipes.engines.feature_server import stop_feature_servers
+
+    return stop_feature_servers(servers) if servers else {}

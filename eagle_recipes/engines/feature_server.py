@@ -1,0 +1,110 @@
+"""Feature servers (`train.features = "streamed"`): capture engines that compute a micro-batch's base-model features
+when a training worker asks for them, and hand them over through Ray's object store. Nothing is written to disk:
+every epoch runs the base model again (a worker's optional stream cache keeps what fits; training/streamed.py).
+
+A server holds one capture engine (engines/capture.py: a transformers forward on a GPU or the CPU, or vLLM's
+extractor on GPUs) for the whole training run, the sequences memory-mapped, and answers
+`features(folder, indices)` with the same per-token rows the capture stage stores in a shard, in the same stored
+dtype, so a streamed worker and a cached one read the same numbers.
+
+`start_feature_servers` starts them as Ray actors; `LocalFeatureServers` runs one in this process (no Ray: the GPU
+check machine, and tests of the worker's side alone).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eagle_recipes.data.sequences import Sequences
+from eagle_recipes.engines.capture import CaptureSpec, captured_rows, make_capture_engine
+
+
+class FeatureServer:
+    """One capture engine answering feature requests; counts what it served (sequences, tokens)."""
+
+    def __init__(self, spec: dict, device=None):
+        import torch
+
+        from eagle_recipes.devices import has_gpu_here, torch_threads
+
+        self.spec = CaptureSpec.from_dict(spec)
+        if not has_gpu_here():
+            torch.set_num_threads(torch_threads(os.cpu_count() or 1))
+        self.engine = make_capture_engine(self.spec, device)
+        self.sequences: dict[str, Sequences] = {}
+        self.served = {"requests": 0, "sequences": 0, "tokens": 0}
+
+    def features(self, folder: str, indices: list[int]) -> dict[str, Any]:
+        """The features of sequences `indices` of the sequences in `folder`, back to back as a shard holds them:
+        `hidden` [N, F], `final` [N, H] (drafters that read aux states), `top` [N] int32, and `lengths` [B]."""
+        if folder not in self.sequences:
+            self.sequences[folder] = Sequences.load(Path(folder))
+        sequences = [np.asarray(self.sequences[folder].ids_of(i)) for i in indices]
+        out = {**captured_rows(self.engine, self.spec, sequences), "lengths": [len(s) for s in sequences]}
+        self.served["requests"] += 1
+        self.served["sequences"] += len(indices)
+        self.served["tokens"] += sum(out["lengths"])
+        return out
+
+    def served_counts(self) -> dict[str, int]:
+        return dict(self.served)
+
+
+def start_feature_servers(spec: CaptureSpec, replicas: int, placement: dict[str, Any]) -> list:
+    """`replicas` FeatureServer actors with the Ray resources `placement` (engines/placement.py), started and
+    ready (a server that cannot load its engine fails here, before any training worker waits on it)."""
+    import ray
+
+    remote = ray.remote(FeatureServer)
+    options = {key: value for key, value in placement.items() if key != "ray_remote_args_fn"}
+    if "ray_remote_args_fn" in placement:  # vLLM tensor parallel: a placement group per server
+        options.update(placement["ray_remote_args_fn"]())
+    servers = [remote.options(**options).remote(spec.to_dict()) for _ in range(replicas)]
+    ray.get([server.served_counts.remote() for server in servers])
+    return servers
+
+
+def stop_feature_servers(servers: list) -> dict[str, int]:
+    """What the servers served in all, then the servers stopped."""
+    import ray
+
+    totals = {"requests": 0, "sequences": 0, "tokens": 0}
+    for counts in ray.get([server.served_counts.remote() for server in servers]):
+        for key in totals:
+            totals[key] += counts[key]
+    for server in servers:
+        ray.kill(server)
+    return totals
+
+
+class LocalFeatureServers:
+    """One FeatureServer in this process, answering at once: a streamed worker's side without Ray (the GPU check's
+    machine has none). `submit` and `result` are the two calls a worker makes (training/streamed.py)."""
+
+    def __init__(self, server: FeatureServer):
+        self.server = server
+
+    def submit(self, folder: str, indices: list[int], turn: int):
+        return self.server.features(folder, indices)
+
+    def result(self, handle) -> dict[str, Any]:
+        return handle
+
+
+class RayFeatureServers:
+    """Ray actor handles of the feature servers; a worker's requests go round them in turn."""
+
+    def __init__(self, handles: list):
+        self.handles = handles
+
+    def submit(self, folder: str, indices: list[int], turn: int):
+        return self.handles[turn % len(self.handles)].features.remote(folder, indices)
+
+    def result(self, handle) -> dict[str, Any]:
+        import ray
+
+        return ray.get(handle)
