@@ -1,10 +1,13 @@
-"""Calibration speed: this project's stage against a faithful re-implementation of the seed's approach (read the
+"""Calibration's cost: this project's way against a faithful re-implementation of the seed's approach (read the
 JSONL, one apply_chat_template per conversation, then a Counter), same tokenizer, same K, count = "all".
 
+This project's way is the tokenize stage's work (render and tokenize each shard of conversations in batches, with
+the loss mask, into sequence shards on disk: what capture and training read too) and then calibrate's count over
+those shards. So it does more than the seed's counter (the sequences training needs) and still counts the same.
+
 Prints tokens/s of both, the ratio, and whether the top-K sets are identical. Two ratios: steady state (the
-tokenizer already loaded on both sides: the throughput that decides large runs) and end to end from the files
-(each side loads its tokenizer: what a small run pays). The stage counts in-process at this size; the Ray Data
-path it takes for large data (>= 128 MiB of conversations) is timed too, on the same files.
+tokenizer already loaded on both sides) and end to end from the files (each side loads its tokenizer). The stage's
+parallel path (Ray Data actors, one shard each) is timed too, on the same files.
 
     .venv/bin/python benchmarks/calibrate.py [--conversations 5000] [--k 8192] [--quick] [--model PATH]
 """
@@ -52,7 +55,9 @@ def main() -> None:
 
     from eagle_recipes.data.chat import load_tokenizer
     from eagle_recipes.draft.vocab import top_k_ids
-    from eagle_recipes.stages.calibrate import TokenCounter, _local_batches, count_tokens
+    from eagle_recipes.engines.actor_pool import run_in_actor_pool
+    from eagle_recipes.stages.calibrate import count_tokens
+    from eagle_recipes.stages.tokenize import TokenizeActor
 
     path = model_path(args.model)
     load_tokenizer(path)  # warm the file cache: both sides then load at the same cost
@@ -64,20 +69,33 @@ def main() -> None:
         file.write_text("".join(json.dumps(r) + "\n" for r in rows[shard::8]))
         files.append(file)
     vocab = len(load_tokenizer(path))
+    actor = {"model_path": path, "template_file": "", "trust_remote_code": False, "thinking": None,
+             "max_seq_len": 1 << 20, "holdout_fraction": 0.0}
+    tasks = [{"shard": index, "file": str(file)} for index, file in enumerate(files)]
+
+    def ours(out: Path, tokenizing: TokenizeActor | None = None):
+        """The tokenize stage's shards, in this process, then calibrate's count over them."""
+        tokenizing = tokenizing or TokenizeActor(**actor, out=str(out))
+        tokenizing.out = out
+        for task in tasks:
+            tokenizing.run_task(task)
+        return count_tokens(out, vocab, "all")
 
     # end to end from the files: each side loads its tokenizer
     tokenizer, seed_load_s = timed(load_tokenizer, path)
     (seed_set, seed_tokens), seed_count_s = timed(seed_topk, tokenizer, files, args.k)
-    counts, ours_s = timed(lambda: count_tokens(files, path, "", vocab, "all", 1 << 20, 0.0)["train"])
+    counts, ours_s = timed(ours, folder / "end-to-end")
     ours_set = set(top_k_ids(counts, args.k).tolist())
     # steady state: the tokenizer already loaded
-    counter, ours_load_s = timed(TokenCounter, path, "", vocab, "all", 1 << 20, 0.0)
-    _, ours_count_s = timed(lambda: [b for b in _local_batches(files, counter, 2048)])
+    loaded = TokenizeActor(**actor, out=str(folder / "unused"))
+    _, ours_count_s = timed(ours, folder / "steady", loaded)
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    ray_counts, ray_s = timed(lambda: count_tokens(files, path, "", vocab, "all", 1 << 20, 0.0,
-                                                   use_ray_data=True)["train"])
+    parallel = folder / "ray-data"
+    _, ray_s = timed(lambda: list(run_in_actor_pool(TokenizeActor, tasks, 2, {**actor, "out": str(parallel)},
+                                                    {"num_cpus": 1})))
     ray.shutdown()
+    ray_counts = count_tokens(parallel, vocab, "all")
 
     assert int(counts.sum()) == seed_tokens == int(ray_counts.sum()), (int(counts.sum()), seed_tokens)
     assert np.array_equal(counts, ray_counts)
@@ -94,7 +112,7 @@ def main() -> None:
           f" (tokens above the K-th count identical: {strict <= seed_set and strict <= ours_set})")
     print(f"steady state   seed {rate(seed_count_s)}   eagle-recipes {rate(ours_count_s)}")
     print(f"end to end     seed {rate(seed_total_s)}   eagle-recipes {rate(ours_s)}")
-    print(f"Ray Data path (2 counting actors, started within the timing): {rate(ray_s)}")
+    print(f"Ray Data path (2 tokenizing actors, started within the timing): {rate(ray_s)}")
     print(f"speed ratio (eagle-recipes / seed): steady state {seed_count_s / ours_count_s:.2f}x, "
           f"end to end {seed_total_s / ours_s:.2f}x")
 

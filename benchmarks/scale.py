@@ -3,9 +3,9 @@
 For each N: a dataset folder in the Hub's layout (Parquet shards, a README.md card) of N multi-turn conversations
 (1-3 rounds, answers of 40-160 words), the tiny target (a random 6-layer, 64-wide Llama with SmolLM2's tokenizer),
 synthesis engine "none", then each stage run alone (`eagle-recipes run --only STAGE`): synthesize (read, normalize,
-de-duplicate, shuffle, write shards), calibrate (count tokens; Ray Data actors from 128 MiB of conversations),
-train (features streamed: the stage tokenizes the split once, then two workers x 1 CPU run a fixed 4 steps, a
-feature server computing each micro-batch's features as they ask) and export. Per stage: its own wall seconds (the
+de-duplicate, shuffle, write shards), tokenize (render and tokenize every shard on Ray Data actors into sequence
+shards), calibrate (count tokens from those shards), train (features streamed: two workers x 1 CPU run a fixed 4
+steps, a feature server computing each micro-batch's features as they ask) and export. Per stage: its own wall seconds (the
 stage manifest's), seconds per 1,000 conversations, bytes it wrote, and the peak RSS of every process by kind (the
 `eagle-recipes` driver, the stage's Ray task, Ray Data actors, feature servers, training workers), sampled every
 0.2 s from /proc (a spike shorter than that can be missed).
@@ -36,7 +36,7 @@ from common import PROJECT, SMOLLM2, hardware, prompts  # noqa: E402
 
 from eagle_recipes.run_folder import RunFolder  # noqa: E402
 
-STAGES = ("synthesize", "calibrate", "train", "export")
+STAGES = ("synthesize", "tokenize", "calibrate", "train", "export")
 SHARD_ROWS = 20_000
 KINDS = (("stage:", "stage task"), ("MapWorker", "Ray Data actor"), ("RayTrainWorker", "training worker"),
          ("FeatureServer", "feature server"))

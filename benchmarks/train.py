@@ -58,7 +58,7 @@ def main() -> None:
     path = model_path(args.model)
     tokenizer = load_tokenizer(path)
     data = tokenize(tokenizer, [c["conversations"] for c in conversations(args.steps + 1)], 512)
-    ids = data.ids
+    ids = data.ids_between(0, data.count)
     counts = np.bincount(ids, minlength=len(tokenizer))
     top = top_k_ids(counts, args.draft_vocab)  # then unseen ids, so the head has the size asked for
     fill = np.setdiff1d(np.arange(len(tokenizer)), top)[: max(0, args.draft_vocab - len(top))]
@@ -81,7 +81,7 @@ def main() -> None:
         write_head(capture, path, torch.bfloat16)
         config = TrainConfig.from_train_table(  # the schema's [train] defaults, then this benchmark's settings
             table_defaults("train"), model_path=path, draft_config=draft_config.to_dict(), vocab_file="",
-            data_folder="", checkpoint_dir="", metrics_file="", features="online", capture_dir=folder,
+            data_folder=folder, checkpoint_dir="", metrics_file="", features="online", capture_dir=folder,
             threads=args.threads, precision="float32", ttt_steps=args.ttt_steps, simulate_k=5)
         sources = {"online": OnlineTarget(config, draft_config, draft_ids, torch.device("cpu"), torch.float32),
                    "cached": CachedTarget(config, draft_config, draft_ids, torch.device("cpu"), torch.float32)}

@@ -10,18 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-SYNTHESIZE, CALIBRATE, CAPTURE, TRAIN, EXPORT, EVALUATE = (
-    "synthesize", "calibrate", "capture", "train", "export", "evaluate")
+SYNTHESIZE, TOKENIZE, CALIBRATE, CAPTURE, TRAIN, EXPORT, EVALUATE = (
+    "synthesize", "tokenize", "calibrate", "capture", "train", "export", "evaluate")
 
 RUN_SUMMARY = "run.json"  # <root>/run.json: what the last `run` did
 CONVERSATION_SHARDS = "shards"  # synthesize/shards/*.jsonl: the conversations
 PROMPT_STORE = "prompts"  # synthesize/prompts/: the prompt rows as read, which a shard names by offset (removed when done)
 D2T_FILE, T2D_FILE = "d2t.pt", "t2d.pt"  # the draft vocabulary (calibrate's, the train stage's, the trained draft's)
 TOKEN_COUNTS = "counts.npy"  # calibrate: token frequencies of the training split
-SEQUENCES_FOLDER = "tokenized"  # tokenized sequences (capture's, or online training's): ids, loss mask, offsets (.npy)
+SEQUENCES_FOLDER = "tokenized"  # tokenize/tokenized/NNNNN/: sequence shards: ids, loss mask, offsets (.npy)
 FEATURE_SHARDS = "shards"  # capture/shards/*.safetensors: the base model's features per sequence shard
 HEAD_FILE = "head.safetensors"  # capture: the base model's embeddings, final norm and draft-vocabulary LM head
-HELD_OUT_FOLDER = "holdout"  # the held-out split's sequences (and, in capture, their features)
+HELD_OUT_FOLDER = "holdout"  # the held-out split's sequences (tokenize/holdout) and features (capture/holdout)
 TRAINED_FOLDER = "trained"  # train/trained: the draft's weights, config and vocabulary, as training left them
 CHECKPOINTS = "checkpoints"  # train/checkpoints/step-NNNNNNN
 CHECKPOINT_PREFIX = "step-"
@@ -58,6 +58,10 @@ class RunFolder:
     @property
     def conversations(self) -> Path:
         return self.stage(SYNTHESIZE) / CONVERSATION_SHARDS
+
+    @property
+    def sequences(self) -> Path:
+        return self.stage(TOKENIZE)
 
     @property
     def token_counts(self) -> Path:
@@ -117,7 +121,7 @@ class RunFolder:
         return folder / D2T_FILE, folder / T2D_FILE
 
     # ------------------------------------------------------------ reading a run
-    def manifests(self, names: tuple[str, ...] = (SYNTHESIZE, CALIBRATE, CAPTURE, TRAIN)) -> dict[str, dict]:
+    def manifests(self, names: tuple[str, ...] = (SYNTHESIZE, TOKENIZE, CALIBRATE, CAPTURE, TRAIN)) -> dict[str, dict]:
         """{stage: {"counts", "metrics", "wall_s"}} of the finished stages among `names`."""
         from eagle_recipes.graph.manifest import read_manifest
 
@@ -129,9 +133,8 @@ class RunFolder:
         return found
 
     def sequences_folder(self) -> Path | None:
-        """The folder holding the run's tokenized training sequences (capture's, else online training's)."""
-        return next((self.stage(name) for name in (CAPTURE, TRAIN)
-                     if (self.stage(name) / SEQUENCES_FOLDER).exists()), None)
+        """The folder holding the run's tokenized training sequences, once the tokenize stage has written them."""
+        return self.sequences if (self.sequences / SEQUENCES_FOLDER).exists() else None
 
     @classmethod
     def of_draft(cls, draft: Path) -> "RunFolder | None":

@@ -103,12 +103,12 @@ def planned_conversations(recipe) -> int | None:
 def estimated_tokens(recipe) -> tuple[int | None, bool]:
     """(training tokens, exact?): exact once the conversations are tokenized, else an upper bound (every planned
     conversation at max_seq_len); None when the conversations are not known offline."""
-    from eagle_recipes.data.sequences import sequence_offsets
+    from eagle_recipes.data.sequences import sequence_tokens
     from eagle_recipes.run_folder import RunFolder
 
     folder = RunFolder(recipe.output_dir).sequences_folder()
     if folder is not None:
-        return int(sequence_offsets(folder)[-1]), True
+        return sequence_tokens(folder), True
     conversations = planned_conversations(recipe)
     return (None if conversations is None else conversations * recipe.train.max_seq_len), False
 

@@ -81,7 +81,7 @@ def test_synthesis_benchmark_quick(smollm2_path):
 
 def test_learning_curve_benchmark_quick(tmp_path, smollm2_path):
     recipe = small_recipe(tmp_path, smollm2_path)
-    for stage in ("synthesize", "calibrate"):
+    for stage in ("synthesize", "tokenize", "calibrate"):
         cli("run", recipe, "--only", stage)
     out = tmp_path / "curve"
     printed = bench("learning_curve.py", "--quick", "--recipe", recipe, "--out", out)
@@ -121,7 +121,7 @@ no feature."""
     out = bench("scale.py", "--quick", timeout=900)
     per_thousand = {(stage, count): seconds for stage, count, seconds in
                     re.findall(r"^\| (\w+) \| (\d+) \| [\d.]+ \| ([\d.]+) \|", out, re.MULTILINE)}
-    for stage in ("synthesize", "calibrate", "train", "export"):
+    for stage in ("synthesize", "tokenize", "calibrate", "train", "export"):
         ratio = figure(rf"(?m)^{stage}: time per conversation 800/200 = (\d+\.\d+)x, peak RSS 800/200 = \d+\.\d+x",
                        out)
         assert agrees(ratio, per_thousand[stage, "800"], per_thousand[stage, "200"]), (stage, ratio, out)

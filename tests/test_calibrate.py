@@ -1,9 +1,9 @@
 """Calibration on a real tokenizer with a chat template: d2t/t2d agree, the loss-masked count excludes user and
-system tokens, results are deterministic across runs and shardings, and the seed's d2t.pt format round-trips."""
+system tokens, counts from the sequence shards are deterministic across shardings and equal the seed's counter, and
+the seed's d2t.pt format round-trips."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
 import numpy as np
@@ -35,40 +35,45 @@ def test_assistant_mask_covers_exactly_the_replies(smollm2_path):
     assert "pirate" in unmasked and "Tell me about ships" in unmasked and "And then?" in unmasked
 
 
-def _write_shards(folder, sizes):
-    files, start = [], 0
+def _tokenized(folder, tokenizer, sizes, max_len=512):
+    """The conversations as sequence shards of these sizes (as the tokenize stage writes them)."""
+    from eagle_recipes.data.sequences import write_shard
+
+    start = 0
     for index, size in enumerate(sizes):
-        path = folder / f"{index:03d}.jsonl"
-        path.write_text("".join(json.dumps(c) + "\n" for c in CONVERSATIONS[start: start + size]))
-        files.append(path)
+        write_shard(tokenizer, [c["conversations"] for c in CONVERSATIONS[start: start + size]], max_len, folder,
+                    index)
         start += size
-    return files
+    return folder
 
 
-def test_counts_deterministic_across_shardings_and_masked(tmp_path, smollm2_path, ray_session):
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    one = _write_shards(tmp_path / "a", [40])
-    many = _write_shards(tmp_path / "b", [7, 13, 20])
-    args = dict(model_path=smollm2_path, template_file="", vocab_size=49152, max_len=512, holdout_fraction=0.0)
-    # the Ray Data path (large data) and the in-process path (small data) over different shardings
-    first = count_tokens(one, count="assistant", batch_size=16, use_ray_data=True, **args)["train"]
-    second = count_tokens(many, count="assistant", batch_size=5, use_ray_data=False, **args)["train"]
-    third = count_tokens(many, count="assistant", batch_size=3, use_ray_data=True, **args)["train"]
-    assert np.array_equal(first, second) and np.array_equal(first, third)
-    everything = count_tokens(one, count="all", **args)["train"]
+def test_counts_from_the_sequence_shards_are_deterministic_across_shardings_and_masked(tmp_path, smollm2_path):
+    """Calibrate counts the tokenize stage's shards: the same counts over any sharding, only label tokens by
+    default, and with count = "all" exactly the seed's counter (one apply_chat_template per conversation)."""
     tokenizer = load_tokenizer(smollm2_path)
+    one = _tokenized(tmp_path / "a", tokenizer, [40])
+    many = _tokenized(tmp_path / "b", tokenizer, [7, 13, 20])
+    first = count_tokens(one, 49152, "assistant")
+    assert np.array_equal(first, count_tokens(many, 49152, "assistant")) and first.sum() > 0
+    everything = count_tokens(many, 49152, "all")
     pirate = tokenizer(" pirate", add_special_tokens=False)["input_ids"]
     assert all(first[t] == 0 for t in pirate) and all(everything[t] > 0 for t in pirate)
-    # the "all" count equals the seed's way: one apply_chat_template per conversation, then a Counter
     seed_counter = Counter()
     for conversation in CONVERSATIONS:
         seed_counter.update(tokenizer.apply_chat_template(conversation["conversations"], tokenize=True,
                                                           return_dict=True)["input_ids"])
     assert {t: int(everything[t]) for t in np.flatnonzero(everything)} == dict(seed_counter)
-    d2t_first = mapping_from_ids(top_k_ids(first, 50), 49152).d2t
-    d2t_second = mapping_from_ids(top_k_ids(second, 50), 49152).d2t
-    assert torch.equal(d2t_first, d2t_second)
+    # the label tokens are those of each assistant reply and its end-of-turn token, nothing else
+    masked = Counter()
+    for rendered in render_batch(tokenizer, [c["conversations"] for c in CONVERSATIONS], 512):
+        masked.update(t for t, m in zip(rendered.input_ids, rendered.loss_mask) if m)
+    assert {t: int(first[t]) for t in np.flatnonzero(first)} == dict(masked)
+    # truncated at max_seq_len: only what training sees is counted
+    from eagle_recipes.data.sequences import Sequences
+
+    cut = Sequences.load(_tokenized(tmp_path / "c", tokenizer, [40], max_len=48))
+    assert cut.count == 40 and all(len(cut.ids_of(i)) <= 48 for i in range(40))
+    assert count_tokens(tmp_path / "c", 49152, "all").sum() == cut.tokens < everything.sum()
 
 
 def test_d2t_and_t2d_agree():
@@ -108,56 +113,3 @@ def test_bad_d2t_rejected_with_a_clear_error(tmp_path, tensor, words):
     torch.save(tensor, tmp_path / D2T_FILE)
     with pytest.raises(VocabError, match=words):
         load_d2t(tmp_path / D2T_FILE, vocab_size=64)
-
-
-# Text that trips tokenizers up: whitespace runs before words, Unicode letters and numbers, control characters
-# that some regex engines count as space, contractions, chat-template tokens inside content.
-AWKWARD = ["  leading spaces", "tabs\t\tand\n\n\nnewlines  \n", "café naïve 東京 🚀 ½ ² ٣ Ωmega", "x\x1cy\x1d z\x85w",
-           "it's they'll I'M We'Ve", "<|im_end|> inside <|im_start|>user", "trailing   ", "\n\nstarts with newlines",
-           "1234567 7.5e10 -3", "", " ", "a\u00a0b\u2003c", "```python\n    def f(x):\n\treturn x  # ok\n```"]
-AWKWARD_CONVERSATIONS = [
-    [{"role": "system", "content": text}, {"role": "user", "content": text + " q"},
-     {"role": "assistant", "content": text}, {"role": "user", "content": text},
-     {"role": "assistant", "content": text + "end" + text}] for text in AWKWARD
-] + [conversation["conversations"] for conversation in CONVERSATIONS]
-
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-
-
-def _tokenizer_variant(smollm2_path, folder, split_pattern: str | None, normalizer: bool = False) -> str:
-    """SmolLM2's vocabulary with another pipeline in front: a Llama 3 / Qwen style Split expression, one that
-    leaves text between its matches, or a normalizer (a pipeline piece-counting does not handle)."""
-    from tokenizers import Regex, normalizers, pre_tokenizers
-
-    tokenizer = load_tokenizer(smollm2_path)
-    backend = tokenizer.backend_tokenizer
-    if split_pattern is not None:
-        backend.pre_tokenizer = pre_tokenizers.Sequence([
-            pre_tokenizers.Split(Regex(split_pattern), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    if normalizer:
-        backend.normalizer = normalizers.NFKC()
-    tokenizer.save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.mark.parametrize("variant", ["smollm2", "llama3-split", "split-with-gaps", "normalizer"])
-def test_piece_counting_equals_tokenizing(tmp_path, smollm2_path, variant):
-    """The fast count (each distinct pre-token piece tokenized once) equals tokenizing every conversation, in both
-    count modes, with and without truncation at max_len."""
-    from eagle_recipes.data.pretokens import PreTokenizer
-    from eagle_recipes.stages.calibrate import TokenCounter
-
-    path = {"smollm2": lambda: smollm2_path,
-            "llama3-split": lambda: _tokenizer_variant(smollm2_path, tmp_path, LLAMA3_SPLIT),
-            "split-with-gaps": lambda: _tokenizer_variant(smollm2_path, tmp_path, r"\p{L}+"),
-            "normalizer": lambda: _tokenizer_variant(smollm2_path, tmp_path, None, normalizer=True)}[variant]()
-    assert (PreTokenizer.for_tokenizer(load_tokenizer(path)) is None) == (variant == "normalizer")
-    for count in ("all", "assistant"):
-        for max_len in (1 << 20, 48):
-            fast = TokenCounter(path, "", 49152, count, max_len, 0.0, use_pieces=True)
-            plain = TokenCounter(path, "", 49152, count, max_len, 0.0, use_pieces=False)
-            expected = plain.count_conversations(AWKWARD_CONVERSATIONS)
-            assert expected.sum() > 0
-            assert np.array_equal(fast.count_conversations(AWKWARD_CONVERSATIONS), expected), (count, max_len)

@@ -37,7 +37,7 @@ def test_cached_training_matches_online_training_step_by_step(tmp_path, tiny_lla
         folder = tmp_path / features
         folder.mkdir()
         recipe = _recipe(folder, tiny_llama, features)
-        stages = ["synthesize", "calibrate"] + (["capture"] if features == "cached" else []) + ["train"]
+        stages = ["synthesize", "tokenize", "calibrate"] + (["capture"] if features == "cached" else []) + ["train"]
         for stage in stages:
             run_stage(recipe, stage)
         results[features] = (_losses(folder), load_file(str(RunFolder(folder / "out").trained / "model.safetensors")))
@@ -62,6 +62,7 @@ def test_interrupted_capture_resumes_by_shard_to_identical_shards(tmp_path, tiny
         folder.mkdir()
         recipe = _recipe(folder, tiny_llama, "cached", shard=5)
         run_stage(recipe, "synthesize")
+        run_stage(recipe, "tokenize")
         run_stage(recipe, "capture")
     out = RunFolder(interrupted / "out").features
     shards = sorted((out / FEATURE_SHARDS).glob("*.safetensors"))
@@ -73,7 +74,7 @@ def test_interrupted_capture_resumes_by_shard_to_identical_shards(tmp_path, tiny
     shards[1].unlink()
     shards[2].write_bytes(shards[2].read_bytes()[: shards[2].stat().st_size // 2])
     result = run_stage(_recipe(interrupted, tiny_llama, "cached", shard=5), "capture")
-    sequences = Sequences.load(out).count
+    sequences = Sequences.load(RunFolder(interrupted / "out").sequences).count
     assert result["counts"]["resumed_from_earlier_run"] == sequences - 10  # every whole shard was kept
     assert result["counts"]["captured_this_run"] == 10
     for path in sorted((RunFolder(reference / "out").features / FEATURE_SHARDS).glob("*.safetensors")):
@@ -81,17 +82,19 @@ def test_interrupted_capture_resumes_by_shard_to_identical_shards(tmp_path, tiny
         assert ours.keys() == theirs.keys()
         for name in ours:
             assert torch.equal(ours[name], theirs[name]), (path.name, name)
-    store = FeatureStore(out)
-    assert store.tokens == Sequences.load(out).tokens
+    data = RunFolder(interrupted / "out").sequences
+    store = FeatureStore(out, data)
+    assert store.tokens == Sequences.load(data).tokens
 
 
 def test_feature_store_reads_the_rows_of_each_sequence(tmp_path, tiny_llama, ray_session):
     recipe = _recipe(tmp_path, tiny_llama, "cached", shard=7)
     run_stage(recipe, "synthesize")
+    run_stage(recipe, "tokenize")
     run_stage(recipe, "capture")
     out = RunFolder(tmp_path / "out").features
-    store = FeatureStore(out)
-    data = Sequences.load(out)
+    store = FeatureStore(out, RunFolder(tmp_path / "out").sequences)
+    data = Sequences.load(RunFolder(tmp_path / "out").sequences)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()

@@ -57,7 +57,7 @@ def test_submit_to_a_two_node_cluster(tmp_path, two_node_cluster, tiny_llama):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "submitted job" in result.stdout and "SUCCEEDED" in result.stdout
     summary = json.loads(run.summary_file.read_text())
-    assert summary["ok"] and set(summary["stages"]) == {"synthesize", "calibrate", "train", "export"}
+    assert summary["ok"] and set(summary["stages"]) == {"synthesize", "tokenize", "calibrate", "train", "export"}
     assert all(s["status"] == "done" for s in summary["stages"].values())
     assert (run.draft / "model.safetensors").exists()
     assert not (tmp_path / "out").exists()  # everything went to the shared output directory

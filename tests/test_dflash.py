@@ -136,7 +136,7 @@ def test_dflash_trains_and_exports_through_the_graph(tmp_path, tiny_llama, ray_s
     text = text.replace("[vocab]\n", '[draft]\nalgorithm = "dflash"\n[vocab]\n')
     text = text.replace('prompts = ["prompts.jsonl"]\n', 'prompts = ["prompts.jsonl"]\nholdout_fraction = 0.2\n')
     recipe.write_text(text.replace("[eval]\nenabled = false", "[eval]\nenabled = false\nnum_speculative_tokens = 3"))
-    for stage in ("synthesize", "calibrate", "train", "export"):
+    for stage in ("synthesize", "tokenize", "calibrate", "train", "export"):
         result = run_stage(recipe, stage)
     run = RunFolder(tmp_path / "out")
     rows = [json.loads(line) for line in run.metrics.read_text().splitlines()]

@@ -25,7 +25,7 @@ def _train(folder, model, settings: str, steps: int = 8, every: int = 5):
     recipe = small_recipe(folder, model, steps=steps)
     text = recipe.read_text().replace("[train]\n", "[train]\ncpus_per_worker = 1\n" + settings)
     recipe.write_text(text.replace("checkpoint_every = 5", f"checkpoint_every = {every}\nkeep_checkpoints = 3"))
-    for stage in ("synthesize", "calibrate", "train"):
+    for stage in ("synthesize", "tokenize", "calibrate", "train"):
         run_stage(recipe, stage)
     return recipe
 
@@ -83,7 +83,7 @@ def test_bf16_autocast_steps_on_cpu_match_float32(tmp_path, tiny_llama, ray_sess
     from eagle_recipes.training.loop import setup, train_step
 
     path = small_recipe(tmp_path, tiny_llama)
-    for stage in ("synthesize", "calibrate"):
+    for stage in ("synthesize", "tokenize", "calibrate"):
         run_stage(path, stage)
     recipe = load_recipe(path)
     upstream = {name: RunFolder(recipe.output_dir).stage(name) for name in (SYNTHESIZE, CALIBRATE)}

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from eagle_recipes.run_folder import CALIBRATE, EXPORT, SYNTHESIZE, TRAIN, RunFolder
+from eagle_recipes.run_folder import CALIBRATE, EXPORT, SYNTHESIZE, TOKENIZE, TRAIN, RunFolder
 from tests.helpers import CLI, PROJECT, cli, plan_status, small_recipe
 
 ALL_RECIPES = sorted((PROJECT / "recipes").glob("*.toml")) + sorted((PROJECT / "catalog").glob("*/*.toml"))
@@ -27,7 +27,7 @@ for recipe in sys.argv[1:]:
 """
 
 # the graph's stages in order, written out here: a stage the planner drops is then neither planned nor left out
-STAGES = ["synthesize", "calibrate", "capture", "train", "export", "evaluate"]
+STAGES = ["synthesize", "tokenize", "calibrate", "capture", "train", "export", "evaluate"]
 
 
 def recipe_value(recipe: Path, key: str):
@@ -65,30 +65,30 @@ def test_plan_every_shipped_recipe_offline(tmp_path):
 
 def test_cache_skip_and_exactly_the_affected_stages_rerun(tmp_path, tiny_llama):
     recipe = small_recipe(tmp_path, tiny_llama)
-    assert plan_status(recipe) == dict.fromkeys(["synthesize", "calibrate", "train", "export"], "run")
+    assert plan_status(recipe) == dict.fromkeys(["synthesize", "tokenize", "calibrate", "train", "export"], "run")
     first = cli("run", recipe)
     assert set(plan_status(recipe).values()) == {"up to date"}
     output = first.stdout + first.stderr  # not a terminal: one plain line per change, no workers' noise
-    for stage in ("calibrate", "train"):
+    for stage in ("tokenize", "calibrate", "train"):
         assert f"[{stage}] running" in output and f"[{stage}] done in" in output, output
     assert "/10 steps" in output or "/6 steps" in output, output
     assert "Failed to query" not in output and "(pid=" not in output and "Token authentication" not in output
     started = time.time()
     again = cli("run", recipe)
-    assert time.time() - started < 60 and again.stdout.count("up to date") >= 4
+    assert time.time() - started < 60 and again.stdout.count("up to date") >= 5
     run = RunFolder(tmp_path / "out")
     before = {s: json.loads(run.manifest_file(s).read_text())["finished_at"]
-              for s in (SYNTHESIZE, CALIBRATE, TRAIN, EXPORT)}
+              for s in (SYNTHESIZE, TOKENIZE, CALIBRATE, TRAIN, EXPORT)}
     small_recipe(tmp_path, tiny_llama, lr="0.002")  # a training setting: train and what follows
-    assert plan_status(recipe) == {"synthesize": "up to date", "calibrate": "up to date", "train": "run",
-                                   "export": "run"}
+    assert plan_status(recipe) == {"synthesize": "up to date", "tokenize": "up to date", "calibrate": "up to date",
+                                   "train": "run", "export": "run"}
     cli("run", recipe)
     after = {s: json.loads(run.manifest_file(s).read_text())["finished_at"] for s in before}
-    assert after["synthesize"] == before["synthesize"] and after["calibrate"] == before["calibrate"]
+    assert all(after[stage] == before[stage] for stage in ("synthesize", "tokenize", "calibrate"))
     assert after["train"] > before["train"] and after["export"] > before["export"]
     small_recipe(tmp_path, tiny_llama, lr="0.002", extra="[export]\ndtype = \"float32\"\n")  # export alone
-    assert plan_status(recipe) == {"synthesize": "up to date", "calibrate": "up to date", "train": "up to date",
-                                   "export": "run"}
+    assert plan_status(recipe) == {"synthesize": "up to date", "tokenize": "up to date", "calibrate": "up to date",
+                                   "train": "up to date", "export": "run"}
     with open(tmp_path / "prompts.jsonl", "a") as handle:  # the data: everything downstream of it
         handle.write(json.dumps({"prompt": "one more"}) + "\n")
     assert set(plan_status(recipe).values()) == {"run"}

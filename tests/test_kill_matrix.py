@@ -22,7 +22,7 @@ from eagle_recipes.data.sequences import Sequences
 from eagle_recipes.draft.inspect import inspect_draft
 from eagle_recipes.graph.manifest import IN_PROGRESS, MANIFEST
 from eagle_recipes.run_folder import (CAPTURE, CHECKPOINT_PREFIX, CHECKPOINTS, CONVERSATION_SHARDS, EXPORT,
-                                     FEATURE_SHARDS, SYNTHESIZE, TRAIN, RunFolder)
+                                     FEATURE_SHARDS, SEQUENCES_FOLDER, SYNTHESIZE, TOKENIZE, TRAIN, RunFolder)
 from eagle_recipes.stages import STAGE_NAMES
 from tests.helpers import CLI, recipe_head, small_conversations, write_recipe
 
@@ -149,6 +149,7 @@ def test_a_kill_inside_every_stage_loses_nothing(tmp_path, smollm2_path):
     rng = random.Random(int(os.environ.get("KILL_SEED", "0")))
     ready = {  # how far a stage must be before the kill, so that its rerun has finished work to keep
         SYNTHESIZE: lambda f: len(list((f / CONVERSATION_SHARDS).glob("*.jsonl"))) >= 2,
+        TOKENIZE: lambda f: len(list((f / SEQUENCES_FOLDER).glob("[0-9]*/pad_id.npy"))) >= 1,
         CAPTURE: lambda f: len(list((f / FEATURE_SHARDS).glob("*.safetensors"))) >= 2,
         TRAIN: lambda f: len(list((f / CHECKPOINTS).glob(f"{CHECKPOINT_PREFIX}*"))) >= 2,
     }
@@ -169,14 +170,15 @@ def test_a_kill_inside_every_stage_loses_nothing(tmp_path, smollm2_path):
     assert len(ids) == len(set(ids)) == 40 and all(row["conversations"][-1]["role"] == "assistant" for row in rows)
     synthesize = manifest(out, SYNTHESIZE)["counts"]
     assert synthesize["resumed_from_earlier_run"] >= 8 and synthesize["generated_this_run"] >= 8  # cut shard redone
-    data = Sequences.load(run.features)
-    offsets, token_ids = data.offsets, data.ids
+    data = Sequences.load(run.sequences)
+    tokenize = manifest(out, TOKENIZE)["counts"]
+    assert len(data.shards) == tokenize["shards"] and data.count == tokenize["sequences"]
     shards = sorted((run.features / FEATURE_SHARDS).glob("*.safetensors"))
     assert len(shards) == manifest(out, CAPTURE)["counts"]["shards"]
     for index, shard in enumerate(shards):
         first = 2 * index
-        last = min(first + 2, len(offsets) - 1)
-        assert shard_is_whole(shard, first, token_ids[offsets[first]: offsets[last]]), shard
+        last = min(first + 2, data.count)
+        assert shard_is_whole(shard, first, data.ids_between(first, last)), shard
     capture = manifest(out, CAPTURE)["counts"]
     assert capture["resumed_from_earlier_run"] > 0 and capture["captured_this_run"] >= 2  # the cut shard redone
     train = manifest(out, TRAIN)["counts"]
@@ -196,6 +198,12 @@ def damage(out: Path, stage: str) -> str:
         with open(shard, "a") as handle:
             handle.write('{"conversation_id": "cut-sh')  # a line cut mid-write
         return f"half a line appended to {shard.name}"
+    if stage == TOKENIZE:
+        shards = sorted((run.sequences / SEQUENCES_FOLDER).glob("[0-9]*/pad_id.npy"))
+        if shards:  # a shard left without its last file, as a cut copy would be: not whole, so redone
+            shards[0].unlink()
+            return f"{shards[0].parent.name} left without pad_id.npy"
+        return "nothing (no shard was whole yet)"
     if stage == CAPTURE:
         shard = sorted((run.features / FEATURE_SHARDS).glob("*.safetensors"))[0]
         shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])

@@ -90,7 +90,7 @@ def test_simulated_tau_is_logged_and_the_best_checkpoint_kept(tmp_path, tiny_lla
                                       "keep_best = true\n")
     # a held-out split for the simulation to replay
     recipe.write_text(text.replace('prompts = ["prompts.jsonl"]\n', 'prompts = ["prompts.jsonl"]\nholdout_fraction = 0.2\n'))
-    stages = ["synthesize", "calibrate"] + (["capture"] if features == "cached" else []) + ["train"]
+    stages = ["synthesize", "tokenize", "calibrate"] + (["capture"] if features == "cached" else []) + ["train"]
     for stage in stages:
         result = run_stage(recipe, stage)
     run = RunFolder(tmp_path / "out")

@@ -171,7 +171,7 @@ def test_peagle_trains_and_exports_through_the_graph(tmp_path, tiny_llama, ray_s
     from tests.helpers import run_stage
 
     recipe = _peagle_recipe(tmp_path, tiny_llama, k=2)  # small_recipe trains 2 TTT steps: k at most 2
-    for stage in ("synthesize", "calibrate", "train", "export"):
+    for stage in ("synthesize", "tokenize", "calibrate", "train", "export"):
         run_stage(recipe, stage)
     run = RunFolder(tmp_path / "out")
     rows = [json.loads(line) for line in run.metrics.read_text().splitlines()]

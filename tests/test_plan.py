@@ -15,7 +15,7 @@ RECIPE = recipe_head("planning", "some/model", config="config.json") + """
 [train]
 features = "cached"
 """
-ALL = ["synthesize", "calibrate", "capture", "train", "export", "evaluate"]
+ALL = ["synthesize", "tokenize", "calibrate", "capture", "train", "export", "evaluate"]
 
 
 @pytest.fixture
@@ -50,16 +50,18 @@ def test_only_runs_that_stage_even_when_up_to_date_and_leaves_the_rest(recipe):
 
 
 def test_only_skips_unfinished_stages_instead_of_running_them(recipe):
-    finish(recipe, ["synthesize", "calibrate", "capture"])
+    finish(recipe, ["synthesize", "tokenize", "calibrate", "capture"])
     assert statuses(compile_plan(recipe, only="train")) == {
-        "synthesize": "up to date", "calibrate": "up to date", "capture": "up to date", "train": "run",
+        "synthesize": "up to date", "tokenize": "up to date", "calibrate": "up to date", "capture": "up to date",
+        "train": "run",
         "export": "skipped", "evaluate": "skipped"}
 
 
 def test_from_runs_that_stage_and_everything_after_it(recipe):
     finish(recipe, ALL)
     plan = compile_plan(recipe, start_from="capture")
-    assert statuses(plan) == {"synthesize": "up to date", "calibrate": "up to date", "capture": "run",
+    assert statuses(plan) == {"synthesize": "up to date", "tokenize": "up to date", "calibrate": "up to date",
+                              "capture": "run",
                               "train": "run", "export": "run", "evaluate": "run"}
     assert plan.stage("export").reason == "--from capture"
 
@@ -67,7 +69,8 @@ def test_from_runs_that_stage_and_everything_after_it(recipe):
 def test_force_reruns_a_stage_and_everything_downstream_of_it_only(recipe):
     finish(recipe, ALL)
     plan = compile_plan(recipe, force={"calibrate"})
-    assert statuses(plan) == {"synthesize": "up to date", "calibrate": "run", "capture": "up to date",
+    assert statuses(plan) == {"synthesize": "up to date", "tokenize": "up to date", "calibrate": "run",
+                              "capture": "up to date",
                               "train": "run", "export": "run", "evaluate": "run"}
     assert plan.stage("train").reason == "upstream will re-run: calibrate"
     assert plan.stage("evaluate").reason == "upstream will re-run: export"
@@ -86,12 +89,12 @@ def test_a_left_out_stage_is_refused_with_the_reason(tmp_path, smollm2_config):
         compile_plan(online, only="capture")
 
 
-def test_an_eagle1_recipe_has_no_calibrate_stage_and_trains_on_synthesis_alone(tmp_path, smollm2_config):
+def test_an_eagle1_recipe_has_no_calibrate_stage_and_trains_on_the_sequences_alone(tmp_path, smollm2_config):
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "hi"}\n')
     eagle1 = load_recipe(write_recipe(tmp_path, RECIPE + '[draft]\nalgorithm = "eagle1"\n'))
     plan = compile_plan(eagle1)
     assert "calibrate" in plan.left_out and "whole vocabulary" in plan.left_out["calibrate"]
-    assert plan.stage("train").depends_on == ["synthesize", "capture"]
+    assert plan.stage("train").depends_on == ["tokenize", "capture"]
     # a vocabulary setting changes nothing an EAGLE-1 draft is trained from
     other = load_recipe(write_recipe(tmp_path, RECIPE + '[draft]\nalgorithm = "eagle1"\n[vocab]\ncount = "all"\n',
                                      name="other.toml"))

@@ -95,7 +95,7 @@ def test_the_disable_switch_refingerprints_exactly_what_renders_or_generates(tmp
     disable = compile_plan(load_recipe(write_recipe(tmp_path, head + '[synthesis]\nreasoning = "disable"\n',
                                                     name="disable.toml")))
     changed = {s.name for s in keep.stages if s.fingerprint != disable.stage(s.name).fingerprint}
-    assert changed == {"synthesize", "calibrate", "capture", "train", "export", "evaluate"}
+    assert changed == {"synthesize", "tokenize", "calibrate", "capture", "train", "export", "evaluate"}
     explicit = compile_plan(load_recipe(write_recipe(tmp_path, head + '[synthesis]\nreasoning = "keep"\n',
                                                      name="keep.toml")))
     assert [s.fingerprint for s in explicit.stages] == [s.fingerprint for s in keep.stages]  # the default

@@ -183,15 +183,16 @@ def test_vllm_capture_needs_gpus(folder):
 
 
 def test_cached_features_larger_than_the_disk_are_refused_once_their_size_is_exact(folder):
-    """After an online run tokenized the data (train/tokenized/), switching to cached features is checked against
-    the disk: here the sequences claim 10^12 tokens (offsets only; nothing else is read), 4.2 PiB of cache."""
+    """Once the run's sequences are tokenized (tokenize/tokenized/), cached features are checked against the disk:
+    here a shard claims 10^12 tokens (offsets only; nothing else is read), 4.2 PiB of cache."""
     import numpy as np
 
-    from eagle_recipes.run_folder import SEQUENCES_FOLDER
+    from eagle_recipes.run_folder import SEQUENCES_FOLDER, TOKENIZE
 
-    tokenized = folder / "runs" / "demo" / "train" / SEQUENCES_FOLDER
-    tokenized.mkdir(parents=True)
-    np.save(tokenized / "offsets.npy", np.array([0, 10 ** 12], dtype=np.int64))
+    shard = folder / "runs" / "demo" / TOKENIZE / SEQUENCES_FOLDER / "00000"
+    shard.mkdir(parents=True)
+    np.save(shard / "offsets.npy", np.array([0, 10 ** 12], dtype=np.int64))
+    np.save(shard / "pad_id.npy", np.int64(0))
     text = (GOOD.replace('name = "demo"\n', 'name = "demo"\noutput_dir = "runs/{name}"\n')
             + '[train]\nfeatures = "cached"\n')
     _, problems = validate_file(write_recipe(folder, text))

@@ -1,5 +1,6 @@
-"""The tokenized training sequences on disk: what is saved is what is loaded, and loading maps the token arrays
-instead of reading them, so a capture actor's or a training worker's memory does not grow with the data."""
+"""The tokenized training sequences on disk, in shards: what is saved is what is loaded, sequences are numbered
+across shards in order, and loading maps the token arrays instead of reading them, so a capture actor's or a
+training worker's memory does not grow with the data."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def some_sequences(count: int, seed: int = 0) -> Sequences:
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     ids = rng.integers(0, 49152, size=int(offsets[-1])).astype(np.int32)
     mask = rng.integers(0, 2, size=int(offsets[-1])).astype(np.int8)
-    return Sequences(ids, mask, offsets, pad_id=7)
+    return Sequences.from_arrays(ids, mask, offsets, pad_id=7)
 
 
 def test_saved_sequences_load_back_equal_and_memory_mapped(tmp_path):
@@ -30,10 +31,11 @@ def test_saved_sequences_load_back_equal_and_memory_mapped(tmp_path):
     assert np.array_equal(sequence_offsets(tmp_path), saved.offsets)
     loaded = Sequences.load(tmp_path)
     assert loaded.pad_id == 7 and loaded.count == 50 and loaded.tokens == saved.tokens
+    assert np.array_equal(loaded.offsets, saved.offsets)
     for name in ("ids", "mask", "offsets"):
-        array = getattr(loaded, name)
+        array, original = getattr(loaded.shards[0], name), getattr(saved.shards[0], name)
         assert isinstance(array, np.memmap) and not array.flags.writeable, name
-        assert array.dtype == getattr(saved, name).dtype and np.array_equal(array, getattr(saved, name)), name
+        assert array.dtype == original.dtype and np.array_equal(array, original), name
     for index in (0, 17, 49):
         assert np.array_equal(loaded.ids_of(index), saved.ids_of(index))
         assert np.array_equal(loaded.mask_of(index), saved.mask_of(index))
@@ -44,8 +46,9 @@ def test_saving_again_replaces_the_whole_folder(tmp_path):
     second = some_sequences(5, seed=2)
     second.save(tmp_path)
     loaded = Sequences.load(tmp_path)
-    assert loaded.count == 5 and np.array_equal(loaded.ids, second.ids)
-    assert sorted(p.name for p in (tmp_path / SEQUENCES_FOLDER).iterdir()) == [
+    assert loaded.count == 5 and np.array_equal(loaded.ids_between(0, 5), second.ids_between(0, 5))
+    assert [p.name for p in (tmp_path / SEQUENCES_FOLDER).iterdir()] == ["00000"]
+    assert sorted(p.name for p in (tmp_path / SEQUENCES_FOLDER / "00000").iterdir()) == [
         "ids.npy", "mask.npy", "offsets.npy", "pad_id.npy"]
     assert [p.name for p in tmp_path.iterdir()] == [SEQUENCES_FOLDER]  # no temporary left beside it
 
@@ -56,7 +59,7 @@ def test_loading_does_not_read_the_tokens_into_memory(tmp_path):
     size. The mapped file's pages are the page cache's, shared by every process of the node that maps them (the
     kernel may map more of them than were read: on tmpfs, huge pages)."""
     sequences = some_sequences(125_000, seed=3)
-    size_mb = (sequences.ids.nbytes + sequences.mask.nbytes) / 2**20
+    size_mb = (sequences.shards[0].ids.nbytes + sequences.shards[0].mask.nbytes) / 2**20
     assert size_mb > 100
     sequences.save(tmp_path)
     del sequences
@@ -72,7 +75,7 @@ def test_loading_does_not_read_the_tokens_into_memory(tmp_path):
         loaded = Sequences.load({str(tmp_path)!r})
         touched = sum(int(loaded.ids_of(i).sum()) + int(loaded.mask_of(i).sum()) for i in range(0, 125_000, 625))
         mapped = rss_mb() - before
-        whole = np.array(loaded.ids), np.array(loaded.mask)
+        whole = np.array(loaded.shards[0].ids), np.array(loaded.shards[0].mask)
         print(mapped, rss_mb() - before)
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -99,8 +102,32 @@ def test_tokenizing_as_the_conversations_stream_by_writes_the_same_files_as_toke
     tokenize(tokenizer, conversations, 64).save(whole)
     kept = write_tokenized(tokenizer, (c for c in conversations), 64, streamed)
     assert kept == len(conversations) - 1 == sequence_count(streamed)
-    names = sorted(p.name for p in (streamed / SEQUENCES_FOLDER).iterdir())
+    names = sorted(p.name for p in (streamed / SEQUENCES_FOLDER / "00000").iterdir())
     assert names == ["ids.npy", "mask.npy", "offsets.npy", "pad_id.npy"]  # the raw files are gone
     for name in names:
-        assert (whole / SEQUENCES_FOLDER / name).read_bytes() == (streamed / SEQUENCES_FOLDER / name).read_bytes()
+        assert ((whole / SEQUENCES_FOLDER / "00000" / name).read_bytes()
+                == (streamed / SEQUENCES_FOLDER / "00000" / name).read_bytes())
     assert write_tokenized(tokenizer, iter([]), 64, tmp_path / "none") == 0 == sequence_count(tmp_path / "none")
+
+
+def test_sequences_are_numbered_across_shards_in_order(tmp_path, smollm2_path):
+    """Three shards written one by one (as the tokenize stage's actors write them, out of order) read back as one
+    numbering equal to tokenizing every conversation at once: a shard with no sequence at all included."""
+    from eagle_recipes.data.chat import load_tokenizer
+    from eagle_recipes.data.sequences import tokenize, write_shard
+
+    tokenizer = load_tokenizer(smollm2_path)
+    conversations = [[{"role": "user", "content": f"Q{i}"}, {"role": "assistant", "content": "A " * (1 + i % 9)}]
+                     for i in range(30)]
+    parts = {2: conversations[12:], 0: conversations[:12], 1: []}
+    for index, part in parts.items():
+        write_shard(tokenizer, part, 64, tmp_path, index)
+    whole = tokenize(tokenizer, conversations, 64)
+    loaded = Sequences.load(tmp_path)
+    assert [shard.count for shard in loaded.shards] == [12, 0, 18] and loaded.count == whole.count == 30
+    assert np.array_equal(loaded.offsets, whole.offsets) and loaded.tokens == whole.tokens == sequence_offsets(tmp_path)[-1]
+    for index in range(30):
+        assert np.array_equal(loaded.ids_of(index), whole.ids_of(index))
+        assert np.array_equal(loaded.mask_of(index), whole.mask_of(index))
+    head = loaded.head(20)
+    assert head.count == 20 and np.array_equal(head.ids_of(19), whole.ids_of(19)) and head.offsets[-1] == whole.offsets[20]

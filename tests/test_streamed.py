@@ -29,7 +29,7 @@ def captured(tmp_path_factory, tiny_llama, ray_session):
     """A run folder whose synthesize, calibrate and capture (float32) stages have run: the reference features."""
     folder = tmp_path_factory.mktemp("streamed")
     recipe = _recipe(folder, tiny_llama, "cached")
-    for stage in ("synthesize", "calibrate", "capture"):
+    for stage in ("synthesize", "tokenize", "calibrate", "capture"):
         run_stage(recipe, stage)
     return folder
 
@@ -40,8 +40,8 @@ def _train_config(folder, model, features: str, **fields):
     from eagle_recipes.training.config import TrainConfig
 
     run = RunFolder(folder / "out")
-    spec = capture_spec(load_recipe(folder / "recipe.toml"), model, run.features)  # the capture stage's engine
-    values = dict(model_path=model, draft_config={}, vocab_file="", data_folder=str(run.features),
+    spec = capture_spec(load_recipe(folder / "recipe.toml"), model, run.sequences)  # the capture stage's engine
+    values = dict(model_path=model, draft_config={}, vocab_file="", data_folder=str(run.sequences),
                   checkpoint_dir="", metrics_file="", features=features, capture_dir=str(run.features), threads=1,
                   use_gpu=False, strategy="ddp", precision="float32", epochs=2, max_steps=0, batch_size=2,
                   grad_accum=1, lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, schedule="constant", grad_clip=0.0,
@@ -87,7 +87,7 @@ def test_streamed_training_gives_the_cached_runs_losses_and_writes_no_features(c
     streamed_folder = captured.parent / f"{captured.name}-streamed"
     streamed_folder.mkdir()
     recipe = _recipe(streamed_folder, tiny_llama, "streamed")
-    for stage in ("synthesize", "calibrate"):
+    for stage in ("synthesize", "tokenize", "calibrate"):
         run_stage(recipe, stage)
     result = run_stage(recipe, "train")
     run = RunFolder(streamed_folder / "out")
@@ -137,7 +137,7 @@ def test_the_stream_cache_reads_back_what_was_served_and_asks_for_the_rest(captu
     from eagle_recipes.engines.feature_server import FeatureServer, LocalFeatureServers
     from eagle_recipes.training.streamed import StreamedTarget
 
-    sequences = Sequences.load(RunFolder(captured / "out").features)
+    sequences = Sequences.load(RunFolder(captured / "out").sequences)
     # room for about half the training split's features: (2 aux + final) x 64 floats + a top id per token
     half = sequences.head(sequences.count // 2).tokens * (3 * 64 * 4 + 4) / 2**30
     config = _train_config(captured, tiny_llama, "streamed", stream_cache_gib=half)

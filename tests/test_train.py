@@ -22,7 +22,7 @@ def test_loss_falls_and_accuracy_rises(tmp_path, tiny_llama, ray_session):
     # a checkpoint every 150 steps, not every 5: this test is about learning (checkpoints have their own)
     recipe.write_text(recipe.read_text().replace("[train]\n", "[train]\nepochs = 10\n")
                       .replace("checkpoint_every = 5", "checkpoint_every = 150"))
-    for stage in ("synthesize", "calibrate", "train"):
+    for stage in ("synthesize", "tokenize", "calibrate", "train"):
         run_stage(recipe, stage)
     rows = _metrics(tmp_path)
     assert len(rows) == 300
@@ -45,7 +45,7 @@ def test_two_ddp_workers_match_one_worker_with_doubled_accumulation(tmp_path, ti
         recipe = small_recipe(folder, tiny_llama, steps=8)
         text = recipe.read_text().replace("[train]\n", "[train]\ncpus_per_worker = 1\n" + settings)
         recipe.write_text(text)
-        for stage in ("synthesize", "calibrate", "train"):
+        for stage in ("synthesize", "tokenize", "calibrate", "train"):
             run_stage(recipe, stage)
         weights = load_file(str(RunFolder(folder / "out").trained / "model.safetensors"))
         finals.append((weights, [r["loss"][0] for r in _metrics(folder)]))

@@ -112,7 +112,7 @@ def test_tune_picks_the_argmax_writes_a_runnable_best_toml_and_resumes_without_r
     assert (tuned / TUNE_PLOT).stat().st_size > 5000
     # best.toml reuses the run's data and features: only training and what follows run again
     status = plan_status(best_toml)
-    assert status["synthesize"] == status["calibrate"] == status["capture"] == "up to date"
+    assert status["synthesize"] == status["tokenize"] == status["calibrate"] == status["capture"] == "up to date"
     assert status["train"] == "run"
 
 

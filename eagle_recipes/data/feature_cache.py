@@ -2,7 +2,7 @@
 the base model.
 
 Layout of the capture stage's folder:
-- `tokenized/`: the training sequences (data/sequences.py), tokenized exactly as online training does.
+- the sequences it was captured from are the tokenize stage's (data/sequences.py): what every training mode reads.
 - `shards/NNNNN.safetensors`: sequences [first, first + count) of `tokenized/`, all their tokens back to back:
   `hidden` [N, F], what the draft reads (EAGLE-3: the aux layers' states concatenated, F = 3H; EAGLE-1: the
   final normed state, F = H); `final` [N, H], the final normed state (EAGLE-3 and DFlash: EAGLE-1's `hidden` is it);
@@ -88,13 +88,14 @@ class _Shard:
 class FeatureStore:
     """Random access to captured features by sequence index (memory-mapped; only the rows asked for are read)."""
 
-    def __init__(self, folder: Path, head_folder: Path | None = None):
-        """`head_folder`: where head.safetensors is (default `folder`; the held-out split's cache shares the
+    def __init__(self, folder: Path, sequences_folder: Path, head_folder: Path | None = None):
+        """`folder`: the cache's shards; `sequences_folder`: the sequences they were captured from (the tokenize
+        stage's); `head_folder`: where head.safetensors is (default `folder`; the held-out split's cache shares the
         training cache's)."""
         from safetensors import safe_open
 
         self.folder, self.head_folder = folder, head_folder or folder
-        self.offsets = sequence_offsets(folder)
+        self.offsets = sequence_offsets(sequences_folder)
         self.shards: list[_Shard] = []
         for path in sorted((folder / FEATURE_SHARDS).glob("*.safetensors")):
             handle = safe_open(str(path), framework="pt")

@@ -1,6 +1,7 @@
 """A run's training conversations and the sequences made from them: where the conversations are (synthesize's
-shards, or the recipe's own data.conversations), one split of them, and their tokenized sequences. Train (online)
-and capture (cached) both tokenize through here, so both see the same sequences in the same order."""
+shards, or the recipe's own data.conversations), one split of them, and their tokenized sequences in one process
+(what benchmarks and tests build runs from; the graph's tokenize stage writes the same sequences in shards, in
+parallel)."""
 
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ def read_conversations(sources: list[Source], recipe: Recipe, split: str | None 
 
 def tokenize_training_data(recipe: Recipe, upstream: dict[str, Path], model_path: str, out: Path,
                            split: str = TRAIN_SPLIT) -> int:
-    """A split's sequences (data/sequences.py) in `out`, tokenized once; returns their count. Train (online) and
-    capture (cached) both call this, so both see the same sequences in the same order."""
+    """A split's sequences (data/sequences.py) in `out`, tokenized once in this process as one shard; returns
+    their count (the same sequences, in the same order, as the tokenize stage's shards)."""
     from eagle_recipes.data.sequences import has_sequences, sequence_count, write_tokenized
 
     if not has_sequences(out):

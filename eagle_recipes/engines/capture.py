@@ -32,7 +32,7 @@ class CaptureSpec:
     """What every engine needs to know."""
 
     model_path: str
-    data_folder: str  # holds tokenized/, the training sequences
+    data_folder: str  # holds tokenized/, the training sequences (the tokenize stage's folder)
     out: str
     algorithm: str
     aux_layer_ids: tuple[int, ...]
@@ -49,13 +49,13 @@ class CaptureSpec:
         return cls(**{**data, "aux_layer_ids": tuple(data["aux_layer_ids"])})
 
 
-def capture_spec(recipe, model_path: str, out: Path) -> CaptureSpec:
-    """The recipe's capture engine over the sequences in `out` (the capture stage's; streamed training's feature
-    servers take theirs from the folder each request names)."""
+def capture_spec(recipe, model_path: str, data_folder: Path, out: Path | str = "") -> CaptureSpec:
+    """The recipe's capture engine over the sequences in `data_folder`, writing into `out` (the capture stage's;
+    streamed training's feature servers write nothing and read the folder each request names)."""
     from eagle_recipes.draft.for_recipe import draft_config_for
 
     draft_config = draft_config_for(recipe, model_path, draft_vocab_size=1)
-    return CaptureSpec(model_path=model_path, data_folder=str(out), out=str(out),
+    return CaptureSpec(model_path=model_path, data_folder=str(data_folder), out=str(out),
                        algorithm=recipe.draft.algorithm, aux_layer_ids=tuple(draft_config.aux_layer_ids),
                        dtype=recipe.capture.dtype, engine=recipe.capture.engine,
                        tensor_parallel_size=recipe.capture.tensor_parallel_size,

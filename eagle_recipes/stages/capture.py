@@ -2,9 +2,9 @@
 (planned only when `train.features = "cached"`). Training then reads them back every epoch instead of running
 the base model; its workers hold no base model weights, so bases larger than one accelerator can train.
 
-The conversations are tokenized as online training tokenizes them (data/training_data.py, data/sequences.py), split
-into fixed shards of `capture.sequences_per_shard`, and each shard is one task for the Ray Data actors that hold
-the engines (`capture.replicas` of them, like synthesis; engines/capture.py). A shard is written atomically as
+The sequences are the tokenize stage's (data/sequences.py, what training reads too), split into fixed shards of
+`capture.sequences_per_shard`, and each shard is one task for the Ray Data actors that hold the engines
+(`capture.replicas` of them, like synthesis; engines/capture.py). A shard is written atomically as
 it finishes; a re-run keeps every whole shard and redoes the rest. The format: data/feature_cache.py.
 """
 
@@ -22,11 +22,9 @@ from eagle_recipes.data.feature_cache import (
     shard_ranges,
     write_head,
 )
-from eagle_recipes.data.formats import HELD_OUT_SPLIT
 from eagle_recipes.recipe import Recipe
-from eagle_recipes.run_folder import CAPTURE, FEATURE_SHARDS, HELD_OUT_FOLDER, RELATIVE, SYNTHESIZE
+from eagle_recipes.run_folder import CAPTURE, FEATURE_SHARDS, HELD_OUT_FOLDER, RELATIVE, TOKENIZE
 from eagle_recipes.stages.base import Stage, StageContext
-from eagle_recipes.data.training_data import conversation_input_files, tokenize_training_data
 from eagle_recipes.recipe.base_model import base_model_path, rendering_settings
 
 
@@ -34,7 +32,7 @@ class CaptureStage(Stage):
     name = CAPTURE
     description = "run the base model once over the training conversations and store its features"
     headline_metric = "tokens_per_s"
-    reads_from = (SYNTHESIZE,)
+    reads_from = (TOKENIZE,)
 
     @staticmethod
     def enabled(recipe: Recipe) -> tuple[bool, str]:
@@ -59,18 +57,11 @@ class CaptureStage(Stage):
                           "aux_layer_ids": draft.get("overrides", {}).get("aux_layer_ids")}}
 
     @staticmethod
-    def input_files(recipe: Recipe) -> list[Path]:
-        files = conversation_input_files(recipe)
-        if recipe.model.chat_template:
-            files.append(recipe.resolve(recipe.model.chat_template))
-        return files
-
-    @staticmethod
     def outputs(recipe: Recipe) -> list[str]:
-        from eagle_recipes.run_folder import HEAD_FILE, SEQUENCES_FOLDER
+        from eagle_recipes.run_folder import HEAD_FILE
 
         features = RELATIVE.features
-        return [f"{features / SEQUENCES_FOLDER}/", str(features / HEAD_FILE),
+        return [str(features / HEAD_FILE),
                 f"{features / FEATURE_SHARDS}/*.safetensors",
                 f"{features / HELD_OUT_FOLDER}/ (the held-out split's)"]
 
@@ -92,7 +83,7 @@ class CaptureStage(Stage):
     def run(ctx: StageContext) -> dict[str, Any]:
         import torch
 
-        from eagle_recipes.data.sequences import Sequences
+        from eagle_recipes.data.sequences import Sequences, sequence_count
         from eagle_recipes.engines.actor_pool import run_in_actor_pool
         from eagle_recipes.engines.capture import CaptureActor, capture_spec
         from eagle_recipes.engines.placement import capture_placement, cluster_has_gpus
@@ -100,21 +91,21 @@ class CaptureStage(Stage):
 
         recipe, capture = ctx.recipe, ctx.recipe.capture
         model_path = base_model_path(recipe)
-        count = tokenize_training_data(recipe, ctx.upstream, model_path, ctx.out)
+        data = ctx.upstream[TOKENIZE]
+        sequences = Sequences.load(data)
+        count = sequences.count
         # the held-out split too (a few percent more): training replays it to simulate acceptance
-        held_out = tokenize_training_data(recipe, ctx.upstream, model_path, ctx.out / HELD_OUT_FOLDER,
-                                          split=HELD_OUT_SPLIT)
-        spec = capture_spec(recipe, model_path, ctx.out)
-        sequences = Sequences.load(ctx.out)
+        held_out = sequence_count(data / HELD_OUT_FOLDER)
+        spec = capture_spec(recipe, model_path, data, ctx.out)
         stored = getattr(torch, capture.dtype)
         if not head_is_whole(ctx.out):
             write_head(ctx.out, model_path, stored)
         per_token = bytes_per_token(base_model_facts(model_path).hidden_size, len(spec.aux_layer_ids),
                                     stored.itemsize, spec.algorithm)
         _check_disk_room(ctx.out, per_token * sequences.tokens)
-        tasks, done_before = _pending_shards(ctx.out, "", capture.sequences_per_shard)
+        tasks, done_before = _pending_shards(data, ctx.out, "", capture.sequences_per_shard)
         if held_out:
-            tasks += _pending_shards(ctx.out, HELD_OUT_FOLDER, capture.sequences_per_shard)[0]
+            tasks += _pending_shards(data, ctx.out, HELD_OUT_FOLDER, capture.sequences_per_shard)[0]
         if done_before:
             ctx.log(f"resuming: {done_before} of {count} sequences already captured")
         ctx.progress(done_before, count, "conversations")
@@ -134,15 +125,15 @@ class CaptureStage(Stage):
                             "dtype": capture.dtype}}
 
 
-def _pending_shards(out: Path, folder: str, per_shard: int) -> tuple[list[dict], int]:
+def _pending_shards(data: Path, out: Path, folder: str, per_shard: int) -> tuple[list[dict], int]:
     """(the capture tasks of the shards still to write, sequences already captured whole) for the sequences in
-    out/folder: a shard is kept only when it holds exactly its sequences' token ids."""
+    data/folder, captured into out/folder: a shard is kept only when it holds exactly its sequences' token ids."""
     from eagle_recipes.data.sequences import Sequences
 
-    sequences = Sequences.load(out / folder)
+    sequences = Sequences.load(data / folder)
     tasks, done = [], 0
     for index, (first, size) in enumerate(shard_ranges(sequences.count, per_shard)):
-        expected = sequences.ids[sequences.offsets[first]: sequences.offsets[first + size]]
+        expected = sequences.ids_between(first, first + size)
         if shard_is_whole(shard_path(out / folder, index), first, expected):
             done += size
         else:

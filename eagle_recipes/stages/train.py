@@ -16,14 +16,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from eagle_recipes.data.formats import HELD_OUT_SPLIT
-from eagle_recipes.data.training_data import conversation_input_files, tokenize_training_data
 from eagle_recipes.draft.drafters import drafter
 from eagle_recipes.draft.for_recipe import draft_config_for, vocab_file
 from eagle_recipes.draft.trained import write_trained
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.recipe.base_model import base_model_path, rendering_settings
-from eagle_recipes.run_folder import CALIBRATE, CAPTURE, HELD_OUT_FOLDER, RELATIVE, SYNTHESIZE, TRAIN, TRAIN_PLOTS
+from eagle_recipes.run_folder import CALIBRATE, CAPTURE, HELD_OUT_FOLDER, RELATIVE, TOKENIZE, TRAIN, TRAIN_PLOTS
 from eagle_recipes.stages.base import Stage, StageContext
 
 
@@ -72,24 +70,20 @@ class TrainStage(Stage):
     name = TRAIN
     description = "train the draft on Ray Train (base model features online in each worker, cached or streamed)"
     headline_metric = "final_loss"
-    reads_from = (SYNTHESIZE, CALIBRATE, CAPTURE)
+    reads_from = (TOKENIZE, CALIBRATE, CAPTURE)
 
 
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:
-        # how conversations are rendered (online training renders them), then what is trained and how
-        from eagle_recipes.data.sequences import SEQUENCES_LAYOUT
-
+        # the base model (online: it runs in the workers), then what is trained and how; the sequences come with
+        # the tokenize stage's fingerprint
         streamed = {"capture": recipe.data["capture"]} if recipe.train.features == "streamed" else {}
-        return {**rendering_settings(recipe), "sequences": SEQUENCES_LAYOUT, "train": recipe.data["train"],
-                "draft": recipe.data["draft"], **streamed}  # streamed: the servers' engine and dtype count
+        return {**rendering_settings(recipe), "train": recipe.data["train"], "draft": recipe.data["draft"],
+                **streamed}  # streamed: the servers' engine and dtype count
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:
-        files = conversation_input_files(recipe)
-        if recipe.vocab.draft_vocab_cache:
-            files.append(recipe.resolve(recipe.vocab.draft_vocab_cache))
-        return files
+        return [recipe.resolve(recipe.vocab.draft_vocab_cache)] if recipe.vocab.draft_vocab_cache else []
 
     @staticmethod
     def outputs(recipe: Recipe) -> list[str]:
@@ -158,10 +152,10 @@ class PreparedTraining:
 
 def prepare_training(recipe: Recipe, upstream: dict[str, Path], out: Path, checkpoint_dir: Path, metrics_file: Path,
                      simulate: bool, log) -> PreparedTraining:
-    """What the workers train on and how: the sequences (the capture stage's, else tokenized into `out`), the
-    held-out split's when `simulate`, the draft's architecture and vocabulary, and the TrainConfig. The train stage
-    and every trial of a tune (eagle_recipes/tuning/) start from here."""
-    from eagle_recipes.data.sequences import has_sequences, sequence_count
+    """What the workers train on and how: the tokenize stage's sequences, the held-out split's when `simulate`,
+    the draft's architecture and vocabulary, and the TrainConfig. The train stage and every trial of a tune
+    (eagle_recipes/tuning/) start from here."""
+    from eagle_recipes.data.sequences import sequence_count
     from eagle_recipes.training.batches import steps_per_epoch
 
     train = recipe.train
@@ -169,18 +163,12 @@ def prepare_training(recipe: Recipe, upstream: dict[str, Path], out: Path, check
     mapping = vocab_mapping(recipe, upstream, model_path)
     draft_config = draft_config_for(recipe, model_path, mapping.draft_vocab_size)
     holdout = {}
-    if CAPTURE in upstream:  # capture tokenized them (and captured the held-out split's features)
-        data_folder = upstream[CAPTURE]
-        count = sequence_count(data_folder)
-        if simulate and has_sequences(data_folder / HELD_OUT_FOLDER):
-            holdout = {"holdout_folder": str(data_folder / HELD_OUT_FOLDER),
-                       "holdout_capture_dir": str(data_folder / HELD_OUT_FOLDER)}
-    else:
-        data_folder = out
-        count = tokenize_training_data(recipe, upstream, model_path, data_folder)
-        if simulate and tokenize_training_data(recipe, upstream, model_path, out / HELD_OUT_FOLDER,
-                                               split=HELD_OUT_SPLIT):
-            holdout = {"holdout_folder": str(out / HELD_OUT_FOLDER)}
+    data_folder = upstream[TOKENIZE]
+    count = sequence_count(data_folder)
+    if simulate and sequence_count(data_folder / HELD_OUT_FOLDER):
+        holdout = {"holdout_folder": str(data_folder / HELD_OUT_FOLDER)}
+        if CAPTURE in upstream:  # capture captured the held-out split's features too
+            holdout["holdout_capture_dir"] = str(upstream[CAPTURE] / HELD_OUT_FOLDER)
     if simulate and not holdout:
         log("simulated acceptance: the held-out split is empty (data.holdout_fraction leaves no conversation "
             "out)")

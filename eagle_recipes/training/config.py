@@ -16,7 +16,7 @@ class TrainConfig:
     model_path: str
     draft_config: dict  # DraftConfig.to_dict()
     vocab_file: str  # the draft vocabulary's d2t file; empty: the base model's whole vocabulary
-    data_folder: str  # holds tokenized/, the training sequences
+    data_folder: str  # holds tokenized/, the training sequences (the tokenize stage's folder)
     checkpoint_dir: str
     metrics_file: str
     features: str  # "online" | "cached" | "streamed": where the base model's outputs come from

@@ -102,7 +102,7 @@ def held_out_of(config: TrainConfig, target: TargetSource) -> HeldOut | None:
     if not config.simulate_every or not config.holdout_folder:
         return None
     return HeldOut(Sequences.load(Path(config.holdout_folder)),
-                   target.for_split(config.holdout_capture_dir or config.holdout_folder))
+                   target.for_split(config.holdout_folder, config.holdout_capture_dir))
 
 
 def init_from_target(draft: EagleDraft, draft_head: torch.Tensor, final_norm: torch.nn.Module | None) -> None:

@@ -84,9 +84,10 @@ class StreamedTarget:
         self.pending.clear()
         self.upcoming = iter(upcoming)
 
-    def for_split(self, folder: str) -> "StreamedTarget":
-        """The same servers, head and cache, serving the sequences in `folder` (the held-out split)."""
-        return StreamedTarget(self.config, self.draft_ids, self.device, self.dtype, self.servers, folder, shared=self)
+    def for_split(self, sequences_folder: str, features_folder: str) -> "StreamedTarget":
+        """The same servers, head and cache, serving another split's sequences (the held-out one's)."""
+        return StreamedTarget(self.config, self.draft_ids, self.device, self.dtype, self.servers, sequences_folder,
+                              shared=self)
 
     def outputs(self, input_ids, loss_mask, padding, indices: list[int]) -> TargetOutputs:
         self._top_up()

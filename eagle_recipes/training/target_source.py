@@ -35,7 +35,7 @@ class TargetSource(Protocol):
 
     def expect(self, upcoming: Iterable[list[int]]) -> None: ...
 
-    def for_split(self, folder: str) -> "TargetSource": ...
+    def for_split(self, sequences_folder: str, features_folder: str) -> "TargetSource": ...
 
 
 def target_outputs(target, input_ids, loss_mask, padding, aux_ids, draft_ids, algorithm: str) -> TargetOutputs:
@@ -76,7 +76,7 @@ class OnlineTarget:
     def expect(self, upcoming: Iterable[list[int]]) -> None:
         pass  # each batch is computed when it is asked for
 
-    def for_split(self, folder: str) -> "OnlineTarget":
+    def for_split(self, sequences_folder: str, features_folder: str) -> "OnlineTarget":
         return self  # the base model in this worker serves any sequence
 
 
@@ -84,11 +84,13 @@ class CachedTarget:
     """The capture stage's feature cache: features read back by sequence index; no base model in this worker."""
 
     def __init__(self, config: TrainConfig, draft_config: DraftConfig, draft_ids: torch.Tensor,
-                 device: torch.device, dtype: torch.dtype, features_folder: Path | None = None):
-        """`features_folder`: another split's cache (default: the training cache, config.capture_dir)."""
+                 device: torch.device, dtype: torch.dtype, sequences_folder: str = "", features_folder: str = ""):
+        """`sequences_folder`, `features_folder`: another split's sequences and cache (default: the training
+        split's, config.data_folder and config.capture_dir)."""
         from eagle_recipes.data.feature_cache import FeatureStore
 
-        self.store = FeatureStore(Path(features_folder or config.capture_dir), Path(config.capture_dir))
+        self.store = FeatureStore(Path(features_folder or config.capture_dir), Path(sequences_folder or config.data_folder),
+                                  Path(config.capture_dir))
         self.embed, self.draft_head, self.final_norm = self.store.head_modules(draft_ids, device, dtype)
         self.in_draft = self.store.draft_mask(draft_ids, device)
         self.config, self.draft_ids, self.device, self.dtype = config, draft_ids, device, dtype
@@ -102,9 +104,10 @@ class CachedTarget:
     def expect(self, upcoming: Iterable[list[int]]) -> None:
         pass  # each batch is read when it is asked for
 
-    def for_split(self, folder: str) -> "CachedTarget":
-        """The cache the capture stage wrote for the sequences in `folder` (the held-out split's)."""
-        return CachedTarget(self.config, None, self.draft_ids, self.device, self.dtype, Path(folder))
+    def for_split(self, sequences_folder: str, features_folder: str) -> "CachedTarget":
+        """The cache the capture stage wrote for another split (the held-out one's)."""
+        return CachedTarget(self.config, None, self.draft_ids, self.device, self.dtype, sequences_folder,
+                            features_folder)
 
 
 def make_target_source(config: TrainConfig, draft_config: DraftConfig, draft_ids: torch.Tensor,
