@@ -172,7 +172,7 @@ def test_a_kill_inside_every_stage_loses_nothing(tmp_path, smollm2_path):
     assert synthesize["resumed_from_earlier_run"] >= 8 and synthesize["generated_this_run"] >= 8  # cut shard redone
     data = Sequences.load(run.sequences)
     tokenize = manifest(out, TOKENIZE)["counts"]
-    assert len(data.shards) == tokenize["shards"] and data.count == tokenize["sequences"]
+    assert len(data.shards) == tokenize["sequence_shards"] and data.count == tokenize["sequences"]
     shards = sorted((run.features / FEATURE_SHARDS).glob("*.safetensors"))
     assert len(shards) == manifest(out, CAPTURE)["counts"]["shards"]
     for index, shard in enumerate(shards):

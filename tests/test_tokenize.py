@@ -21,8 +21,10 @@ from tests.helpers import run_stage, small_conversations, small_recipe, write_re
 
 
 
-def _recipe(folder, model, conversations_file: bool = False):
-    recipe = small_recipe(folder, model)
+def _recipe(folder, model, conversations_file: bool = False, actors: int = 0):
+    """The small recipe with a held-out split; `actors`: Ray Data actors tokenizing (0: the stage's own task, as
+    for any data under 64 MiB)."""
+    recipe = small_recipe(folder, model, extra=f"[tokenize]\nactors = {actors}\n")
     text = recipe.read_text().replace("[data]\n", "[data]\nholdout_fraction = 0.2\n")
     if conversations_file:  # the recipe's own conversations: no synthesize stage
         rows = [{"conversation_id": f"c{i}", **row} for i, row in enumerate(small_conversations(50))]
@@ -51,10 +53,11 @@ def _assert_same(ours: Sequences, theirs: Sequences) -> None:
 
 
 def test_the_shards_hold_what_one_process_makes_of_the_conversations(tmp_path, tiny_llama, ray_session):
+    """On two Ray Data actors (synthesize's 5 shards) and in the stage's own task (the recipe's own rows)."""
     for name, own in (("synthesized", False), ("own", True)):
         folder = tmp_path / name
         folder.mkdir()
-        recipe = _recipe(folder, tiny_llama, conversations_file=own)
+        recipe = _recipe(folder, tiny_llama, conversations_file=own, actors=0 if own else 2)
         if not own:
             run_stage(recipe, "synthesize")
         result = run_stage(recipe, "tokenize")
@@ -64,8 +67,9 @@ def test_the_shards_hold_what_one_process_makes_of_the_conversations(tmp_path, t
         _assert_same(train, expected[TRAIN_SPLIT])
         _assert_same(held_out, expected[HELD_OUT_SPLIT])
         # synthesize's shards of 8 conversations, or the recipe's own 50 rows staged as one shard
-        assert len(train.shards) == result["counts"]["shards"] == (1 if own else 5), name
+        assert len(train.shards) == result["counts"]["sequence_shards"] == (1 if own else 5), name
         assert result["counts"]["sequences"] == train.count and result["counts"]["holdout_sequences"] == held_out.count
+        assert result["metrics"]["actors"] == (0 if own else 2)
     counts = run_stage(recipe, "calibrate")["counts"]  # the own-conversations run: counted from its shards
     assert counts["tokens_counted"] == int(sum(train.mask_of(i).sum() for i in range(train.count)))
     assert counts["holdout_tokens"] == int(sum(held_out.mask_of(i).sum() for i in range(held_out.count)))
@@ -75,7 +79,7 @@ def test_a_run_killed_during_tokenizing_resumes_by_shard(tmp_path, tiny_llama, r
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     for folder in (reference, interrupted):
         folder.mkdir()
-        recipe = _recipe(folder, tiny_llama)
+        recipe = _recipe(folder, tiny_llama, actors=2 if folder == reference else 0)
         run_stage(recipe, "synthesize")
         run_stage(recipe, "tokenize")
     out = RunFolder(interrupted / "out").sequences
@@ -89,7 +93,7 @@ def test_a_run_killed_during_tokenizing_resumes_by_shard(tmp_path, tiny_llama, r
         path.unlink()
     shards[1].rmdir()
     (out / HELD_OUT_FOLDER / SEQUENCES_FOLDER / shards[3].name / "pad_id.npy").unlink()
-    result = run_stage(_recipe(interrupted, tiny_llama), "tokenize")
+    result = run_stage(_recipe(interrupted, tiny_llama, actors=2), "tokenize")
     assert result["counts"]["resumed_from_earlier_run"] == 3 and result["counts"]["tokenized_this_run"] == 2
     for split in ("", HELD_OUT_FOLDER):
         _assert_same(Sequences.load(out / split), Sequences.load(RunFolder(reference / "out").sequences / split))

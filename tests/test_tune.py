@@ -66,6 +66,10 @@ def test_a_bad_key_or_value_in_the_space_is_refused_with_file_line_and_key(tmp_p
     _, problems = validate_file(recipe)
     assert [(p.key, "muon" in p.message and "FSDP" in p.message) for p in problems] == \
         [('tune.space."train.optimizer"', True)]
+    # streamed training keeps no features for the trials to share
+    recipe.write_text(text.replace('features = "cached"', 'features = "streamed"'))
+    _, problems = validate_file(recipe)
+    assert [p.key for p in problems] == ["train.features"] and '"cached"' in problems[0].hint
 
 
 def test_tune_picks_the_argmax_writes_a_runnable_best_toml_and_resumes_without_redoing_trials(tmp_path, tiny_llama):

@@ -66,7 +66,7 @@ class Sequences:
         stored = shard_folders(folder)
         shards = [SequenceShard(*(np.load(path / f"{name}.npy", mmap_mode="r") for name in ARRAYS))
                   for path in stored]
-        pad_id = int(np.load(stored[0] / "pad_id.npy")) if stored else 0
+        pad_id = int(np.load(stored[0] / WHOLE_MARK)) if stored else 0
         return cls(shards, pad_id)
 
     @property
@@ -125,17 +125,25 @@ def shard_name(index: int) -> str:
     return f"{index:05d}"
 
 
+WHOLE_MARK = "pad_id.npy"  # a shard's last file: a shard folder that has it is whole
+
+
 def shard_folders(folder: Path) -> list[Path]:
     """The whole shards in `folder`'s tokenized/, in order."""
     stored = Path(folder) / SEQUENCES_FOLDER
-    return sorted(path for path in stored.glob("[0-9]" * 5) if (path / "pad_id.npy").exists()) if stored.exists() else []
+    return sorted(path for path in stored.glob("[0-9]" * 5) if (path / WHOLE_MARK).exists()) if stored.exists() else []
+
+
+def has_shard(folder: Path, index: int) -> bool:
+    """Whether shard `index` of `folder`'s sequences is there, whole."""
+    return (Path(folder) / SEQUENCES_FOLDER / shard_name(index) / WHOLE_MARK).exists()
 
 
 def _save_shard(target: Path, ids: np.ndarray, mask: np.ndarray, offsets: np.ndarray, pad_id: int) -> None:
     target.mkdir()
     for name, array in (("ids", ids), ("mask", mask), ("offsets", offsets)):
         np.save(target / f"{name}.npy", np.ascontiguousarray(array))
-    np.save(target / "pad_id.npy", np.int64(pad_id))  # written last: a shard with it is whole
+    np.save(target / WHOLE_MARK, np.int64(pad_id))  # written last: a shard with it is whole
 
 
 def has_sequences(folder: Path) -> bool:
@@ -200,7 +208,7 @@ def write_shard(tokenizer, conversations: Iterable[list[dict]], max_seq_len: int
         for name, dtype in (("ids", np.int32), ("mask", np.int8)):
             _raw_to_npy(raw[name], tmp / f"{name}.npy", np.dtype(dtype))
         np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64))
-        np.save(tmp / "pad_id.npy", np.int64(tokenizer.pad_token_id or 0))
+        np.save(tmp / WHOLE_MARK, np.int64(tokenizer.pad_token_id or 0))
     return len(lengths)
 
 

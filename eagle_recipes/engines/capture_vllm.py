@@ -37,7 +37,10 @@ class VLLMCaptureEngine:
         facts = base_model_facts(spec.model_path)
         self.spec, self.eps = spec, facts.rms_norm_eps
         self.layer_ids = (list(spec.aux_layer_ids) if reads_aux_states(spec.algorithm) else []) + [facts.num_hidden_layers]
-        self.storage = Path(tempfile.mkdtemp(prefix="eagle-recipes-states-"))  # the engine's files, read at once
+        # the engine's files, read at once and removed: in /dev/shm (memory) where there is one, so a feature server
+        # of streamed training writes nothing to disk
+        shared_memory = "/dev/shm" if Path("/dev/shm").is_dir() else None
+        self.storage = Path(tempfile.mkdtemp(prefix="eagle-recipes-states-", dir=shared_memory))
         kwargs: dict[str, Any] = dict(
             model=spec.model_path, tensor_parallel_size=spec.tensor_parallel_size,
             enable_chunked_prefill=False, enable_prefix_caching=False,  # prefix caching would cut states short

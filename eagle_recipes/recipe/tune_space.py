@@ -46,6 +46,11 @@ def space_problems(raw: dict[str, Any], file: str, lines: dict[str, int],
     base = {name: table for name, table in raw.items() if name != "tune"}
     before = {(p.key, p.message) for p in problems_of(base)}
     problems = []
+    if base.get("train", {}).get("features") == "streamed":
+        problems.append(Problem(file, line_of(lines, "train.features"), "train.features",
+                                "a tune's trials share the run's features, and streamed training keeps none",
+                                'tune with train.features = "cached" (or "online"); the best recipe can then '
+                                "train streamed"))
     for key, values in space.items():
         line = line_of(lines, f"tune.space.{key}")
         if key.split(".")[0] not in TUNABLE_TABLES:

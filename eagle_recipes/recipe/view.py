@@ -101,6 +101,7 @@ class Recipe:
     vocab = property(lambda self: self.section("vocab"))
     draft = property(lambda self: self.section("draft"))
     train = property(lambda self: self.section("train"))
+    tokenize = property(lambda self: self.section("tokenize"))
     capture = property(lambda self: self.section("capture"))
     export = property(lambda self: self.section("export"))
     eval = property(lambda self: self.section("eval"))
