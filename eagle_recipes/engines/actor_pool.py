@@ -33,8 +33,10 @@ def run_in_actor_pool(actor: type[TaskActor], tasks: list[dict], replicas: int, 
         return
     ray.data.DataContext.get_current().enable_progress_bars = False  # the stages report their own progress
     dataset = ray.data.from_items([{"task": json.dumps(t)} for t in tasks], override_num_blocks=len(tasks))
-    results = dataset.map_batches(actor, batch_size=1, batch_format="numpy",
-                                  compute=ray.data.ActorPoolStrategy(size=min(replicas, len(tasks))),
+    # one task in flight per actor: an engine that is ready first does not queue the shards a slower-starting
+    # one would take (Ray Data's default hands a ready actor several at once)
+    strategy = ray.data.ActorPoolStrategy(size=min(replicas, len(tasks)), max_tasks_in_flight_per_actor=1)
+    results = dataset.map_batches(actor, batch_size=1, batch_format="numpy", compute=strategy,
                                   fn_constructor_kwargs=actor_kwargs, **placement)
     for row in results.iter_rows():
         yield json.loads(row["result"])
