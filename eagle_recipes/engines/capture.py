@@ -133,16 +133,22 @@ def captured_rows(engine: CaptureEngine, spec: CaptureSpec, sequences: list[np.n
     return tensors
 
 
+def engine_in_this_process(spec: CaptureSpec, device=None) -> CaptureEngine:
+    """The spec's engine for an actor that holds it for its whole life (capture's, a feature server's): on a CPU,
+    torch sized to every core first."""
+    import torch
+
+    if not has_gpu_here():
+        torch.set_num_threads(torch_threads(os.cpu_count() or 1))
+    return make_capture_engine(spec, device)
+
+
 class CaptureActor(TaskActor):
     """Ray Data actor: holds one engine for the whole pass and writes each shard it is given."""
 
     def __init__(self, spec: dict, device=None):
-        import torch
-
         self.spec = CaptureSpec.from_dict(spec)
-        if not has_gpu_here():
-            torch.set_num_threads(torch_threads(os.cpu_count() or 1))
-        self.engine = make_capture_engine(self.spec, device)
+        self.engine = engine_in_this_process(self.spec, device)
         self.sequences: dict[str, Sequences] = {}
 
     def run_task(self, task: dict) -> dict:

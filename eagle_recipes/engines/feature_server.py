@@ -13,28 +13,21 @@ check machine, and tests of the worker's side alone).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from eagle_recipes.data.sequences import Sequences
-from eagle_recipes.engines.capture import CaptureSpec, captured_rows, make_capture_engine
+from eagle_recipes.engines.capture import CaptureSpec, captured_rows, engine_in_this_process
 
 
 class FeatureServer:
     """One capture engine answering feature requests; counts what it served (sequences, tokens)."""
 
     def __init__(self, spec: dict, device=None):
-        import torch
-
-        from eagle_recipes.devices import has_gpu_here, torch_threads
-
         self.spec = CaptureSpec.from_dict(spec)
-        if not has_gpu_here():
-            torch.set_num_threads(torch_threads(os.cpu_count() or 1))
-        self.engine = make_capture_engine(self.spec, device)
+        self.engine = engine_in_this_process(self.spec, device)
         self.sequences: dict[str, Sequences] = {}
         self.served = {"requests": 0, "sequences": 0, "tokens": 0}
 
