@@ -11,10 +11,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from eagle_recipes.draft.config import DraftConfig
 from eagle_recipes.draft.drafters import drafter
 from eagle_recipes.draft.export import export_layout, serving_snippet
 from eagle_recipes.evaluation.speed import SpeedTable
 from eagle_recipes.recipe import Recipe
+from eagle_recipes.recipe.serving_check import serving_engines
 from eagle_recipes.run_folder import CALIBRATE, CAPTURE, SYNTHESIZE, TRAIN, RunFolder
 
 
@@ -119,7 +121,8 @@ def render_card(recipe: Recipe, output_dir: Path, report: dict | None = None) ->
     draft = manifests.get(TRAIN, {}).get("metrics", {}).get("draft_config", {})
     base = _model_name(recipe)
     k, serving_note = _serving_k(recipe, report)
-    serving = serving_snippet(base, run.draft, recipe.draft.algorithm, k)
+    engines = serving_engines(recipe, DraftConfig.from_dict(draft)) if draft else list(recipe.export.engines)
+    serving = serving_snippet(base, run.draft, recipe.draft.algorithm, k, engines)
     spec = drafter(recipe.draft.algorithm)
     algorithm = spec.title
     layout = export_layout(recipe.draft.algorithm, recipe.export.layout)
@@ -135,7 +138,8 @@ def render_card(recipe: Recipe, output_dir: Path, report: dict | None = None) ->
              f"({draft.get('num_key_value_heads', '?')} key/value), MLP {draft.get('intermediate_size', '?')}",
              f"- draft vocabulary: {draft.get('draft_vocab_size', '?')} of the base model's "
              f"{draft.get('vocab_size', '?')} tokens (`d2t` maps them back)",
-             *([f"- reads the base model's hidden states after layers {draft['aux_layer_ids']}"]
+             *([f"- reads the base model's hidden states entering layers {draft['aux_layer_ids']} (Hugging Face "
+                "`hidden_states` indices; `eagle-recipes inspect` shows which layers each engine feeds it)"]
                if draft.get("aux_layer_ids") else []),
              *spec.card_lines(draft),
              f"- layout: {layout} (`config.json` + `model.safetensors`)",

@@ -1,5 +1,4 @@
-"""The `eagle-recipes` command line: validate | plan | run | tune | submit | catalog | schema | draft-fields | inspect | eval |
-publish."""
+"""The `eagle-recipes` command line: validate, plan, run, tune, submit, catalog, inspect, eval, publish and more."""
 
 from __future__ import annotations
 
@@ -7,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -72,12 +72,13 @@ def cmd_validate(args) -> int:
     failed = 0
     overrides = [a for a in args.recipes if is_override(a)]  # applied to every recipe named
     for path in (a for a in args.recipes if not is_override(a)):
-        _, problems = validate_file(path, overrides=overrides)
+        recipe, problems = validate_file(path, overrides=overrides)
         if problems:
             failed += 1
             _print_problems(problems)
         else:
-            console.print(f"{path}: valid", markup=False, highlight=False)
+            for line in [f"note: {note}" for note in recipe.notes] + ["valid"]:
+                console.print(f"{path}: {line}", markup=False, highlight=False)
     return 1 if failed else 0
 
 
@@ -91,8 +92,6 @@ def cmd_schema(args) -> int:
 def _with_output_dir(recipe, output_dir: str | None):
     if not output_dir:
         return recipe
-    from dataclasses import replace
-
     return replace(recipe, data={**recipe.data, "output_dir": str(Path(output_dir).resolve())})
 
 
@@ -200,7 +199,7 @@ def cmd_inspect(args) -> int:
 
 def cmd_eval(args) -> int:
     """Acceptance length of any draft folder on any base model."""
-    from eagle_recipes.draft.export import speculative_config
+    from eagle_recipes.draft.export import served_copy, speculative_config
     from eagle_recipes.draft.inspect import inspect_draft
     from eagle_recipes.draft.layouts import algorithm_of
     from eagle_recipes.evaluation import evaluate_draft
@@ -213,12 +212,14 @@ def cmd_eval(args) -> int:
     check = inspect_draft(draft)
     for line in check.lines():
         console.print(line, markup=False, highlight=False)
-    if not check.ok:
+    if not check.loads or (check.misread and not check.trained_layers):
         raise UserError(f"{draft}: engines would not load this draft as it is (problems above); "
                         "fix it or export it again")
     base = resolve_model(args.base, key="--base")
     out = Path(args.out or draft.parent / "eval")
     ensure_writable_folder(out, "pass --out a writable folder")
+    if check.misread:  # served with the layers it was trained on, from a copy: the user's folder stays as it is
+        draft = served_copy(draft, out / "served-draft", log=lambda m: console.print(m, markup=False))
     sets = resolve_sets([args.prompts], lambda spec: Path(spec), None, args.max_prompts, "first")
     settings = {k: v for k, v in vars(args).items() if k != "func"}
     speed = SpeedSettings(tuple(args.concurrency), args.speed_prompts, args.speed_max_tokens,
@@ -325,12 +326,12 @@ def _add_recipe_commands(command) -> None:
     p.add_argument("--output-dir", help="absolute path on storage every node sees (default: the recipe's, made "
                                         "absolute on this machine)")
     p.set_defaults(func=cmd_submit)
-    p = command("catalog", "tested recipes per model family", "eagle-recipes catalog copy smollm2/SmolLM2-360M-Instruct")
+    p = command("catalog", "recipes per model family, each saying how it was tested", "eagle-recipes catalog list")
     catalog_sub = p.add_subparsers(dest="catalog_command", required=True)
     catalog_sub.add_parser("list", help="table of entries")
     show = catalog_sub.add_parser("show", help="print one entry")
     show.add_argument("name")
-    copy = catalog_sub.add_parser("copy", help="write an editable copy (like `tune cp`)")
+    copy = catalog_sub.add_parser("copy", help="write an editable copy of an entry, to run as your own")
     copy.add_argument("name")
     copy.add_argument("dest", nargs="?")
     copy.add_argument("--force", action="store_true", help="overwrite an existing file")

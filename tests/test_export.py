@@ -48,7 +48,10 @@ def test_round_trip_gives_the_same_weights(tmp_path, algorithm, layout, layers):
     if algorithm == "eagle3":
         assert torch.equal(d2t, mapping.d2t)
     readme = (tmp_path / "draft" / "README.md").read_text()
-    assert "vllm serve base --speculative-config" in readme and "sglang.launch_server" in readme
+    assert "vllm serve base --speculative-config" in readme
+    # SGLang loads the flat layout's Llama layer alone (not speculators, not EAGLE-1 as vLLM takes it)
+    assert report.engines == (["vllm", "sglang"] if layout == "flat" else ["vllm"])
+    assert ("sglang.launch_server" in readme) == (layout == "flat")
 
 
 def test_full_vocabulary_leaves_out_d2t(tmp_path):
@@ -96,7 +99,7 @@ def test_inspect_flags_missing_aux_ids(tmp_path):
                 *(lambda m: (m.d2t, m.t2d))(mapping_from_ids(torch.arange(100), 500)))
     path = tmp_path / "draft" / "config.json"
     data = json.loads(path.read_text())
-    del data["eagle_config"]
+    del data["eagle_config"], data["eagle_aux_hidden_state_layer_ids"]
     path.write_text(json.dumps(data))
     report = inspect_draft(tmp_path / "draft")
     assert any("eagle_aux_hidden_state_layer_ids not written" in p for p in report.problems)
@@ -118,6 +121,11 @@ def _llama_config(config) -> dict:
             "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
 
 
+def sglang_numbering(aux_layer_ids) -> list[int]:
+    """SpecForge and ModelOpt write the layer outputs SGLang reads: our id k (the input of layer k) is their k - 1."""
+    return [i - 1 for i in aux_layer_ids]
+
+
 def modelopt_draft(folder, draft, config, mapping) -> None:
     """As NVIDIA ModelOpt 0.47 exports an EAGLE-3 draft for vLLM: the first layer under `layers.0.`, `d2t` and no
     `t2d`, the aux layer ids and ModelOpt's layer-norm switches in `eagle_config`."""
@@ -126,7 +134,7 @@ def modelopt_draft(folder, draft, config, mapping) -> None:
     tensors["d2t"] = mapping.d2t
     _peer_folder(folder, {**_llama_config(config), "architectures": ["LlamaForCausalLMEagle3"],
                           "draft_vocab_size": config.draft_vocab_size, "eagle_config": {
-                              "eagle_aux_hidden_state_layer_ids": list(config.aux_layer_ids),
+                              "eagle_aux_hidden_state_layer_ids": sglang_numbering(config.aux_layer_ids),
                               "use_aux_hidden_state": True, "use_input_layernorm_in_first_layer": True,
                               "use_last_layernorm": True, "use_mtp_layernorm": False}}, tensors)
 
@@ -138,7 +146,8 @@ def specforge_draft(folder, draft, config, mapping) -> None:
                    **{"embed_tokens.weight": torch.zeros(config.vocab_size, config.hidden_size, dtype=torch.bfloat16)})
     _peer_folder(folder, {**_llama_config(config), "architectures": ["LlamaForCausalLMEagle3"],
                           "draft_vocab_size": config.draft_vocab_size,
-                          "eagle_config": {"eagle_aux_hidden_state_layer_ids": list(config.aux_layer_ids)}}, tensors)
+                          "eagle_config": {"eagle_aux_hidden_state_layer_ids":
+                                           sglang_numbering(config.aux_layer_ids)}}, tensors)
 
 
 def speculators_draft(folder, draft, config, mapping) -> None:
@@ -170,7 +179,11 @@ def test_peer_drafts_pass_inspect_and_load_with_their_weights(tmp_path, peer):
     mapping = mapping_from_ids(torch.arange(100) * 3, 500)
     write(tmp_path / peer, draft, config, mapping)
     report = inspect_draft(tmp_path / peer)
-    assert report.ok and report.layout == layout, report.lines()
+    assert report.loads and report.layout == layout, report.lines()
+    # SpecForge and ModelOpt nest SGLang's numbering alone: vLLM's V1 runner reads it raw, one layer shallower
+    assert report.misread == ([] if peer == "speculators" else [
+        f"vLLM V1 would feed layers {[i - 1 for i in config.aux_layer_ids]} (eagle_config."
+        f"eagle_aux_hidden_state_layer_ids), not the trained {list(config.aux_layer_ids)}"]), report.lines()
     loaded, loaded_config, d2t = load_draft_module(tmp_path / peer)
     assert torch.equal(d2t, mapping.d2t) and loaded_config.aux_layer_ids == config.aux_layer_ids
     for name, tensor in loaded.state_dict().items():

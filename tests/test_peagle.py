@@ -109,7 +109,9 @@ def test_export_holds_what_parallel_drafting_reads_and_loads_back(tmp_path):
     tensors = load_file(str(tmp_path / "draft" / "model.safetensors"))
     assert tensors["mask_hidden"].shape == (1, 3 * 64)
     assert speculative_config("peagle") == {"method": "eagle3", "parallel_drafting": True}
-    assert '"parallel_drafting": true' in serving_snippet("base", "draft", "peagle", STEPS)
+    assert '"parallel_drafting": true' in serving_snippet("base", "draft", "peagle", STEPS, report.engines)
+    assert report.engines == ["vllm"]  # SGLang has no P-EAGLE: its command is not offered
+    assert "sglang" not in serving_snippet("base", "draft", "peagle", STEPS, report.engines)
     loaded, loaded_config, d2t = load_draft_module(tmp_path / "draft")
     assert isinstance(loaded, PEagleDraft) and loaded_config.mask_token_id == MASK_TOKEN
     embed = target.get_input_embeddings()

@@ -9,7 +9,8 @@ from pathlib import Path
 from eagle_recipes.draft.config import DraftConfig
 from eagle_recipes.draft.drafters import drafter
 from eagle_recipes.draft.inspect import InspectReport, inspect_draft
-from eagle_recipes.draft.layouts import layout_config, to_layout
+from eagle_recipes.draft.engine_rules import engines_that_serve
+from eagle_recipes.draft.layouts import config_facts, layout_config, to_layout
 
 
 def speculative_config(algorithm: str) -> dict:
@@ -30,16 +31,21 @@ def export_layout(algorithm: str, requested: str) -> str:
     return drafter(algorithm).layout or requested
 
 
-def serving_snippet(base: str, draft: Path | str, algorithm: str, k: int) -> str:
-    """The vLLM and SGLang commands that serve `draft` beside `base` with k draft tokens."""
+def serving_snippet(base: str, draft: Path | str, algorithm: str, k: int, engines: list[str]) -> str:
+    """The commands that serve `draft` beside `base` with k draft tokens, for each of `engines` ("vllm", "sglang":
+    those that load the folder and feed it the layers it was trained on, draft/engine_rules.py)."""
+    parts = []
+    if "vllm" in engines:
+        spec = json.dumps({**speculative_config(algorithm), "model": str(draft), "num_speculative_tokens": k})
+        parts.append(f"# Serve with vLLM\nvllm serve {base} --speculative-config '{spec}'\n")
     sglang = sglang_algorithm(algorithm)
-    spec = json.dumps({**speculative_config(algorithm), "model": str(draft), "num_speculative_tokens": k})
-    vllm = f"# Serve with vLLM\nvllm serve {base} --speculative-config '{spec}'\n"
-    if sglang is None:
-        return vllm
-    return (vllm + f"\n# Serve with SGLang\npython -m sglang.launch_server --model-path {base} \\\n"
-            f"  --speculative-algorithm {sglang} --speculative-draft-model-path {draft} \\\n"
-            f"  --speculative-num-steps {k} --speculative-eagle-topk 1 --speculative-num-draft-tokens {k + 1}\n")
+    if "sglang" in engines and sglang is not None:
+        parts.append(f"# Serve with SGLang\npython -m sglang.launch_server --model-path {base} \\\n"
+                     f"  --speculative-algorithm {sglang} --speculative-draft-model-path {draft} \\\n"
+                     f"  --speculative-num-steps {k} --speculative-eagle-topk 1 --speculative-num-draft-tokens {k + 1}\n")
+    if not parts:
+        return "# No engine named here serves this draft as trained: see `eagle-recipes inspect` on the folder\n"
+    return "\n".join(parts)
 
 
 def write_draft(folder: Path, state: dict, config: DraftConfig, layout: str, dtype: str, base_model: str, k: int,
@@ -57,9 +63,42 @@ def write_draft(folder: Path, state: dict, config: DraftConfig, layout: str, dty
     if drafter(config.algorithm).calibrated_vocab and config.draft_vocab_size != config.vocab_size:
         tensors["d2t"] = d2t.to(torch.int64).contiguous()
         tensors["t2d"] = t2d.to(torch.bool).contiguous()
+    config_json = layout_config(config, layout, dtype, base_model, k)
+    engines = engines_that_serve(config_json, config_facts(config_json))
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
-        write_json(tmp / "config.json", layout_config(config, layout, dtype, base_model, k))
-        write_text(tmp / "README.md", readme or serving_snippet(base_model, folder.resolve(), config.algorithm, k))
+        write_json(tmp / "config.json", config_json)
+        write_text(tmp / "README.md", readme or serving_snippet(base_model, folder.resolve(), config.algorithm, k,
+                                                                  engines))
     return inspect_draft(folder)
+
+
+def served_copy(folder: Path, destination: Path, log=print) -> Path:
+    """A copy of a draft folder whose config.json also names its trained layers where both vLLM runners read them
+    first (the top level, vLLM's numbering): for folders that nest them in SGLang's numbering alone (SpecForge,
+    ModelOpt), which vLLM's V1 runner would read one layer shallower. The weights are linked (copied where links
+    are refused); the user's folder is never edited."""
+    import os
+    import shutil
+
+    from eagle_recipes.atomic import atomic_path, write_json
+    from eagle_recipes.draft.engine_rules import export_fields, trained_layers
+    from eagle_recipes.draft.layouts import read_config
+
+    config = read_config(folder)
+    layers, _ = trained_layers(config)
+    if layers is None:
+        raise ValueError(f"{folder}: its config.json names no layers to serve")
+    with atomic_path(destination) as tmp:
+        tmp.mkdir(parents=True)
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.name != "config.json":
+                try:
+                    os.symlink(path.resolve(), tmp / path.name)
+                except OSError:
+                    shutil.copy2(path, tmp / path.name)
+        write_json(tmp / "config.json", {**config, **export_fields(layers)[0]})
+    log(f"serving a copy, {destination}, whose config.json names the trained layers {list(layers)} at the top "
+        f"level (vLLM's numbering); {folder} is unchanged")
+    return destination

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eagle_recipes.draft.drafters import drafter
+from eagle_recipes.draft.engine_rules import engines_that_serve, misread, reading_line, readings, trained_layers
 from eagle_recipes.draft.layouts import (
     FLOAT_DTYPES,
     LayoutError,
@@ -32,14 +33,26 @@ class InspectReport:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     tensors: int = 0
+    trained_layers: tuple[int, ...] | None = None  # our numbering (HF hidden_states indices); None: not written
+    serving: list[str] = field(default_factory=list)  # per engine: which layers it feeds the draft
+    misread: list[str] = field(default_factory=list)  # engines that load it but feed other layers than trained
+    engines: list[str] = field(default_factory=list)  # "vllm", "sglang": those that serve it as trained
+
+    @property
+    def loads(self) -> bool:
+        """Every tensor and field an engine needs is there (whatever layers each engine feeds it)."""
+        return not self.problems
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        return not self.problems and not self.misread
 
     def lines(self) -> list[str]:
         head = f"{self.folder}: layout {self.layout}, {self.tensors} tensors: " + ("OK" if self.ok else "BROKEN")
-        return [head] + [f"  problem: {p}" for p in self.problems] + [f"  note: {n}" for n in self.notes]
+        trained = ([f"  trained on the hidden states entering layers {list(self.trained_layers)}"]
+                   if self.trained_layers else [])
+        return ([head] + trained + [f"  {line}" for line in self.serving]
+                + [f"  problem: {p}" for p in self.problems + self.misread] + [f"  note: {n}" for n in self.notes])
 
 
 def tensor_headers(files: list[Path]) -> tuple[dict[str, tuple[tuple[int, ...], str]], list[str]]:
@@ -86,6 +99,22 @@ def _expected_problems(found: dict, required: dict, optional: dict) -> list[str]
     return problems
 
 
+def _engine_readings(report: InspectReport, config: dict, facts: dict) -> None:
+    """Per engine (draft/engine_rules.py): which layers it would feed the draft, against those it was trained on."""
+    trained, source = trained_layers(config)
+    report.trained_layers = trained
+    for reading in readings(config, facts):
+        report.serving.append(reading_line(reading, trained))
+        problem = misread(reading, trained)
+        if problem:
+            report.misread.append(problem)
+    report.engines = engines_that_serve(config, facts)
+    if trained and source.startswith("eagle_config"):
+        report.notes.append(f"layer ids nested in eagle_config alone are read in SGLang's numbering, as SpecForge "
+                            f"and ModelOpt write them: trained on {list(trained)} in ours (HF hidden_states); "
+                            "`eagle-recipes eval` serves vLLM a copy with them at the top level")
+
+
 def inspect_draft(folder: Path) -> InspectReport:
     report = InspectReport(folder=folder)
     if not folder.is_dir():
@@ -99,6 +128,7 @@ def inspect_draft(folder: Path) -> InspectReport:
         report.problems.append(str(error))
         return report
     report.problems += rope_problems(facts)
+    _engine_readings(report, config, facts)
     rope = facts.get("rope_scaling")
     if isinstance(rope, dict) and rope.get("factor"):
         report.notes.append(f"long context: rope {rope.get('rope_type', rope.get('type'))} x{rope['factor']:g}, "

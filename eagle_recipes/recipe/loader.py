@@ -17,6 +17,7 @@ from eagle_recipes.draft.drafters import DEFAULT_DRAFTER, drafter
 from eagle_recipes.recipe.errors import Problem, RecipeError
 from eagle_recipes.recipe.overrides import apply_overrides, parse_overrides, relabel
 from eagle_recipes.recipe.schema import apply_defaults, field_names, load_schema
+from eagle_recipes.recipe.serving_check import serving_problems
 from eagle_recipes.recipe.toml_lines import key_lines, line_of
 from eagle_recipes.recipe.tune_space import space_problems
 from eagle_recipes.recipe.view import Recipe
@@ -135,8 +136,9 @@ def _check_data_files(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
     return problems
 
 
-def _check_against_model(recipe: Recipe, raw: dict, lines: dict[str, int]) -> list[Problem]:
-    """Rules that need the base model's architecture: vocabulary size and draft architecture."""
+def _check_against_model(recipe: Recipe, raw: dict, lines: dict[str, int]) -> tuple[list[Problem], list[str]]:
+    """Rules that need the base model's architecture: vocabulary size, draft architecture, and the engines that
+    must serve the draft on it; (problems, notes)."""
     from eagle_recipes.draft.config import BaseModelFacts, DraftConfigError
     from eagle_recipes.draft.drafters import build_draft_config
     from eagle_recipes.models import ModelError, load_base_config
@@ -148,11 +150,11 @@ def _check_against_model(recipe: Recipe, raw: dict, lines: dict[str, int]) -> li
     except KeyError as error:
         key = "model.config" if recipe.model.config else "model.path"
         return [Problem(file, line_of(lines, key), key, f"the base model's config.json lacks the field {error}",
-                        "point model.config at the model's own config.json")]
+                        "point model.config at the model's own config.json")], []
     except (ModelError, OSError, ValueError) as error:
         key = "model.config" if recipe.model.config else "model.path"
         return [Problem(file, line_of(lines, key), key, f"cannot read the base model's config: {error}",
-                        "set model.config to its config.json to validate and plan offline")]
+                        "set model.config to its config.json to validate and plan offline")], []
     problems = []
     written_vocab = raw.get("vocab", {}).get("draft_vocab_size")
     if written_vocab is not None and written_vocab > facts.vocab_size:
@@ -164,7 +166,7 @@ def _check_against_model(recipe: Recipe, raw: dict, lines: dict[str, int]) -> li
                                    recipe.vocab.draft_vocab_size)
     except DraftConfigError as error:
         problems.append(Problem(file, line_of(lines, error.key), error.key, error.message, error.hint))
-        return problems
+        return problems, []
     k = recipe.eval.num_speculative_tokens
     spec = drafter(draft.algorithm)
     trained_for = spec.max_draft_tokens(draft, recipe.train.ttt_steps)
@@ -174,7 +176,8 @@ def _check_against_model(recipe: Recipe, raw: dict, lines: dict[str, int]) -> li
                                 "eval.num_speculative_tokens",
                                 f"{k} draft tokens, but {spec.title} drafts them in one pass and this recipe "
                                 f"trains {trained_for}", f"use at most {trained_for}, or raise {grows}"))
-    return problems + _check_worker_memory(recipe, lines) + _check_feature_disk(recipe, lines)
+    serving, notes = serving_problems(recipe, config, draft, lines)
+    return problems + serving + _check_worker_memory(recipe, lines) + _check_feature_disk(recipe, lines), notes
 
 
 def _check_feature_disk(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
@@ -339,7 +342,9 @@ def _table_problems(raw: dict, path: Path, lines: dict[str, int], check_model: b
         problems = _check_files(recipe, lines) + _check_data_files(recipe, lines)
     problems += _check_consistency(recipe, lines)
     if check_model:
-        problems += _check_against_model(recipe, raw, lines)
+        model_problems, notes = _check_against_model(recipe, raw, lines)
+        problems += model_problems
+        recipe = replace(recipe, notes=tuple(notes))
     return recipe, problems
 
 

@@ -34,6 +34,7 @@ class Recipe:
     path: Path  # the recipe file; relative paths inside it are relative to its folder
     data: dict[str, Any]  # the recipe with every default applied
     overrides: tuple[str, ...] = ()  # command-line KEY=VALUE overrides, already in `data` (recorded in run.json)
+    notes: tuple[str, ...] = ()  # what validation could not check here (said, not refused)
 
     @property
     def name(self) -> str:

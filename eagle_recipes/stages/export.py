@@ -1,4 +1,4 @@
-"""Export: write the trained draft in a layout vLLM and SGLang load, then check it tensor by tensor (draft/export.py
+"""Export: write the trained draft in the layout its engines load, then check it tensor by tensor (draft/export.py
 writes, draft/inspect.py checks: the same check as `eagle-recipes inspect DRAFT_DIR`)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from eagle_recipes.draft.export import export_layout, serving_snippet, write_dra
 from eagle_recipes.draft.layouts import with_long_context
 from eagle_recipes.draft.trained import read_trained
 from eagle_recipes.recipe import Recipe
+from eagle_recipes.recipe.serving_check import serving_engines
 from eagle_recipes.run_folder import EXPORT, RELATIVE, TRAIN, RunFolder
 from eagle_recipes.stages.base import Stage, StageContext
 from eagle_recipes.recipe.base_model import base_model_path
@@ -16,7 +17,7 @@ from eagle_recipes.recipe.base_model import base_model_path
 
 class ExportStage(Stage):
     name = EXPORT
-    description = "write the draft for vLLM/SGLang and check every tensor"
+    description = "write the draft for its serving engines and check every tensor"
     reads_from = (TRAIN,)
 
 
@@ -54,5 +55,6 @@ class ExportStage(Stage):
             ctx.log(line)
         if not report.ok:
             raise RuntimeError("the exported draft failed its completeness check:\n" + "\n".join(report.lines()))
-        ctx.log("serve it with:\n" + serving_snippet(base, draft, config.algorithm, k))
+        engines = serving_engines(ctx.recipe, trained.config)
+        ctx.log("serve it with:\n" + serving_snippet(base, draft, config.algorithm, k, engines))
         return {"counts": {"tensors": report.tensors}, "metrics": {"layout": layout, "inspect_ok": report.ok}}

@@ -42,6 +42,7 @@ def config_facts(config: dict) -> dict[str, Any]:
     body = layout.body(config)
     facts = layer_facts(body)
     facts.update(layout.drafter_facts(config, body))
+    facts.update(reads_aux_states=layout.reads_aux_states, sglang_refusal=layout.sglang_refusal)
     return facts
 
 

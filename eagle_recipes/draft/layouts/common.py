@@ -26,6 +26,8 @@ class Layout:
     # how its config.json is recognised: a word in one of its architectures, or a key of its own
     architecture_word: ClassVar[str] = ""
     config_key: ClassVar[str] = ""
+    reads_aux_states: ClassVar[bool] = False  # its drafter reads aux hidden states (else the final state)
+    sglang_refusal: ClassVar[str] = ""  # why SGLang does not serve a folder in this layout ('' when it may)
 
     def recognises(self, config: dict) -> bool:
         """Whether a config.json is written in this layout."""
@@ -148,6 +150,8 @@ def vocabulary_tensors(c: dict) -> dict[str, TensorSpec]:
 
 class AuxStateLayout(Layout):
     """A layout of a draft that reads aux states over a calibrated vocabulary (EAGLE-3, DFlash)."""
+
+    reads_aux_states = True
 
     def optional_tensors(self, facts: dict) -> dict[str, TensorSpec]:
         return vocabulary_tensors(facts)

@@ -12,6 +12,8 @@ from eagle_recipes.draft.layouts.common import Layout, TensorSpec, decoder_layer
 class Eagle1Layout(Layout):
     name = "eagle1"
     algorithm = "eagle1"
+    # SGLang's EAGLE-1 draft class is LlamaForCausalLMEagle (`srt/models/llama_eagle.py`, fc with a bias)
+    sglang_refusal = "SGLang loads EAGLE-1 drafts as LlamaForCausalLMEagle (fc with a bias); this one is written for vLLM"
 
     def recognises(self, config: dict) -> bool:
         return True  # the layout of a plain Llama config.json: what is left when no other layout claims it

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from eagle_recipes.draft.config import DraftConfig
+from eagle_recipes.draft.engine_rules import export_fields, trained_layers
 from eagle_recipes.draft.layouts.common import (
     LAYER_TYPES,
     AuxStateLayout,
@@ -31,7 +32,7 @@ class Eagle3Layout(AuxStateLayout):
 
     def drafter_facts(self, config: dict, body: dict) -> dict[str, Any]:
         eagle = config.get("eagle_config") or {}
-        ids = eagle.get("eagle_aux_hidden_state_layer_ids") or config.get("eagle_aux_hidden_state_layer_ids")
+        ids, _ = trained_layers(config)  # in our numbering, whichever engine's numbering the folder wrote
         return {
             "draft_vocab_size": config.get("draft_vocab_size") or body["vocab_size"],
             "target_hidden_size": config.get("target_hidden_size") or body["hidden_size"],
@@ -79,9 +80,10 @@ class FlatLayout(Eagle3Layout):
 
     def config_json(self, config: DraftConfig, dtype: str, base_model: str, k: int) -> dict[str, Any]:
         architecture = "Eagle3Qwen3ForCausalLM" if config.qk_norm else "LlamaForCausalLMEagle3"
+        vllm_ids, sglang_ids = export_fields(config.aux_layer_ids)  # each engine reads the trained layers
         return {**llama_fields(config, dtype), **self.eagle3_fields(config), "architectures": [architecture],
-                "eagle_config": {"eagle_aux_hidden_state_layer_ids": list(config.aux_layer_ids),
-                                 "use_aux_hidden_state": True, "norm_before_fc": config.norm_before_fc}}
+                **vllm_ids, "eagle_config": {**sglang_ids, "use_aux_hidden_state": True,
+                                             "norm_before_fc": config.norm_before_fc}}
 
     def first_layer_prefix(self, names: set[str]) -> str:
         """flat accepts both names for the first layer, as vLLM does."""
@@ -92,6 +94,7 @@ class FlatLayout(Eagle3Layout):
 
 class SpeculatorsLayout(Eagle3Layout):
     name = "speculators"
+    sglang_refusal = "SGLang reads no speculators config (export.layout = \"flat\" writes one it reads)"
     norm_before_residual_default = True
 
     def recognises(self, config: dict) -> bool:
@@ -104,8 +107,7 @@ class SpeculatorsLayout(Eagle3Layout):
         llama = llama_fields(config, dtype)
         return {"architectures": ["Eagle3Speculator"], "speculators_model_type": "eagle3",
                 "transformer_layer_config": {**llama, "architectures": [LAYER_TYPES[config.qk_norm][1]]},
-                **self.eagle3_fields(config),
-                "eagle_aux_hidden_state_layer_ids": list(config.aux_layer_ids),
+                **self.eagle3_fields(config), **export_fields(config.aux_layer_ids)[0],
                 "speculators_config": {"algorithm": "eagle3", "default_proposal_method": "greedy",
                                        "proposal_methods": [{"proposal_type": "greedy", "speculative_tokens": k}],
                                        "verifier": {"name_or_path": base_model,
@@ -124,6 +126,7 @@ class PEagleLayout(FlatLayout):
 
     name = "peagle"
     algorithm = "peagle"
+    sglang_refusal = "SGLang has no P-EAGLE (parallel drafting) for EAGLE-3 drafts"
     architecture_word, config_key = "", "ptd_token_id"  # its architecture is EAGLE-3's: asked before flat
 
     def config_json(self, config: DraftConfig, dtype: str, base_model: str, k: int) -> dict[str, Any]:
