@@ -58,6 +58,7 @@ def test_reduced_quickstart_end_to_end(tmp_path, smollm2_path):
     exported = (run.draft / "README.md").read_text()
     assert "# EAGLE-3 draft for SmolLM2-135M-Instruct" in exported and "Not measured yet" in exported
     assert "## Training" in exported and "24 steps" in exported and "vllm serve" in exported
+    assert "sglang.launch_server" not in exported  # its Qwen3-style draft layer does not load in SGLang
     card = (run.card / "README.md").read_text()
     tau = report["sets"]["mt-bench"]["acceptance_length"]
     assert f"| mt-bench | 8 | {tau:.3f} |" in card and "8/8" in card
