@@ -117,7 +117,7 @@ def holdout_replies(recipe, run: Path, model_path: str) -> list[tuple[list[int],
     """The held-out conversations' first exchange: the base model's own greedy reply (synthesized at T=0)."""
     from eagle_recipes.data.chat import load_tokenizer
     from eagle_recipes.run_folder import SYNTHESIZE
-    from eagle_recipes.data.training_data import conversation_sources, read_conversations
+    from eagle_recipes.recipe.training_data import conversation_sources, read_conversations
     from eagle_recipes.recipe.base_model import chat_template_file
 
     tokenizer = load_tokenizer(model_path, chat_template_file(recipe), recipe.model.trust_remote_code)
@@ -286,8 +286,8 @@ def main() -> None:
     from eagle_recipes.data.chat import mask_token_id
     from eagle_recipes.data.sequences import Sequences
     from eagle_recipes.run_folder import CALIBRATE, SYNTHESIZE
-    from eagle_recipes.data.training_data import tokenize_training_data
-    from eagle_recipes.draft.for_recipe import draft_config_for
+    from eagle_recipes.recipe.training_data import tokenize_training_data
+    from eagle_recipes.recipe.draft_config import draft_config_for
     from eagle_recipes.recipe.base_model import base_model_path
 
     torch.set_num_threads(args.threads)

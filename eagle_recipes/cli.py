@@ -225,9 +225,8 @@ def cmd_eval(args) -> int:
     speed = SpeedSettings(tuple(args.concurrency), args.speed_prompts, args.speed_max_tokens,
                           repeats=args.speed_repeats) if args.concurrency and args.engine == "vllm" else None
     report = evaluate_draft(base, draft, speculative_config(algorithm_of(check.layout)), args.num_speculative_tokens,
-                            sets, args.max_tokens, args.engine, out, settings,
-                            log=lambda message: console.print(message, markup=False), verbose=args.verbose,
-                            speed=speed)
+                            sets, args.max_tokens, args.engine, out, settings, log=lambda message: console.print(
+                                message, markup=False), verbose=args.verbose, speed=speed)
     console.print(f"tau = {report.headline.acceptance_length:.3f}; report: {out / REPORT_FILE}", markup=False)
     if report.speed:
         console.print(report.speed.headline(), markup=False)

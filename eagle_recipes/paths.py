@@ -6,8 +6,17 @@ import os
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SCHEMA_PATH = PROJECT_ROOT / "schemas" / "recipe.schema.json"
-CATALOG_DIR = PROJECT_ROOT / "catalog"
+
+
+def _shipped(folder: str, packaged: str) -> Path:
+    """A folder of the project's own files: the source tree's (a checkout, an editable install), else the copy a
+    wheel ships inside the package (pyproject.toml maps it there)."""
+    source = PROJECT_ROOT / folder
+    return source if source.is_dir() else Path(__file__).resolve().parent / packaged
+
+
+SCHEMA_PATH = _shipped("schemas", "_schemas") / "recipe.schema.json"
+CATALOG_DIR = _shipped("catalog", "_catalog")
 
 
 def cache_dir() -> Path:

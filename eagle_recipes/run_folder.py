@@ -46,7 +46,7 @@ class RunFolder:
         return self.root / name
 
     def manifest_file(self, name: str) -> Path:
-        from eagle_recipes.graph.manifest import MANIFEST
+        from eagle_recipes.manifest import MANIFEST
 
         return self.stage(name) / MANIFEST
 
@@ -123,7 +123,7 @@ class RunFolder:
     # ------------------------------------------------------------ reading a run
     def manifests(self, names: tuple[str, ...] = (SYNTHESIZE, TOKENIZE, CALIBRATE, CAPTURE, TRAIN)) -> dict[str, dict]:
         """{stage: {"counts", "metrics", "wall_s"}} of the finished stages among `names`."""
-        from eagle_recipes.graph.manifest import read_manifest
+        from eagle_recipes.manifest import read_manifest
 
         found = {}
         for name in names:

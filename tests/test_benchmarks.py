@@ -127,3 +127,13 @@ no feature."""
         assert agrees(ratio, per_thousand[stage, "800"], per_thousand[stage, "200"]), (stage, ratio, out)
     assert re.search(r"\| train \| 800 \| .*feature server \d+.*training worker \d+", out), out
     assert re.search(r"(?m)^streamed feature bytes written: 0 \(feature files in the run folder", out), out
+
+
+def test_streamed_benchmark_quick():
+    out = bench("streamed.py", "--quick")
+    rates = {int(n): r for n, r in re.findall(r"^  (\d) server\(s\): ([\d.]+) steps/s", out, re.MULTILINE)}
+    assert set(rates) == {1, 2, 4}, out
+    shares = re.search(r"^  4 server\(s\): [\d.]+ steps/s, requests per server \[([\d, ]+)\]", out, re.MULTILINE)
+    counts = [int(c) for c in shares.group(1).split(",")]
+    assert max(counts) - min(counts) <= 1, out  # every server served its share
+    assert agrees(figure(r"4 servers / 1 server = ([\d.]+)x", out), rates[4], rates[1]), out

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from eagle_recipes.data.feature_cache import FeatureStore
 from eagle_recipes.data.sequences import Sequences
-from eagle_recipes.graph.manifest import IN_PROGRESS, MANIFEST
+from eagle_recipes.manifest import IN_PROGRESS, MANIFEST
 from eagle_recipes.run_folder import CAPTURE, FEATURE_SHARDS, TRAIN, RunFolder
 from tests.helpers import run_stage, small_recipe
 

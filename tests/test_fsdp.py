@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from eagle_recipes.graph.manifest import IN_PROGRESS, MANIFEST
+from eagle_recipes.manifest import IN_PROGRESS, MANIFEST
 from eagle_recipes.run_folder import CALIBRATE, CHECKPOINT_PREFIX, SYNTHESIZE, TRAIN, RunFolder
 from tests.helpers import run_stage, small_recipe
 
@@ -76,10 +76,10 @@ def test_fsdp_checkpoint_resumes_to_identical_weights(tmp_path, tiny_llama, ray_
 def test_bf16_autocast_steps_on_cpu_match_float32(tmp_path, tiny_llama, ray_session):
     """The bfloat16 path GPUs take (autocast; float32 weights and optimizer), on a CPU, against float32."""
     from eagle_recipes.recipe import load_recipe
-    from eagle_recipes.data.training_data import tokenize_training_data
+    from eagle_recipes.recipe.training_data import tokenize_training_data
     from eagle_recipes.stages.train import train_config, vocab_mapping
     from eagle_recipes.draft.vocab import save_mapping
-    from eagle_recipes.draft.for_recipe import draft_config_for
+    from eagle_recipes.recipe.draft_config import draft_config_for
     from eagle_recipes.training.loop import setup, train_step
 
     path = small_recipe(tmp_path, tiny_llama)

@@ -20,7 +20,7 @@ from pathlib import Path
 from eagle_recipes.data.feature_cache import shard_is_whole
 from eagle_recipes.data.sequences import Sequences
 from eagle_recipes.draft.inspect import inspect_draft
-from eagle_recipes.graph.manifest import IN_PROGRESS, MANIFEST
+from eagle_recipes.manifest import IN_PROGRESS, MANIFEST
 from eagle_recipes.run_folder import (CAPTURE, CHECKPOINT_PREFIX, CHECKPOINTS, CONVERSATION_SHARDS, EXPORT,
                                      FEATURE_SHARDS, SEQUENCES_FOLDER, SYNTHESIZE, TOKENIZE, TRAIN, RunFolder)
 from eagle_recipes.stages import STAGE_NAMES

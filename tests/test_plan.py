@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from eagle_recipes.graph.manifest import Manifest, write_manifest
+from eagle_recipes.manifest import Manifest, write_manifest
 from eagle_recipes.graph.plan import compile_plan
 from eagle_recipes.recipe import load_recipe
 from eagle_recipes.run_folder import RunFolder

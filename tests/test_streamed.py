@@ -35,7 +35,7 @@ def captured(tmp_path_factory, tiny_llama, ray_session):
 
 
 def _train_config(folder, model, features: str, **fields):
-    from eagle_recipes.engines.capture import capture_spec
+    from eagle_recipes.recipe.draft_config import capture_spec
     from eagle_recipes.recipe import load_recipe
     from eagle_recipes.training.config import TrainConfig
 
@@ -102,6 +102,60 @@ def test_streamed_training_gives_the_cached_runs_losses_and_writes_no_features(c
     # every training sequence of the 6 steps, then the held-out split at each simulation
     assert result["counts"]["streamed_sequences"] >= 6 * train["batch_size"] * train["grad_accum"]
     assert not list(run.root.rglob(f"{FEATURE_SHARDS}/*.safetensors")) and not list(run.root.rglob(HEAD_FILE))
+
+
+class _Recorded:
+    """A feature server's handle that notes which server each request went to."""
+
+    def __init__(self, index: int, handle, log: list[int]):
+        self.index, self.handle, self.log = index, handle, log
+
+    @property
+    def features(self):
+        def remote(folder, indices):
+            self.log.append(self.index)
+            return self.handle.features.remote(folder, indices)
+
+        return type("Method", (), {"remote": staticmethod(remote)})
+
+
+def test_workers_in_lockstep_keep_every_server_busy_with_equal_shares(captured, tiny_llama, ray_session):
+    """Two workers stepping in lockstep, two requests out each, four real servers: the four requests out at once go
+    to four different servers (each rank starts at its own server), and over the run each server serves an equal
+    share, within one."""
+    from eagle_recipes.engines.capture import CaptureSpec
+    from eagle_recipes.engines.feature_server import RayFeatureServers, start_feature_servers, stop_feature_servers
+    from eagle_recipes.training.batches import planned_micro_batches, steps_per_epoch
+    from eagle_recipes.training.streamed import StreamedTarget
+
+    config = _train_config(captured, tiny_llama, "streamed", stream_in_flight=2)
+    sequences = Sequences.load(config.data_folder)
+    per_epoch = steps_per_epoch(sequences.count, 2, 1, config.batch_size)
+    servers = start_feature_servers(CaptureSpec.from_dict(config.feature_servers["spec"]), 4, {"num_cpus": 0.5})
+    logs: list[list[int]] = [[], []]
+    try:
+        workers, plans = [], []
+        for rank in (0, 1):
+            handles = [_Recorded(i, handle, logs[rank]) for i, handle in enumerate(servers)]
+            target = StreamedTarget(config, torch.arange(300), torch.device("cpu"), torch.float32,
+                                    RayFeatureServers(handles, first=rank * config.stream_in_flight),
+                                    config.data_folder)
+            plan = list(planned_micro_batches(sequences.count, 0, per_epoch, 0, 2 * per_epoch, rank, 2, 1,
+                                             config.batch_size))
+            target.expect(plan)
+            workers.append(target)
+            plans.append(plan)
+        for step in range(len(plans[0])):
+            for target, plan in zip(workers, plans):
+                target.outputs(*_batch(sequences, plan[step]), plan[step])
+            out_now = [server for target, log in zip(workers, logs) for server in log[len(log) - len(target.pending):]]
+            assert len(out_now) == len(set(out_now)), (step, out_now)  # no server holds two of them
+            if step == 0:
+                assert sorted(out_now) == [0, 1, 2, 3]
+    finally:
+        served = stop_feature_servers(servers)
+    shares = [sum(log.count(i) for log in logs) for i in range(4)]
+    assert max(shares) - min(shares) <= 1 and sum(shares) == served["requests"], shares
 
 
 def test_a_worker_keeps_at_most_the_bound_in_flight_and_two_epochs_ask_for_every_sequence_twice(captured, tiny_llama,

@@ -88,6 +88,31 @@ def test_no_import_cycles():
     assert cycles(import_graph()) == []
 
 
+def package_graph() -> dict[str, set[str]]:
+    """The import graph between the package's folders (a top-level module stands for itself)."""
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+
+    def owner(module: str) -> str:
+        parts = module.split(".")
+        return ".".join(parts[:2]) if len(parts) > 1 and parts[1] in folders else module
+
+    graph: dict[str, set[str]] = {}
+    for name, targets in import_graph().items():
+        graph.setdefault(owner(name), set()).update(owner(t) for t in targets if owner(t) != owner(name))
+    return graph
+
+
+def test_no_import_cycle_between_the_package_folders():
+    assert cycles(package_graph()) == []
+
+
+def test_draft_and_data_take_values_never_the_recipe():
+    offending = [(name, target) for name, targets in import_graph().items()
+                 if name.startswith(("eagle_recipes.draft", "eagle_recipes.data"))
+                 for target in targets if target.startswith("eagle_recipes.recipe")]
+    assert offending == []
+
+
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
@@ -119,11 +144,11 @@ def test_the_readme_names_every_folder_of_the_package():
 
 
 # what a run's folder holds, by name: eagle_recipes/run_folder.py is the one module that may spell these out
-# (graph/manifest.py owns its stage.json); everyone else asks a RunFolder or imports the name
+# (manifest.py owns its stage.json); everyone else asks a RunFolder or imports the name
 RUN_LAYOUT_NAMES = {"run.json", "stage.json", "d2t.pt", "t2d.pt", "counts.npy", "tokenized", "head.safetensors",
                     "metrics.jsonl", "loss.png", "accuracy.png", "simulated_tau.png", "report.json",
                     "per_position.png", "checkpoints", "trained", "shards", "holdout"}
-LAYOUT_OWNERS = {PACKAGE / "run_folder.py", PACKAGE / "graph" / "manifest.py", PACKAGE / "data" / "formats.py"}
+LAYOUT_OWNERS = {PACKAGE / "run_folder.py", PACKAGE / "manifest.py", PACKAGE / "data" / "formats.py"}
 
 
 def spelled_layout_names(source: str) -> list[tuple[int, str]]:

@@ -13,8 +13,8 @@ import numpy as np
 from eagle_recipes.data.chat import load_tokenizer
 from eagle_recipes.data.formats import HELD_OUT_SPLIT, TRAIN_SPLIT
 from eagle_recipes.data.sequences import Sequences, tokenize
-from eagle_recipes.data.training_data import conversation_sources, iter_conversations
-from eagle_recipes.graph.manifest import IN_PROGRESS, MANIFEST
+from eagle_recipes.recipe.training_data import conversation_sources, iter_conversations
+from eagle_recipes.manifest import IN_PROGRESS, MANIFEST
 from eagle_recipes.recipe import load_recipe
 from eagle_recipes.run_folder import HELD_OUT_FOLDER, SEQUENCES_FOLDER, SYNTHESIZE, RunFolder
 from tests.helpers import run_stage, small_conversations, small_recipe, write_recipe

@@ -49,19 +49,6 @@ class CaptureSpec:
         return cls(**{**data, "aux_layer_ids": tuple(data["aux_layer_ids"])})
 
 
-def capture_spec(recipe, model_path: str, data_folder: Path, out: Path | str = "") -> CaptureSpec:
-    """The recipe's capture engine over the sequences in `data_folder`, writing into `out` (the capture stage's;
-    streamed training's feature servers write nothing and read the folder each request names)."""
-    from eagle_recipes.draft.for_recipe import draft_config_for
-
-    draft_config = draft_config_for(recipe, model_path, draft_vocab_size=1)
-    return CaptureSpec(model_path=model_path, data_folder=str(data_folder), out=str(out),
-                       algorithm=recipe.draft.algorithm, aux_layer_ids=tuple(draft_config.aux_layer_ids),
-                       dtype=recipe.capture.dtype, engine=recipe.capture.engine,
-                       tensor_parallel_size=recipe.capture.tensor_parallel_size,
-                       trust_remote_code=recipe.model.trust_remote_code)
-
-
 class CaptureEngine(Protocol):
     def capture(self, sequences: list[np.ndarray]) -> list[dict]: ...
 

@@ -89,13 +89,16 @@ class LocalFeatureServers:
 
 
 class RayFeatureServers:
-    """Ray actor handles of the feature servers; a worker's requests go round them in turn."""
+    """Ray actor handles of the feature servers; a worker's requests go round them in turn, from its own first
+    server. Data-parallel workers step in lockstep, so each starts `in_flight` servers after the previous rank's
+    (`first = rank x stream_in_flight`): the W x in_flight requests out at once land on as many servers, not on the
+    same few."""
 
-    def __init__(self, handles: list):
-        self.handles = handles
+    def __init__(self, handles: list, first: int = 0):
+        self.handles, self.first = handles, first
 
     def submit(self, folder: str, indices: list[int], turn: int):
-        return self.handles[turn % len(self.handles)].features.remote(folder, indices)
+        return self.handles[(self.first + turn) % len(self.handles)].features.remote(folder, indices)
 
     def result(self, handle) -> dict[str, Any]:
         import ray

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from eagle_recipes.graph.fingerprint import fingerprint
-from eagle_recipes.graph.manifest import read_manifest
+from eagle_recipes.manifest import read_manifest
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.run_folder import RunFolder
 from eagle_recipes.stages import STAGES

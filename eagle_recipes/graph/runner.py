@@ -12,7 +12,7 @@ import ray
 
 from eagle_recipes.atomic import write_json
 from eagle_recipes.errors import UserError
-from eagle_recipes.graph.manifest import (
+from eagle_recipes.manifest import (
     Manifest,
     prepare_folder,
     read_manifest,

@@ -85,7 +85,8 @@ class CaptureStage(Stage):
 
         from eagle_recipes.data.sequences import Sequences, sequence_count
         from eagle_recipes.engines.actor_pool import run_in_actor_pool
-        from eagle_recipes.engines.capture import CaptureActor, capture_spec
+        from eagle_recipes.engines.capture import CaptureActor
+        from eagle_recipes.recipe.draft_config import capture_spec
         from eagle_recipes.engines.placement import capture_placement, cluster_has_gpus
         from eagle_recipes.models import base_model_facts
 

@@ -17,7 +17,7 @@ from eagle_recipes.data.formats import HELD_OUT_SPLIT
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.run_folder import DRAFT_FOLDER, EVALUATE, EXPORT, RELATIVE, SYNTHESIZE, TRAIN, RunFolder
 from eagle_recipes.stages.base import Stage, StageContext
-from eagle_recipes.data.training_data import conversation_sources, read_conversations
+from eagle_recipes.recipe.training_data import conversation_sources, read_conversations
 from eagle_recipes.recipe.base_model import base_model_path, reasoning_setting, split_settings, thinking_when_generating
 
 

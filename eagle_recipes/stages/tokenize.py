@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from eagle_recipes.data.formats import HELD_OUT_SPLIT, TRAIN_SPLIT
-from eagle_recipes.data.training_data import conversation_input_files
+from eagle_recipes.recipe.training_data import conversation_input_files
 from eagle_recipes.engines.actor_pool import TaskActor
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.recipe.base_model import base_model_path, rendering_settings

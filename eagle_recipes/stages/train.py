@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from eagle_recipes.draft.drafters import drafter
-from eagle_recipes.draft.for_recipe import draft_config_for, vocab_file
+from eagle_recipes.recipe.draft_config import draft_config_for, vocab_file
 from eagle_recipes.draft.trained import write_trained
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.recipe.base_model import base_model_path, rendering_settings
@@ -177,7 +177,7 @@ def prepare_training(recipe: Recipe, upstream: dict[str, Path], out: Path, check
                          f"({train.num_workers} workers x {train.grad_accum} x {train.batch_size}); add data")
     servers = {}
     if train.features == "streamed":
-        from eagle_recipes.engines.capture import capture_spec
+        from eagle_recipes.recipe.draft_config import capture_spec
 
         servers = {"feature_servers": {"spec": capture_spec(recipe, model_path, data_folder).to_dict(),
                                        "replicas": recipe.capture.replicas}}

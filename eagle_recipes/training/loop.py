@@ -265,13 +265,13 @@ def train_loop(loop_config: dict) -> None:
     import ray.train
 
     context = ray.train.get_context()
+    config = TrainConfig(**loop_config["config"])
     servers = loop_config.get("feature_servers")
     if servers is not None:
         from eagle_recipes.engines.feature_server import RayFeatureServers
 
-        servers = RayFeatureServers(servers)
-    training = setup(TrainConfig(**loop_config["config"]), context.get_world_rank(), context.get_world_size(),
-                     context.get_local_rank(), servers)
+        servers = RayFeatureServers(servers, first=context.get_world_rank() * config.stream_in_flight)
+    training = setup(config, context.get_world_rank(), context.get_world_size(), context.get_local_rank(), servers)
 
     def report(metrics: dict) -> None:
         # only at checkpoints: a report waits on the controller (~1.3 s each measured on this CPU, 3x a small step);

@@ -1,13 +1,17 @@
 """The recipe's draft: its architecture for this base model (defaults, the recipe's overrides, the base model's
-facts) and where its draft vocabulary comes from."""
+facts), where its draft vocabulary comes from, and the capture engine that computes the features it reads."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from eagle_recipes.recipe.base_model import load_recipe_tokenizer
 from eagle_recipes.recipe.view import Recipe
 from eagle_recipes.run_folder import CALIBRATE, D2T_FILE
+
+if TYPE_CHECKING:
+    from eagle_recipes.engines.capture import CaptureSpec
 
 
 def vocab_file(recipe: Recipe, upstream: dict[str, Path]) -> Path:
@@ -29,3 +33,16 @@ def draft_config_for(recipe: Recipe, model_path: str, draft_vocab_size: int):
 
         overrides["mask_token_id"] = mask_token_id(load_recipe_tokenizer(recipe, model_path, None))
     return build_draft_config(recipe.draft.algorithm, overrides, base_model_facts(model_path), draft_vocab_size)
+
+
+def capture_spec(recipe: Recipe, model_path: str, data_folder: Path, out: Path | str = "") -> CaptureSpec:
+    """The recipe's capture engine over the sequences in `data_folder`, writing into `out` (the capture stage's;
+    streamed training's feature servers write nothing and read the folder each request names)."""
+    from eagle_recipes.engines.capture import CaptureSpec  # noqa: F811 - the class itself, at run time
+
+    draft_config = draft_config_for(recipe, model_path, draft_vocab_size=1)
+    return CaptureSpec(model_path=model_path, data_folder=str(data_folder), out=str(out),
+                       algorithm=recipe.draft.algorithm, aux_layer_ids=tuple(draft_config.aux_layer_ids),
+                       dtype=recipe.capture.dtype, engine=recipe.capture.engine,
+                       tensor_parallel_size=recipe.capture.tensor_parallel_size,
+                       trust_remote_code=recipe.model.trust_remote_code)
