@@ -8,7 +8,8 @@ shards), calibrate (count tokens from those shards), train (features streamed: t
 steps, a feature server computing each micro-batch's features as they ask) and export. Per stage: its own wall seconds (the
 stage manifest's), seconds per 1,000 conversations, bytes it wrote, and the peak RSS of every process by kind (the
 `eagle-recipes` driver, the stage's Ray task, Ray Data actors, feature servers, training workers), sampled every
-0.2 s from /proc (a spike shorter than that can be missed).
+0.2 s from /proc (a spike shorter than that can be missed), except the stage task's: the kernel's count of its own
+peak (VmHWM, reset when the task starts; the stage's manifest records it), which no sampling can miss.
 
 Its last lines compare the largest N with the one before it: `<stage>: time per conversation 100k/10k = X.XXx,
 peak RSS 100k/10k = Y.YYx` (RSS: of the stage's own largest process, the driver aside; every kind's ratio follows),
@@ -184,6 +185,8 @@ def measure(workdir: Path, count: int, model: Path, steps: int) -> dict[str, dic
             raise SystemExit(f"{stage} at {count:,} conversations failed:\n{output[-3000:]}")
         run = RunFolder(workdir / "out")
         manifest = json.loads(run.manifest_file(stage).read_text())
+        if manifest.get("peak_rss_mib"):  # the task's own peak, exact however short it ran: not a sample
+            peaks["stage task"] = manifest["peak_rss_mib"]
         results[stage] = {"wall_s": manifest["wall_s"], "bytes": folder_bytes(run.stage(stage)), "peaks": peaks,
                           "feature_files": feature_file_bytes(run.root),
                           "server_writes": sum(sampler.written.values())}

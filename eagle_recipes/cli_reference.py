@@ -15,7 +15,7 @@ WIDTH = 110  # argparse wraps help to the terminal's width: a fixed one makes th
 
 HEADER = """# Command-line reference
 
-Generated from the parser that `eagle-recipes --help` prints (`build_parser` in `eagle_recipes/cli.py`). Do not
+Generated from the parser that `eagle-recipes --help` prints (`eagle_recipes/cli_parser.py`, as `eagle_recipes/cli.py` builds it). Do not
 edit it by hand: `make docs` (or `python -m eagle_recipes.cli_reference > docs/cli.md`) writes it again, and
 `tests/test_docs.py` fails when this page differs from what the parser gives.
 

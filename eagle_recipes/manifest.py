@@ -25,6 +25,7 @@ class Manifest:
     counts: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     outputs: list[str] = field(default_factory=list)
+    peak_rss_mib: float | None = None  # the stage task's own peak memory (peak_memory.py); None: not measured
 
 
 def read_manifest(folder: Path) -> Manifest | None:

@@ -79,6 +79,8 @@ def test_cache_skip_and_exactly_the_affected_stages_rerun(tmp_path, tiny_llama):
     run = RunFolder(tmp_path / "out")
     before = {s: json.loads(run.manifest_file(s).read_text())["finished_at"]
               for s in (SYNTHESIZE, TOKENIZE, CALIBRATE, TRAIN, EXPORT)}
+    # each stage task's own peak memory, counted by the kernel from the task's start (not sampled)
+    assert all(json.loads(run.manifest_file(s).read_text())["peak_rss_mib"] > 50 for s in before)
     small_recipe(tmp_path, tiny_llama, lr="0.002")  # a training setting: train and what follows
     assert plan_status(recipe) == {"synthesize": "up to date", "tokenize": "up to date", "calibrate": "up to date",
                                    "train": "run", "export": "run"}

@@ -21,6 +21,7 @@ from eagle_recipes.manifest import (
 from eagle_recipes.graph.plan import Plan
 from eagle_recipes.graph.progress import Display, ProgressHub
 from eagle_recipes.paths import ensure_writable_folder
+from eagle_recipes.peak_memory import peak_mib, reset_peak
 from eagle_recipes.recipe import Recipe
 from eagle_recipes.run_folder import RunFolder
 from eagle_recipes.stages import STAGES
@@ -88,6 +89,7 @@ def execute_stage(recipe: Recipe, name: str, fingerprint: str, upstream: dict[st
         hub.log.remote(name, message)
 
     progress(0, None, "")  # the stage shows as running from its first moment, before it has a count
+    measured = reset_peak()  # this worker process may have run other tasks before
     started = time.time()
     context = StageContext(recipe=recipe, out=out, upstream={k: Path(v) for k, v in upstream.items()},
                            progress=progress, log=log)
@@ -95,7 +97,8 @@ def execute_stage(recipe: Recipe, name: str, fingerprint: str, upstream: dict[st
     finished = time.time()
     manifest = Manifest(stage=name, fingerprint=fingerprint, started_at=started, finished_at=finished,
                         wall_s=round(finished - started, 3), counts=result.get("counts", {}),
-                        metrics=result.get("metrics", {}), outputs=stage.outputs(recipe))
+                        metrics=result.get("metrics", {}), outputs=stage.outputs(recipe),
+                        peak_rss_mib=peak_mib() if measured else None)
     write_manifest(out, manifest)
     return asdict(manifest)
 

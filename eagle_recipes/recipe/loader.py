@@ -19,7 +19,7 @@ from eagle_recipes.recipe.overrides import apply_overrides, parse_overrides, rel
 from eagle_recipes.recipe.schema import apply_defaults, field_names, load_schema
 from eagle_recipes.recipe.serving_check import serving_problems
 from eagle_recipes.recipe.toml_lines import key_lines, line_of
-from eagle_recipes.recipe.tune_space import space_problems
+from eagle_recipes.recipe.tune_space import space_problems, tune_refusals
 from eagle_recipes.recipe.view import Recipe
 
 if TYPE_CHECKING:
@@ -108,6 +108,24 @@ def _check_files(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
             problems.append(Problem(file, line_of(lines, key), re.sub(r"\.\d+$", "", key),
                                     f"file not found: {relative}", f"paths are relative to {recipe.folder}"))
     return problems
+
+
+def _check_output_dir(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
+    """The output folder must be one `run` can make: its nearest existing folder takes a new folder (a probe,
+    made and removed), so that validate refuses what run would."""
+    import tempfile
+
+    folder = recipe.output_dir
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is a file")
+        os.rmdir(tempfile.mkdtemp(prefix=".validate-", dir=existing))
+    except OSError as error:
+        return [Problem(str(recipe.path), line_of(lines, "output_dir"), "output_dir",
+                        f"cannot make {folder}: {error.strerror or error}",
+                        "set output_dir (or --output-dir) to a folder you can write")]
+    return []
 
 
 def _check_data_files(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
@@ -291,10 +309,10 @@ def _check_consistency(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
 
 
 def validate_file(path: str | Path, check_model: bool = True, overrides: Sequence[str] = (),
-                  check_space: bool = True) -> tuple[Recipe | None, list[Problem]]:
+                  check_space: bool = True, tuning: bool = False) -> tuple[Recipe | None, list[Problem]]:
     """Load and check a recipe, with command-line `KEY=VALUE` overrides applied (recipe/overrides.py), and every
-    value of its [tune] space unless not `check_space` (a tune's own trials); return (recipe or None, every problem
-    found)."""
+    value of its [tune] space unless not `check_space` (a tune's own trials), and what `tune` alone refuses when
+    `tuning`; return (recipe or None, every problem found)."""
     path = Path(path)
     file = str(path)
     try:
@@ -323,6 +341,8 @@ def validate_file(path: str | Path, check_model: bool = True, overrides: Sequenc
     if not problems and check_space:  # each value a tune would try, checked as the same override would be
         problems = space_problems(raw, file, lines,
                                   lambda table: _table_problems(table, path, lines, check_model, inputs=False)[1])
+    if not problems and tuning:
+        problems = tune_refusals(raw, file, lines)
     problems = relabel(problems, parsed, file)
     if problems or recipe is None:
         return None, problems
@@ -339,7 +359,7 @@ def _table_problems(raw: dict, path: Path, lines: dict[str, int], check_model: b
         return None, problems
     recipe = Recipe(path=path.resolve(), data=apply_defaults(raw))
     if inputs:
-        problems = _check_files(recipe, lines) + _check_data_files(recipe, lines)
+        problems = _check_files(recipe, lines) + _check_data_files(recipe, lines) + _check_output_dir(recipe, lines)
     problems += _check_consistency(recipe, lines)
     if check_model:
         model_problems, notes = _check_against_model(recipe, raw, lines)
@@ -349,8 +369,8 @@ def _table_problems(raw: dict, path: Path, lines: dict[str, int], check_model: b
 
 
 def load_recipe(path: str | Path, check_model: bool = True, overrides: Sequence[str] = (),
-                check_space: bool = True) -> Recipe:
-    recipe, problems = validate_file(path, check_model, overrides, check_space)
+                check_space: bool = True, tuning: bool = False) -> Recipe:
+    recipe, problems = validate_file(path, check_model, overrides, check_space, tuning)
     if problems:
         raise RecipeError(problems)
     assert recipe is not None

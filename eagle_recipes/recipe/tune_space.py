@@ -46,11 +46,6 @@ def space_problems(raw: dict[str, Any], file: str, lines: dict[str, int],
     base = {name: table for name, table in raw.items() if name != "tune"}
     before = {(p.key, p.message) for p in problems_of(base)}
     problems = []
-    if base.get("train", {}).get("features") == "streamed":
-        problems.append(Problem(file, line_of(lines, "train.features"), "train.features",
-                                "a tune's trials share the run's features, and streamed training keeps none",
-                                'tune with train.features = "cached" (or "online"); the best recipe can then '
-                                "train streamed"))
     for key, values in space.items():
         line = line_of(lines, f"tune.space.{key}")
         if key.split(".")[0] not in TUNABLE_TABLES:
@@ -63,6 +58,15 @@ def space_problems(raw: dict[str, Any], file: str, lines: dict[str, int],
             problems += [Problem(file, line, space_label(key), f"{toml_value(value)}: {p.key}: {p.message}", p.hint)
                          for p in found]
     return problems
+
+
+def tune_refusals(raw: dict[str, Any], file: str, lines: dict[str, int]) -> list[Problem]:
+    """What `tune` alone refuses (other commands ignore the [tune] table): features its trials cannot share."""
+    if raw.get("train", {}).get("features") != "streamed":
+        return []
+    return [Problem(file, line_of(lines, "train.features"), "train.features",
+                    "a tune's trials share the run's features, and streamed training keeps none",
+                    'tune with train.features = "cached" (or "online"); the best recipe can then train streamed')]
 
 
 def value_at(data: dict[str, Any], key: str, default: Any = None) -> Any:
