@@ -15,7 +15,7 @@ STAMP := $(VENV)/.installed
 QUICKSTART := recipes/quickstart.toml
 endif
 
-.PHONY: install quickstart quickstart-gpu test docs clean
+.PHONY: install quickstart quickstart-gpu test test-fast docs clean
 
 $(STAMP): pyproject.toml
 ifeq ($(EXTRA),gpu)
@@ -49,6 +49,10 @@ quickstart-gpu:
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs tests
+
+# everything not marked slow, in a few minutes: a developer's tier between edits (CI runs `make test`, whole)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -rs -m "not slow" tests
 
 # docs/cli.md from the parser `eagle-recipes --help` prints (tests/test_docs.py fails when they differ)
 docs: $(STAMP)

@@ -11,8 +11,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from eagle_recipes.data.formats import HELD_OUT_SPLIT
 from tests.helpers import PROJECT, cli, small_recipe
+
+pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
 
 BENCHMARKS = PROJECT / "benchmarks"
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from eagle_recipes.recipe import validate_file
+
+pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
 
 CLI = [sys.executable, "-m", "eagle_recipes.cli", "catalog"]
 

@@ -16,6 +16,8 @@ import pytest
 from eagle_recipes.run_folder import RunFolder
 from tests.helpers import free_port, small_recipe
 
+pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
+
 RAY = str(Path(sys.executable).parent / "ray")
 
 

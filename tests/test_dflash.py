@@ -121,6 +121,7 @@ def test_simulated_acceptance_equals_the_reference_decoder(tmp_path):
     assert (simulated.drafts, simulated.accepted_per_position) == (expected.drafts, expected.accepted_per_position)
 
 
+@pytest.mark.slow
 def test_dflash_trains_and_exports_through_the_graph(tmp_path, tiny_llama, ray_session):
     """The recipe's `draft.algorithm = "dflash"` through calibrate, train (loss per mask slot, simulated tau) and
     export (vLLM's layout, checked)."""

@@ -171,8 +171,9 @@ def test_catalog_draft_builds_at_full_size_on_meta(path):
     assert {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v[0]) for k, v in expected.items()}
     if layout == "dflash":  # vLLM's DFlash counts layer outputs: our aux id (a layer's input) minus one
         assert written["dflash_config"]["target_layer_ids"] == [i - 1 for i in config.aux_layer_ids]
-    else:
-        assert written["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == list(config.aux_layer_ids)
+    else:  # vLLM's numbering at the top level, SGLang's (one less) inside eagle_config: draft/engine_rules.py
+        assert written["eagle_aux_hidden_state_layer_ids"] == list(config.aux_layer_ids)
+        assert written["eagle_config"]["eagle_aux_hidden_state_layer_ids"] == [i - 1 for i in config.aux_layer_ids]
     assert written["num_attention_heads"] == base.num_attention_heads and written["vocab_size"] == base.vocab_size
 
 

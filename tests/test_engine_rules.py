@@ -142,6 +142,7 @@ def test_inspect_prints_each_engines_layers_and_calls_a_misread_folder_broken(tm
 
 
 
+@pytest.mark.slow
 def test_every_catalog_entry_validates_and_gemma3_served_by_vllm_is_refused_before_any_stage(tmp_path):
     """The installed vLLM's registry is asked: Gemma 3 lacks SupportsEagle3, so the entry as it was (vLLM serving
     and evaluating its EAGLE-3 draft) is refused by `run` before any stage starts; the entry itself now names

@@ -16,6 +16,8 @@ from eagle_recipes.manifest import IN_PROGRESS, MANIFEST
 from eagle_recipes.run_folder import CALIBRATE, CHECKPOINT_PREFIX, SYNTHESIZE, TRAIN, RunFolder
 from tests.helpers import run_stage, small_recipe
 
+pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
+
 # FSDP2 reduce-scatters what DDP all-reduces: the same sums in another order (float32)
 LOSS_TOLERANCE = 1e-4
 WEIGHT_TOLERANCE = dict(atol=2e-5, rtol=1e-4)

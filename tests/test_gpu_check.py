@@ -7,6 +7,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from eagle_recipes.draft.drafters import DEFAULT_DRAFTER, DRAFTERS
 from tests.helpers import PROJECT
 
@@ -34,6 +36,7 @@ def test_gpu_check_without_a_gpu_skips_every_tier_and_exits_0(tmp_path):
         assert f"{tier}: skipped: no GPU" in result.stdout, result.stdout
 
 
+@pytest.mark.slow
 def test_gpu_check_torch_tier_runs_on_the_cpu(tmp_path):
     result = subprocess.run([sys.executable, "-c", AS_ON_A_BARE_MACHINE, str(PROJECT / "benchmarks" / "gpu_check.py"),
                              "--device", "cpu",

@@ -11,8 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from eagle_recipes.run_folder import CALIBRATE, EXPORT, SYNTHESIZE, TOKENIZE, TRAIN, RunFolder
 from tests.helpers import CLI, PROJECT, cli, plan_status, small_recipe
+
+pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
 
 ALL_RECIPES = sorted((PROJECT / "recipes").glob("*.toml")) + sorted((PROJECT / "catalog").glob("*/*.toml"))
 

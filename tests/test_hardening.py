@@ -20,6 +20,8 @@ from eagle_recipes.run_folder import D2T_FILE, RUN_SUMMARY, SYNTHESIZE, RunFolde
 from tests.builders import build_permutation_target, export_copy_draft, permutation
 from tests.helpers import CLI, PROJECT, cli_commands, recipe_head
 
+pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
+
 SMOL_CONFIG = PROJECT / "catalog" / "smollm2" / "configs" / "SmolLM2-135M-Instruct.json"
 GOOD = recipe_head("bad-input", "some/model", config="config.json") + """[synthesis]
 engine = "none"

@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from eagle_recipes.data.feature_cache import shard_is_whole
 from eagle_recipes.data.sequences import Sequences
 from eagle_recipes.draft.inspect import inspect_draft
@@ -25,6 +27,8 @@ from eagle_recipes.run_folder import (CAPTURE, CHECKPOINT_PREFIX, CHECKPOINTS, C
                                      FEATURE_SHARDS, SEQUENCES_FOLDER, SYNTHESIZE, TOKENIZE, TRAIN, RunFolder)
 from eagle_recipes.stages import STAGE_NAMES
 from tests.helpers import CLI, recipe_head, small_conversations, write_recipe
+
+pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
 
 
 def kill_recipe(folder: Path, model: str) -> Path:

@@ -83,6 +83,7 @@ def test_feature_noise_is_uniform_bounded_and_the_same_on_a_resume():
     assert torch.equal(outputs.hidden, torch.zeros(1, 4, 192))  # the captured features themselves untouched
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("features", ["online", "cached"])
 def test_simulated_tau_is_logged_and_the_best_checkpoint_kept(tmp_path, tiny_llama, ray_session, features):
     recipe = small_recipe(tmp_path, tiny_llama, steps=12, lr="0.003")

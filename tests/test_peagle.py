@@ -165,6 +165,7 @@ def _peagle_recipe(tmp_path, model, k: int):
     return recipe
 
 
+@pytest.mark.slow
 def test_peagle_trains_and_exports_through_the_graph(tmp_path, tiny_llama, ray_session):
     """The recipe's `draft.algorithm = "peagle"` through calibrate, train (a loss per parallel slot, simulated
     tau) and export (the flat layout with what parallel drafting reads, checked)."""

@@ -64,6 +64,7 @@ def muon_step(env: dict[str, str]) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_muon_never_multiplies_bfloat16_on_a_cpu_without_native_bfloat16():
     step = muon_step(AVX2_ONLY)
     assert step["native"] is False  # the restriction took effect: this process is an AVX2-only CPU to torch
@@ -71,6 +72,7 @@ def test_muon_never_multiplies_bfloat16_on_a_cpu_without_native_bfloat16():
     assert step["optimizer"] == "Float32Muon"
 
 
+@pytest.mark.slow
 def test_muon_keeps_torchs_bfloat16_iteration_where_bfloat16_is_native():
     """The other side, so the recorder above is known to see bfloat16 when it happens: torch's own Muon."""
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():

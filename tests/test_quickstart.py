@@ -9,8 +9,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from eagle_recipes.run_folder import REPORT_PLOT, RunFolder
 from tests.helpers import PROJECT
+
+pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
 
 CLI = [sys.executable, "-m", "eagle_recipes.cli"]
 

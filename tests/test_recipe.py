@@ -120,6 +120,7 @@ def test_all_problems_reported_at_once(folder):
     assert {p.key for p in problems} == {"train.lr", "train.epochz"}
 
 
+@pytest.mark.slow
 def test_validate_cli_exit_codes_and_no_traceback(folder):
     good = write_recipe(folder, GOOD, "good.toml")
     bad = write_recipe(folder, GOOD + "[train]\nepochz = 2\n", "bad.toml")
@@ -148,6 +149,7 @@ def test_schema_command_prints_the_schema():
     assert out.returncode == 0 and '"$schema": "https://json-schema.org/draft/2020-12/schema"' in out.stdout
 
 
+@pytest.mark.slow
 def test_help_and_version():
     run = lambda *a: subprocess.run([sys.executable, "-m", "eagle_recipes.cli", *a], capture_output=True, text=True)
     assert re.search(r"eagle-recipes \d+\.\d+", run("--version").stdout)
@@ -223,6 +225,7 @@ def _feature_modes(resources: list[str]) -> list[str]:
     return [line for line in resources if line.split(":")[0] in ("online", "cached", "streamed", "recommended")]
 
 
+@pytest.mark.slow
 def test_plan_tells_what_each_feature_mode_costs_at_the_recipes_size(folder):
     text = GOOD + '\n[train]\nfeatures = "cached"\nmax_seq_len = 1000\n'
     resources = _planned_resources(write_recipe(folder, text))
@@ -235,6 +238,7 @@ def test_plan_tells_what_each_feature_mode_costs_at_the_recipes_size(folder):
     assert recommended.startswith("recommended: cached (it fits the disk"), recommended
 
 
+@pytest.mark.slow
 def test_plan_at_a_stated_size_for_a_dataset_whose_rows_are_unknown_offline(folder):
     """A Hub dataset's row count is unknown offline: the cache's size is unknown until data.max_samples states
     it; at 500,000 conversations of up to 1,000 tokens the cache (2.1 TiB) outgrows this disk and plan says so."""
@@ -288,6 +292,7 @@ def test_a_bad_override_is_refused_naming_the_key_and_the_command_line(folder, o
     assert f"{path} (command line: {override}): {key}:" in str(problems[0]) and words in str(problems[0])
 
 
+@pytest.mark.slow
 def test_run_and_validate_take_overrides_on_the_command_line(folder):
     path = write_recipe(folder, GOOD)
     run = lambda *a: subprocess.run([sys.executable, "-m", "eagle_recipes.cli", *a], capture_output=True, text=True)

@@ -24,6 +24,8 @@ from eagle_recipes.run_folder import REPORT_FILE, RunFolder
 from tests.conftest import SMOLLM2
 from tests.helpers import PROJECT
 
+pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
+
 TRAINED = [1, 15, 27]  # SmolLM2's default is [2, 15, 27]
 SHIFTED = [0, 14, 26]  # one layer shallower: the first id now reads the embeddings
 K, MAX_TOKENS, PROMPTS = 3, 40, 8

@@ -116,6 +116,7 @@ def test_mixture_weights_deduplication_and_unusable_rows_by_source(hub_folder):
     assert {c["conversation_id"] for c in other.conversations} != {c["conversation_id"] for c in loaded.conversations}
 
 
+@pytest.mark.slow
 def test_validate_and_plan_see_the_sources(hub_folder, tmp_path, smollm2_config):
     head = recipe_head("sources", "some/model", config=str(smollm2_config), prompts="unused.jsonl")
     table = (f'prompts = [{{ dataset = "{hub_folder.name}", subset = "chat", split = "train_sft", max_rows = 25 }}, '
@@ -151,6 +152,7 @@ def test_an_unreachable_hub_fails_in_seconds_naming_the_entry(tmp_path, monkeypa
     assert "HF_HUB_OFFLINE" in message and "local folder" in message and "Traceback" not in message
 
 
+@pytest.mark.slow
 def test_a_hub_model_offline_fails_naming_model_path(tmp_path):
     import os
     import subprocess
@@ -171,6 +173,7 @@ def test_a_hub_model_offline_fails_naming_model_path(tmp_path):
     assert "HF_HUB_OFFLINE" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_dataset_folder_runs_the_whole_graph(hub_folder, tmp_path, tiny_llama):
     """Two sources of one dataset folder (a mixture), no JSONL written by hand: synthesize (the conversations as
     they are), calibrate, train, export and evaluate (the reference decoder)."""

@@ -14,6 +14,8 @@ from eagle_recipes.evaluation.vllm_path import evaluate_vllm
 from eagle_recipes.run_folder import REPORT_FILE, REPORT_PLOT
 from tests.builders import build_permutation_target, export_copy_draft, permutation, prompts_file
 
+pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
+
 K = 3
 MAX_TOKENS = 60
 

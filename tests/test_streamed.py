@@ -17,6 +17,8 @@ from eagle_recipes.data.sequences import Sequences
 from eagle_recipes.run_folder import FEATURE_SHARDS, HEAD_FILE, TRAIN, RunFolder
 from tests.helpers import run_stage, small_recipe
 
+pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
+
 
 def _recipe(folder, model, features: str, steps: int = 6, extra_train: str = ""):
     recipe = small_recipe(folder, model, steps=steps, extra='[capture]\ndtype = "float32"\nsequences_per_shard = 8\n')

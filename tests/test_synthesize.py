@@ -17,6 +17,8 @@ import pytest
 from eagle_recipes.run_folder import RunFolder
 from tests.helpers import VLLMServer, run_stage, write_recipe
 
+pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
+
 API_KEY = "sk-test-not-a-real-key-0123456789"
 
 PROMPTS = [

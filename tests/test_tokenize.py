@@ -10,6 +10,8 @@ import json
 
 import numpy as np
 
+import pytest
+
 from eagle_recipes.data.chat import load_tokenizer
 from eagle_recipes.data.formats import HELD_OUT_SPLIT, TRAIN_SPLIT
 from eagle_recipes.data.sequences import Sequences, tokenize
@@ -18,6 +20,8 @@ from eagle_recipes.manifest import IN_PROGRESS, MANIFEST
 from eagle_recipes.recipe import load_recipe
 from eagle_recipes.run_folder import HELD_OUT_FOLDER, SEQUENCES_FOLDER, SYNTHESIZE, RunFolder
 from tests.helpers import run_stage, small_conversations, small_recipe, write_recipe
+
+pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
 
 
 

@@ -12,6 +12,8 @@ from eagle_recipes.run_folder import RunFolder
 from eagle_recipes.trackers import missing_extras
 from tests.helpers import cli, recipe_head, small_conversations, write_recipe
 
+pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
+
 
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory, tiny_llama):

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 from eagle_recipes.run_folder import ACCURACY_PLOT, LOSS_PLOT, TRAIN, RunFolder
 from tests.helpers import run_stage, small_recipe
+
+pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
 
 
 def _metrics(folder):

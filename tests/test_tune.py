@@ -10,6 +10,8 @@ import time
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from eagle_recipes.recipe import load_recipe, validate_file
 from eagle_recipes.recipe.tune_space import expand
 from eagle_recipes.run_folder import BEST_RECIPE, TRIAL_DONE, TRIAL_STARTED, TUNE_PLOT, TUNE_RESULTS, RunFolder
@@ -74,6 +76,7 @@ def test_a_bad_key_or_value_in_the_space_is_refused_with_file_line_and_key(tmp_p
     assert validate_file(recipe)[1] == []
 
 
+@pytest.mark.slow
 def test_tune_picks_the_argmax_writes_a_runnable_best_toml_and_resumes_without_redoing_trials(tmp_path, tiny_llama):
     recipe = tune_recipe(tmp_path, tiny_llama)
     tuned = RunFolder(tmp_path / "out").tune

@@ -8,7 +8,11 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from tests.helpers import PROJECT
+
+pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
 
 
 def test_a_built_wheel_validates_a_catalog_recipe_without_the_source_tree(tmp_path):

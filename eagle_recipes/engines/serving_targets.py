@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 
 from eagle_recipes.atomic import write_json
-from eagle_recipes.paths import cache_dir
+from eagle_recipes.paths import CATALOG_DIR, cache_dir
 
 # architectures (Hugging Face class names) whose SGLang class captures aux hidden states for EAGLE-3 and DFlash
 SGLANG_AUX_STATE_TARGETS = frozenset({
@@ -86,11 +86,22 @@ def vllm_target(architecture: str) -> VllmTarget:
         answers = json.loads(path.read_text())
     except (OSError, ValueError):
         answers = {}
-    if architecture not in answers:
-        answers.update(_ask_vllm([architecture]))
+    if architecture not in answers:  # one child process answers for the catalog's architectures too
+        answers.update(_ask_vllm(sorted({architecture, *catalog_architectures()} - set(answers))))
         write_json(path, answers)
     answer = answers[architecture]
     return VllmTarget(architecture, True, version, answer["known"], answer["eagle3"])
+
+
+def catalog_architectures() -> set[str]:
+    """The base-model architectures the catalog's entries name (their config.json files)."""
+    found = set()
+    for path in CATALOG_DIR.glob("*/configs/*.json"):
+        try:
+            found.update(json.loads(path.read_text()).get("architectures") or [])
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def vllm_refusal(target: VllmTarget, reads_aux_states: bool, drafter_title: str) -> str:

@@ -24,11 +24,6 @@ def conversation_sources(recipe: Recipe, upstream: dict[str, Path]) -> list[Sour
     return recipe.conversation_sources()
 
 
-def conversation_files(recipe: Recipe, upstream: dict[str, Path]) -> list[Path]:
-    """The local files of those sources (calibrate's Ray Data reads the JSONL files themselves)."""
-    return [file for source in conversation_sources(recipe, upstream) for file in source.input_files()]
-
-
 def conversation_input_files(recipe: Recipe) -> list[Path]:
     """The files the recipe's own conversations are read from (what a stage reading them is fingerprinted on)."""
     return [file for source in recipe.conversation_sources() for file in source.input_files()]
