@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# how an export names its layers (the export stage fingerprints it: a folder written before is written again)
+EXPORTED_NUMBERING = "vLLM's at the top level, SGLang's in eagle_config"
 VLLM_V1, VLLM_V2, SGLANG = "vLLM V1", "vLLM V2", "SGLang"
 ENGINES = (VLLM_V1, VLLM_V2, SGLANG)  # vLLM's CPU build runs V1; V2 is vLLM's default for EAGLE-3 on GPUs
 TOP_KEY = "eagle_aux_hidden_state_layer_ids"

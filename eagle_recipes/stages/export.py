@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from eagle_recipes.draft.engine_rules import EXPORTED_NUMBERING
 from eagle_recipes.draft.export import export_layout, serving_snippet, write_draft
 from eagle_recipes.draft.layouts import with_long_context
 from eagle_recipes.draft.trained import read_trained
@@ -23,7 +24,8 @@ class ExportStage(Stage):
 
     @staticmethod
     def settings(recipe: Recipe) -> dict[str, Any]:
-        return {"export": recipe.data["export"], "k": recipe.eval.num_speculative_tokens}
+        return {"export": recipe.data["export"], "k": recipe.eval.num_speculative_tokens,
+                "layer_ids": EXPORTED_NUMBERING}
 
     @staticmethod
     def outputs(recipe: Recipe) -> list[str]:
