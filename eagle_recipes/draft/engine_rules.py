@@ -19,6 +19,7 @@ EXPORTED_NUMBERING = "vLLM's at the top level, SGLang's in eagle_config"
 VLLM_V1, VLLM_V2, SGLANG = "vLLM V1", "vLLM V2", "SGLang"
 ENGINES = (VLLM_V1, VLLM_V2, SGLANG)  # vLLM's CPU build runs V1; V2 is vLLM's default for EAGLE-3 on GPUs
 TOP_KEY = "eagle_aux_hidden_state_layer_ids"
+FINAL_STATE = "the final hidden state"  # what every engine feeds a drafter that reads no aux states (EAGLE-1)
 Layers = tuple[int, ...]
 
 
@@ -111,11 +112,6 @@ def default_layers_could_be(layers: Layers) -> bool:
     return layers[1] == num_layers // 2
 
 
-def default_layers(num_layers: int) -> Layers:
-    """The engines' default for a base of `num_layers` layers, sorted and de-duplicated as they capture them."""
-    return tuple(sorted({2, num_layers // 2, num_layers - 3}))
-
-
 def export_fields(aux_layer_ids: Layers) -> tuple[dict[str, Any], dict[str, Any]]:
     """(top-level fields, `eagle_config` fields) that make every engine read `aux_layer_ids` (our numbering)."""
     ids = [int(i) for i in aux_layer_ids]
@@ -150,7 +146,7 @@ def readings(config: dict, facts: dict[str, Any]) -> list[Reading]:
             out.append(Reading(engine, cannot_load=cannot))
             continue
         reads_aux = facts.get("reads_aux_states", True)
-        layers, found_in = rule(config) if reads_aux else (None, "the final hidden state")
+        layers, found_in = rule(config) if reads_aux else (None, FINAL_STATE)
         out.append(Reading(engine, layers, found_in))
     return out
 
@@ -175,8 +171,8 @@ def reading_line(reading: Reading, trained: Layers | None) -> str:
     """One line of `inspect`: what an engine feeds the draft, and whether that is what it was trained on."""
     if reading.cannot_load:
         return f"{reading.engine}: does not load it ({reading.cannot_load})"
-    if reading.found_in == "the final hidden state":
-        return f"{reading.engine}: feeds the final hidden state"
+    if reading.found_in == FINAL_STATE:
+        return f"{reading.engine}: feeds {FINAL_STATE}"
     where = "its default (2, L//2, L-3)" if reading.layers is None else f"{list(reading.layers)} ({reading.found_in})"
     problem = misread(reading, trained)
     verdict = "NOT as trained" if problem else ("as trained" if trained is not None else "")

@@ -43,12 +43,10 @@ def _vllm_problem(recipe: Recipe, base_config: dict, draft: DraftConfig, lines: 
     if not refusal:
         return [], []
     key = "export.engines" if "vllm" in recipe.export.engines else "eval.engine"
-    if sglang_serves_target(architecture) and spec.sglang_algorithm and not draft.qk_norm:
+    if sglang_serves_target(architecture) and spec.sglang_algorithm:
+        llama_layer = ", draft.overrides.qk_norm = false" if draft.qk_norm else ""
         hint = (f'SGLang serves {architecture} with a Llama-layer {spec.title} draft: set export.engines = '
-                '["sglang"] and eval.engine = "reference" (the PyTorch reference decoder measures tau)')
-    elif sglang_serves_target(architecture) and spec.sglang_algorithm:
-        hint = (f'SGLang serves {architecture} with a Llama-layer {spec.title} draft: set export.engines = '
-                '["sglang"], draft.overrides.qk_norm = false and eval.engine = "reference"')
+                f'["sglang"]{llama_layer} and eval.engine = "reference" (the PyTorch reference decoder measures tau)')
     else:
         hint = "choose a base model vLLM serves with this drafter, or another drafter"
     return [Problem(str(recipe.path), line_of(lines, key) or line_of(lines, key.split(".")[0]), key, refusal, hint)], []
