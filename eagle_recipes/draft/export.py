@@ -64,13 +64,14 @@ def write_draft(folder: Path, state: dict, config: DraftConfig, layout: str, dty
         tensors["d2t"] = d2t.to(torch.int64).contiguous()
         tensors["t2d"] = t2d.to(torch.bool).contiguous()
     config_json = layout_config(config, layout, dtype, base_model, k)
-    engines = engines_that_serve(config_json, config_facts(config_json))
+    if readme is None:  # the serving commands of the engines that serve this folder as trained
+        engines = engines_that_serve(config_json, config_facts(config_json))
+        readme = serving_snippet(base_model, folder.resolve(), config.algorithm, k, engines)
     with atomic_path(folder) as tmp:
         tmp.mkdir()
         save_file(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         write_json(tmp / "config.json", config_json)
-        write_text(tmp / "README.md", readme or serving_snippet(base_model, folder.resolve(), config.algorithm, k,
-                                                                  engines))
+        write_text(tmp / "README.md", readme)
     return inspect_draft(folder)
 
 
