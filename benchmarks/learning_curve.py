@@ -140,7 +140,7 @@ def train_draft(variant: Variant, steps: int, recipe, facts, mapping, captured, 
     import torch
 
     from eagle_recipes.draft.drafters import build_draft, build_draft_config, drafter
-    from eagle_recipes.draft.ttt import TargetOutputs
+    from eagle_recipes.draft.target_outputs import TargetOutputs
     from eagle_recipes.training.batches import micro_batch_indices, steps_per_epoch
     from eagle_recipes.training.config import TrainConfig
     from eagle_recipes.training.loop import with_feature_noise

@@ -1,6 +1,6 @@
 """Streamed features: do training steps speed up with the feature servers? W training workers (Ray actors, in
 lockstep as data-parallel workers are: every step waits for all) each ask the servers for their micro-batches
-ahead through the training code's own `StreamedTarget` (`train.stream_in_flight` out at once), and S feature
+ahead through the training code's own `StreamedTarget` (`train.streamed.in_flight` out at once), and S feature
 servers (Ray actors) answer each request after a fixed wait that stands for a GPU's forward, so two CPU cores can
 measure the routing alone. Prints steps/s for S = 1, 2, 4, also (but in --quick) with every worker starting at the
 first server (the routing before each rank had its own first server), and last `steps/s with 4 servers / 1 server = X.XXx`.
@@ -57,7 +57,7 @@ class Worker:
         held = SimpleNamespace(embed=None, draft_head=torch.nn.Linear(HIDDEN, DRAFT_VOCAB, bias=False),
                                final_norm=None, in_draft=torch.ones(DRAFT_VOCAB, dtype=torch.bool),
                                cache=StreamCache(0))
-        config = SimpleNamespace(stream_in_flight=in_flight)
+        config = SimpleNamespace(feature_settings={"in_flight": in_flight, "cache_gib": 0.0})
         servers = RayFeatureServers(handles, first=rank * in_flight if spread else 0)
         self.target = StreamedTarget(config, None, torch.device("cpu"), torch.float32, servers, "bench", shared=held)
         self.batches = [[rank * 100_000 + step] for step in range(steps)]
@@ -96,7 +96,7 @@ def steps_per_second(servers: int, args, spread: bool) -> tuple[float, list[int]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--in-flight", type=int, default=2, help="train.stream_in_flight")
+    parser.add_argument("--in-flight", type=int, default=2, help="train.streamed.in_flight")
     parser.add_argument("--server-seconds", type=float, default=0.2, help="a server's forward, as a fixed wait")
     parser.add_argument("--step-seconds", type=float, default=0.02, help="a worker's own step, as a fixed wait")
     parser.add_argument("--steps", type=int, default=40)

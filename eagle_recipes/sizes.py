@@ -1,5 +1,6 @@
 """Sizes that plan and validate reason with: parameters of a base model from its config facts, the memory a
-training worker needs online and cached, and the bytes the feature cache takes.
+training worker holds in each feature mode (training/features/ adds up its parts), and the bytes the feature
+cache takes.
 
 Estimates, stated as such: weights and optimizer state are counted exactly from the shapes; activations are
 estimated for one micro-batch at max_seq_len (the base forward's kept hidden states and logits, and the draft's
@@ -12,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eagle_recipes.draft.config import text_config
+from eagle_recipes.training.features import FEATURE_MODES, WorkerMemory, WorkerParts
 
-GiB = 1024 ** 3
 BF16 = 2
 # a trained parameter in mixed precision: fp32 weight, fp32 gradient, two fp32 Adam moments
 TRAINED_PARAMETER_BYTES = 16
@@ -37,33 +38,38 @@ def base_parameters(config: dict) -> int:
     return layers * (attention + mlp + 2 * hidden) + embeddings + hidden
 
 
-@dataclass(frozen=True)
-class WorkerMemory:
-    """Bytes a training worker holds before activations."""
-
-    base: int  # the frozen base model (online) or its embeddings and LM head (cached)
-    draft: int  # the draft with its gradients and optimizer state
-    activations: int  # one micro-batch at max_seq_len (estimate)
-
-    @property
-    def total(self) -> int:
-        return self.base + self.draft + self.activations
-
-
-def worker_memory(config: dict, draft_parameters: int, features: str, tokens: int, draft_vocab: int,
-                  ttt_steps: int, dtype_bytes: int = BF16) -> WorkerMemory:
-    """`tokens`: one micro-batch (batch_size x max_seq_len)."""
+def worker_parts(config: dict, draft_parameters: int, tokens: int, draft_vocab: int, unroll_positions: int,
+                 bytes_per_token: int, dtype_bytes: int = BF16) -> WorkerParts:
+    """The parts of a training worker's memory; `tokens`: one micro-batch (batch_size x max_seq_len). Each feature
+    mode adds up the ones it holds (training/features/)."""
     text = text_config(config)
     hidden, vocab = text["hidden_size"], text["vocab_size"]
-    draft_activations = ttt_steps * tokens * draft_vocab * 4 * 3  # fp32 logits, probabilities, gradient
-    if features == "cached":
-        base = 2 * vocab * hidden * dtype_bytes  # embeddings + LM head
-        base_activations = tokens * 4 * hidden * 4  # the features read back, in fp32
-    else:
-        base = base_parameters(config) * dtype_bytes
-        base_activations = (text["num_hidden_layers"] + 1) * tokens * hidden * dtype_bytes + tokens * vocab * dtype_bytes
-    return WorkerMemory(base=base, draft=draft_parameters * TRAINED_PARAMETER_BYTES,
-                        activations=base_activations + draft_activations)
+    return WorkerParts(
+        base_weights=base_parameters(config) * dtype_bytes,
+        head_weights=2 * vocab * hidden * dtype_bytes,  # embeddings + LM head
+        base_activations=(text["num_hidden_layers"] + 1) * tokens * hidden * dtype_bytes + tokens * vocab * dtype_bytes,
+        read_features=tokens * 4 * hidden * 4,  # the features read back, in fp32
+        batch_features=tokens * bytes_per_token,
+        draft=draft_parameters * TRAINED_PARAMETER_BYTES,
+        draft_activations=unroll_positions * tokens * draft_vocab * 4 * 3)  # fp32 logits, probabilities, gradient
+
+
+@dataclass(frozen=True)
+class TrainingSizes:
+    """What training costs at the recipe's size: each feature mode's memory per worker and the feature cache."""
+
+    workers: dict[str, WorkerMemory]  # by train.features
+    bytes_per_token: int  # of the feature cache
+    tokens: int | None  # training tokens (None: unknown offline)
+    tokens_exact: bool  # counted from the tokenized sequences (else an upper bound)
+
+    @property
+    def cache_bytes(self) -> int | None:
+        return None if self.tokens is None else self.bytes_per_token * self.tokens
+
+    def cache_fits(self, free: int) -> bool:
+        """Whether the feature cache fits `free` bytes (False while its size is unknown)."""
+        return self.cache_bytes is not None and self.cache_bytes <= free
 
 
 def draft_parameters(draft_config) -> int:
@@ -74,12 +80,6 @@ def draft_parameters(draft_config) -> int:
 
     with torch.device("meta"):
         return sum(p.numel() for p in build_draft(draft_config).parameters())
-
-
-def gib(size: float) -> str:
-    if size >= 1024 * GiB:
-        return f"{size / 1024 / GiB:.1f} TiB"
-    return f"{size / GiB:.1f} GiB" if size >= GiB / 10 else f"{size / 1024 ** 2:.0f} MiB"
 
 
 def planned_conversations(recipe) -> int | None:
@@ -113,27 +113,27 @@ def estimated_tokens(recipe) -> tuple[int | None, bool]:
     return (None if conversations is None else conversations * recipe.train.max_seq_len), False
 
 
-def size_line(recipe, sizes: dict) -> str:
+def size_line(recipe, sizes: TrainingSizes) -> str:
     """The size the estimates are for, as plan shows it."""
     from eagle_recipes.data.sequences import sequence_count
     from eagle_recipes.run_folder import RunFolder
 
-    if sizes["tokens_exact"]:
+    if sizes.tokens_exact:
         sequences = sequence_count(RunFolder(recipe.output_dir).sequences_folder())
-        return f"size: {sequences:,} sequences, {sizes['tokens']:,} tokens (tokenized)"
+        return f"size: {sequences:,} sequences, {sizes.tokens:,} tokens (tokenized)"
     conversations = planned_conversations(recipe)
     if conversations is None:
         return "size: unknown offline (a source's rows are known once read; data.max_samples=N states them)"
     return (f"size: {conversations:,} conversations (the sources' rows, data.max_samples and self prompts), at most "
-            f"{sizes['tokens']:,} tokens (max_seq_len each)")
+            f"{sizes.tokens:,} tokens (max_seq_len each)")
 
 
-def training_sizes(recipe) -> dict | None:
-    """Memory per training worker (online and cached) and the feature cache's size, for plan and validate;
+def training_sizes(recipe) -> TrainingSizes | None:
+    """Memory per training worker (each feature mode) and the feature cache's size, for plan and validate;
     None when the base model's config cannot be read offline."""
     from eagle_recipes.data.feature_cache import bytes_per_token
     from eagle_recipes.draft.config import BaseModelFacts
-    from eagle_recipes.draft.drafters import build_draft_config
+    from eagle_recipes.draft.drafters import build_draft_config, drafter
     from eagle_recipes.models import load_base_config
 
     try:
@@ -147,11 +147,12 @@ def training_sizes(recipe) -> dict | None:
     stored = {"float32": 4, "bfloat16": 2, "float16": 2}[recipe.capture.dtype]
     per_token = bytes_per_token(facts.hidden_size, len(draft.aux_layer_ids), stored, draft.algorithm)
     tokens, exact = estimated_tokens(recipe)
-    batch = (recipe.train.batch_size * recipe.train.max_seq_len, draft.draft_vocab_size, recipe.train.ttt_steps)
-    return {"online": worker_memory(config, trained, "online", *batch),
-            "cached": worker_memory(config, trained, "cached", *batch),
-            "bytes_per_token": per_token, "tokens": tokens, "tokens_exact": exact,
-            "cache_bytes": None if tokens is None else per_token * tokens}
+    unroll = drafter(draft.algorithm).unroll_positions(draft, recipe.train.ttt_steps)
+    parts = worker_parts(config, trained, recipe.train.batch_size * recipe.train.max_seq_len, draft.draft_vocab_size,
+                         unroll, per_token)
+    train = recipe.data["train"]
+    return TrainingSizes(workers={name: mode.worker_memory(parts, train) for name, mode in FEATURE_MODES.items()},
+                         bytes_per_token=per_token, tokens=tokens, tokens_exact=exact)
 
 
 def free_disk(folder: Path) -> int:
@@ -164,46 +165,13 @@ def free_disk(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def online_fits(recipe, sizes: dict) -> bool:
-    """Whether a worker holding the whole base model fits its accelerator (a CPU worker: not checked)."""
-    return not recipe.train.use_gpu or sizes["online"].total <= recipe.train.accelerator_memory_gb * 1e9
-
-
-def cache_fits(sizes: dict, free: int) -> bool:
-    """Whether the feature cache fits `free` bytes (False while its size is unknown)."""
-    return sizes["cache_bytes"] is not None and sizes["cache_bytes"] <= free
-
-
-def feature_modes(recipe, sizes: dict) -> list[str]:
+def feature_modes(recipe, sizes: TrainingSizes) -> list[str]:
     """What each `train.features` mode costs at the recipe's size, and the one to use: feature disk, memory per
     training worker, and how often the base model runs over the data."""
-    online, cached, bytes_ = sizes["online"], sizes["cached"], sizes["cache_bytes"]
-    epochs, free = recipe.train.epochs, free_disk(recipe.output_dir)
-    bound = "" if sizes["tokens_exact"] else "at most "
-    disk = "unknown (set data.max_samples to the conversations you plan)" if bytes_ is None else f"{bound}{gib(bytes_)}"
-    lines = [size_line(recipe, sizes),
-             f"online: no feature disk, {gib(online.total)} per worker, the base model in every worker and run "
-             f"forward over the data every epoch ({epochs} epoch{'s' if epochs > 1 else ''})",
-             f"cached: {disk} of feature disk ({sizes['bytes_per_token']:,} B a token; {gib(free)} free under "
-             f"output_dir), {gib(cached.total)} per worker, the base model run once (capture)",
-             f"streamed: no feature disk, {gib(streamed_worker_bytes(recipe, sizes))} per worker (the cached worker's, "
-             f"{recipe.train.stream_in_flight} batches in flight and the stream cache), {recipe.capture.replicas} "
-             f"feature server{'s' if recipe.capture.replicas > 1 else ''} running the base model over the data every "
-             f"epoch"]
-    if cache_fits(sizes, free):
-        lines.append("recommended: cached (it fits the disk; no base model in the workers, one forward pass in all)")
-    elif online_fits(recipe, sizes):
-        lines.append("recommended: online (the feature cache would not fit the disk under output_dir)"
-                     if bytes_ is not None else "recommended: online (the feature cache's size is not known)")
-    else:
-        lines.append("recommended: streamed (online needs more than train.accelerator_memory_gb per GPU and the "
-                     "cache more than the free disk)")
+    free = free_disk(recipe.output_dir)
+    lines = [size_line(recipe, sizes)] + [mode.describe(recipe, sizes, free) for mode in FEATURE_MODES.values()]
+    for mode in sorted(FEATURE_MODES.values(), key=lambda mode: mode.preference):
+        reason = mode.recommend(recipe, sizes, free)
+        if reason:
+            return lines + [f"recommended: {mode.name} ({reason})"]
     return lines
-
-
-def streamed_worker_bytes(recipe, sizes: dict) -> int:
-    """A streamed worker holds what a cached one holds, plus the features of the batches it asked for ahead and
-    its stream cache."""
-    batch_features = recipe.train.batch_size * recipe.train.max_seq_len * sizes["bytes_per_token"]
-    return (sizes["cached"].total + recipe.train.stream_in_flight * batch_features
-            + int(recipe.train.stream_cache_gib * 2**30))

@@ -132,7 +132,7 @@ def test_dflash_trains_and_exports_through_the_graph(tmp_path, tiny_llama, ray_s
 
     recipe = small_recipe(tmp_path, tiny_llama, steps=12, lr="0.003",
                           extra="[draft.overrides]\nblock_size = 4\nnum_hidden_layers = 1\n")
-    text = recipe.read_text().replace("[train]\n", "[train]\nsimulate_every = 6\nanchors = 8\n")
+    text = recipe.read_text().replace("[train]\n", "[train]\nsimulate_every = 6\n") + "[train.dflash]\nanchors = 8\n"
     text = text.replace('algorithm = "eagle3"', "")
     text = text.replace("[vocab]\n", '[draft]\nalgorithm = "dflash"\n[vocab]\n')
     text = text.replace('prompts = ["prompts.jsonl"]\n', 'prompts = ["prompts.jsonl"]\nholdout_fraction = 0.2\n')

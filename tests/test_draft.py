@@ -13,7 +13,8 @@ from eagle_recipes.draft.drafters import build_draft, build_draft_config, valid_
 from eagle_recipes.draft.export import export_layout
 from eagle_recipes.draft.layouts import config_facts, layout_config, optional_tensors, required_tensors, to_layout
 from eagle_recipes.draft.model import Attention, TTTCache
-from eagle_recipes.draft.ttt import TargetOutputs, ttt_loss
+from eagle_recipes.draft.target_outputs import TargetOutputs
+from eagle_recipes.draft.ttt import ttt_loss
 from eagle_recipes.recipe import load_recipe
 from tests.helpers import PROJECT
 

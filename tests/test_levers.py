@@ -70,7 +70,7 @@ def test_muon_takes_the_matrices_and_adamw_the_rest_and_round_trips():
 
 
 def test_feature_noise_is_uniform_bounded_and_the_same_on_a_resume():
-    from eagle_recipes.draft.ttt import TargetOutputs
+    from eagle_recipes.draft.target_outputs import TargetOutputs
     from eagle_recipes.training.loop import with_feature_noise
 
     ones = torch.ones(1, 4)

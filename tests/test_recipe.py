@@ -72,6 +72,10 @@ BAD = [
     ("name from another tool", GOOD + "[train]\nlearning_rate = 1e-4\n", 11, "train.learning_rate",
      "did you mean 'lr'"),
     ("misspelled table", GOOD + "[trian]\nlr = 1\n", 10, "trian", "did you mean 'train'"),
+    ("a drafter's key where it was", GOOD + "[train]\nanchors = 128\n", 11, "train.anchors",
+     "moved to train.dflash.anchors"),
+    ("a feature mode's key where it was", GOOD + "[train]\nstream_in_flight = 4\n", 11, "train.stream_in_flight",
+     "moved to train.streamed.in_flight"),
     ("out of range", GOOD + "[train]\nttt_decay = 1.5\n", 11, "train.ttt_decay", "maximum"),
     ("below minimum", GOOD + "[synthesis]\nmax_tokens = 0\n", 11, "synthesis.max_tokens", "minimum"),
     ("missing required", GOOD.replace('path = "some/model"\n', ""), 4, "model.path", "required"),
@@ -169,7 +173,7 @@ def test_online_training_of_a_base_too_large_for_a_gpu_is_refused(folder):
     assert recipe is None and len(problems) == 1
     problem = problems[0]
     assert problem.key == "train.features" and "online training needs about" in problem.message
-    assert 'train.features = "streamed" or "cached"' in problem.hint
+    assert 'train.features = "cached" or "streamed"' in problem.hint
     assert problem.line == text.splitlines().index("[train]") + 1
     assert load_recipe(write_recipe(folder, text.replace("[train]\n", '[train]\nfeatures = "cached"\n')))
     assert load_recipe(write_recipe(folder, text.replace("[train]\n", '[train]\nfeatures = "streamed"\n')))

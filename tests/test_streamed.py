@@ -3,7 +3,7 @@ features when a training worker asks; nothing is written.
 
 Streamed features equal the capture stage's cached ones (float32 capture: allclose, top tokens identical), and a
 streamed training run gives the cached run's losses step by step; a worker never has more requests out than
-`train.stream_in_flight`, two epochs ask for every sequence twice, and the stream cache's hits read back exactly
+`train.streamed.in_flight`, two epochs ask for every sequence twice, and the stream cache's hits read back exactly
 what was served."""
 
 from __future__ import annotations
@@ -49,8 +49,10 @@ def _train_config(folder, model, features: str, **fields):
                   grad_accum=1, lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, schedule="constant", grad_clip=0.0,
                   ttt_steps=2, ttt_decay=1.0, loss_on="assistant", checkpoint_every=5, keep_checkpoints=1, seed=0,
                   init_from_target=True, loss="forward_kl", optimizer="adamw", muon_lr_scale=1.0, feature_noise=0.0,
-                  simulate_every=0, simulate_k=3, keep_best=False, anchors=1, block_loss_decay=7.0,
+                  simulate_every=0, simulate_k=3, keep_best=False, feature_settings={"in_flight": 2, "cache_gib": 0.0},
                   feature_servers={"spec": spec.to_dict(), "replicas": 1})
+    settings = {key: fields.pop(key) for key in ("in_flight", "cache_gib") if key in fields}
+    values["feature_settings"] = {**values["feature_settings"], **settings}
     return TrainConfig(**{**values, **fields})
 
 
@@ -130,7 +132,7 @@ def test_workers_in_lockstep_keep_every_server_busy_with_equal_shares(captured, 
     from eagle_recipes.training.batches import planned_micro_batches, steps_per_epoch
     from eagle_recipes.training.streamed import StreamedTarget
 
-    config = _train_config(captured, tiny_llama, "streamed", stream_in_flight=2)
+    config = _train_config(captured, tiny_llama, "streamed", in_flight=2)
     sequences = Sequences.load(config.data_folder)
     per_epoch = steps_per_epoch(sequences.count, 2, 1, config.batch_size)
     servers = start_feature_servers(CaptureSpec.from_dict(config.feature_servers["spec"]), 4, {"num_cpus": 0.5})
@@ -140,7 +142,7 @@ def test_workers_in_lockstep_keep_every_server_busy_with_equal_shares(captured, 
         for rank in (0, 1):
             handles = [_Recorded(i, handle, logs[rank]) for i, handle in enumerate(servers)]
             target = StreamedTarget(config, torch.arange(300), torch.device("cpu"), torch.float32,
-                                    RayFeatureServers(handles, first=rank * config.stream_in_flight),
+                                    RayFeatureServers(handles, first=rank * config.feature_settings["in_flight"]),
                                     config.data_folder)
             plan = list(planned_micro_batches(sequences.count, 0, per_epoch, 0, 2 * per_epoch, rank, 2, 1,
                                              config.batch_size))
@@ -167,7 +169,7 @@ def test_a_worker_keeps_at_most_the_bound_in_flight_and_two_epochs_ask_for_every
     from eagle_recipes.training.batches import planned_micro_batches, steps_per_epoch
     from eagle_recipes.training.streamed import StreamedTarget
 
-    config = _train_config(captured, tiny_llama, "streamed", stream_in_flight=3)
+    config = _train_config(captured, tiny_llama, "streamed", in_flight=3)
     sequences = Sequences.load(config.data_folder)
     per_epoch = steps_per_epoch(sequences.count, 1, 1, config.batch_size)
     servers = start_feature_servers(CaptureSpec.from_dict(config.feature_servers["spec"]), 2, {"num_cpus": 1})
@@ -196,7 +198,7 @@ def test_the_stream_cache_reads_back_what_was_served_and_asks_for_the_rest(captu
     sequences = Sequences.load(RunFolder(captured / "out").sequences)
     # room for about half the training split's features: (2 aux + final) x 64 floats + a top id per token
     half = sequences.head(sequences.count // 2).tokens * (3 * 64 * 4 + 4) / 2**30
-    config = _train_config(captured, tiny_llama, "streamed", stream_cache_gib=half)
+    config = _train_config(captured, tiny_llama, "streamed", cache_gib=half)
     server = FeatureServer(config.feature_servers["spec"], torch.device("cpu"))
     target = StreamedTarget(config, torch.arange(300), torch.device("cpu"), torch.float32, LocalFeatureServers(server),
                             config.data_folder)

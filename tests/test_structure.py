@@ -239,3 +239,35 @@ def test_code_asks_the_drafter_registry_instead_of_comparing_names():
     assert DRAFTER_NAMES == set(load_schema()["properties"]["draft"]["properties"]["algorithm"]["enum"])
     assert drafter_switches('a = x == "dflash"\nb = y in ("eagle1", "z")\nc = isinstance(d, DFlashDraft)\n'
                             'd = x == "other"\n') == [1, 2, 3]
+
+
+def mode_name_uses(source: str, names: set[str]) -> list[int]:
+    """Lines that compare with a feature mode's name (`==`, `!=`, `in`) or index by one (`sizes["online"]`):
+    code asks the mode (training/features/) instead."""
+    def is_name(node: ast.AST) -> bool:
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            return any(is_name(element) for element in node.elts)
+        return isinstance(node, ast.Constant) and node.value in names
+
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare) and any(is_name(side) for side in [node.left, *node.comparators]):
+            found.append(node.lineno)
+        elif isinstance(node, ast.Subscript) and is_name(node.slice):
+            found.append(node.lineno)
+    return sorted(found)
+
+
+def test_no_feature_mode_name_is_compared_outside_its_package():
+    from eagle_recipes.training.features import FEATURE_MODES
+
+    owner = PACKAGE / "training" / "features"
+    offenders = [f"{path.relative_to(PROJECT)}:{line}" for path in sorted(PACKAGE.rglob("*.py"))
+                 if owner not in path.parents
+                 for line in mode_name_uses(path.read_text(encoding="utf-8"), set(FEATURE_MODES))]
+    assert offenders == [], "ask eagle_recipes/training/features/ (feature_mode(name)) instead"
+
+
+def test_the_mode_check_finds_a_comparison():
+    source = 'if train.features == "online":\n    pass\nx = sizes["cached"]\ny = mode in ("streamed",)\nz = "a" == b\n'
+    assert mode_name_uses(source, {"online", "cached", "streamed"}) == [1, 3, 4]

@@ -16,7 +16,8 @@ from eagle_recipes.draft.drafters import build_draft, build_draft_config
 from eagle_recipes.draft.model import _rotary
 from eagle_recipes.draft.chain import draft_chain
 from eagle_recipes.draft.target import target_features
-from eagle_recipes.draft.ttt import TargetOutputs, ttt_loss, unroll
+from eagle_recipes.draft.target_outputs import TargetOutputs
+from eagle_recipes.draft.ttt import ttt_loss, unroll
 from eagle_recipes.training.target_source import target_outputs
 
 VOCAB, HIDDEN, LAYERS, SEQ = 96, 64, 8, 14

@@ -91,7 +91,7 @@ class LocalFeatureServers:
 class RayFeatureServers:
     """Ray actor handles of the feature servers; a worker's requests go round them in turn, from its own first
     server. Data-parallel workers step in lockstep, so each starts `in_flight` servers after the previous rank's
-    (`first = rank x stream_in_flight`): the W x in_flight requests out at once land on as many servers, not on the
+    (`first = rank x train.streamed.in_flight`): the W x in_flight requests out at once land on as many servers, not on the
     same few."""
 
     def __init__(self, handles: list, first: int = 0):

@@ -21,6 +21,7 @@ from eagle_recipes.recipe.serving_check import serving_problems
 from eagle_recipes.recipe.toml_lines import key_lines, line_of
 from eagle_recipes.recipe.tune_space import space_problems, tune_refusals
 from eagle_recipes.recipe.view import Recipe
+from eagle_recipes.training.features import FEATURE_MODES, feature_mode
 
 if TYPE_CHECKING:
     from jsonschema import ValidationError
@@ -34,6 +35,17 @@ def _key_path(parts: Any) -> str:
 ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs", "model_path": "path",
            "model_name_or_path": "path", "draft_vocab": "draft_vocab_size", "max_length": "max_seq_len",
            "gradient_accumulation_steps": "grad_accum", "max_new_tokens": "max_tokens"}
+
+
+# Keys that moved under the table of what owns them (a drafter, a feature mode): old -> new place.
+MOVED_KEYS = {"train.anchors": "train.dflash.anchors", "train.block_loss_decay": "train.dflash.block_loss_decay",
+              "train.stream_in_flight": "train.streamed.in_flight", "train.stream_cache_gib": "train.streamed.cache_gib"}
+
+
+def _moved(key: str, file: str, lines: dict[str, int]) -> Problem:
+    table, name = MOVED_KEYS[key].rsplit(".", 1)
+    return Problem(file, line_of(lines, key), key, f"moved to {MOVED_KEYS[key]}",
+                   f"write `{name} = ...` under [{table}], or override {MOVED_KEYS[key]}=...")
 
 
 def _did_you_mean(word: str, choices: list[str]) -> str:
@@ -58,6 +70,9 @@ def _schema_problem(error: ValidationError, file: str, lines: dict[str, int]) ->
         problems = []
         for key in sorted(set(instance) - set(allowed)):
             full = f"{path}.{key}" if path else key
+            if full in MOVED_KEYS:
+                problems.append(_moved(full, file, lines))
+                continue
             hint = _did_you_mean(key, allowed) or f"allowed here: {', '.join(allowed)}"
             problems.append(Problem(file, line_of(lines, full), full, "unknown key", hint))
         return problems
@@ -202,41 +217,47 @@ def _check_feature_disk(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
     """Cached features that cannot fit the disk under output_dir: refused when the size is exact (the run's
     sequences are tokenized). Before that it is an upper bound (every conversation at max_seq_len), which plan
     shows but which would refuse runs that fit; the capture stage checks the exact size before its first shard."""
-    from eagle_recipes.sizes import cache_fits, free_disk, gib, training_sizes
+    from eagle_recipes.sizes import free_disk, training_sizes
+    from eagle_recipes.units import gib
 
-    if recipe.train.features != "cached":
+    if not feature_mode(recipe.train.features).writes_features:
         return []
     sizes = training_sizes(recipe)
-    if sizes is None or not sizes["tokens_exact"]:
+    if sizes is None or not sizes.tokens_exact:
         return []
     free = free_disk(recipe.output_dir)
-    if cache_fits(sizes, free):
+    if sizes.cache_fits(free):
         return []
     return [Problem(str(recipe.path), line_of(lines, "train.features") or line_of(lines, "train"), "train.features",
-                    f"the feature cache needs {gib(sizes['cache_bytes'])} ({sizes['tokens']:,} tokenized tokens x "
-                    f"{sizes['bytes_per_token']:,} B), the disk under {recipe.output_dir} has {gib(free)} free",
+                    f"the feature cache needs {gib(sizes.cache_bytes)} ({sizes.tokens:,} tokenized tokens x "
+                    f"{sizes.bytes_per_token:,} B), the disk under {recipe.output_dir} has {gib(free)} free",
                     'set train.features = "streamed" (features computed when a worker asks, nothing on disk), '
                     '"online", put output_dir on a larger disk, or use capture.dtype = "bfloat16" (half of float32)')]
 
 
 def _check_worker_memory(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
     """Online training puts the whole base model in every GPU worker: refuse it when the weights alone cannot fit."""
-    from eagle_recipes.sizes import gib, online_fits, training_sizes
+    from eagle_recipes.sizes import training_sizes
+    from eagle_recipes.units import gib
 
     train = recipe.train
-    if not train.use_gpu or train.features != "online":
+    mode = feature_mode(train.features)
+    if not train.use_gpu or not mode.base_in_workers:
         return []
     sizes = training_sizes(recipe)
     capacity = train.accelerator_memory_gb * 1e9
-    if sizes is None or online_fits(recipe, sizes):
+    if sizes is None or sizes.workers[mode.name].total <= capacity:
         return []
-    online, cached = sizes["online"], sizes["cached"]
+    needed = sizes.workers[mode.name]
+    lighter = [name for name, other in FEATURE_MODES.items() if not other.base_in_workers]
+    held = min(sizes.workers[name].total for name in lighter)
+    choices = " or ".join(f'"{name}"' for name in lighter)
     return [Problem(str(recipe.path), line_of(lines, "train.features") or line_of(lines, "train"), "train.features",
-                    f"online training needs about {gib(online.total)} per GPU (base model {gib(online.base)} in "
-                    f"bf16, draft state {gib(online.draft)}, activations of one batch at max_seq_len "
-                    f"{gib(online.activations)}); a GPU has "
+                    f"{mode.name} training needs about {gib(needed.total)} per GPU (base model {gib(needed.base)} in "
+                    f"bf16, draft state {gib(needed.draft)}, activations of one batch at max_seq_len "
+                    f"{gib(needed.activations)}); a GPU has "
                     f"{gib(capacity)} (train.accelerator_memory_gb = {train.accelerator_memory_gb:g})",
-                    f'set train.features = "streamed" or "cached": workers then hold {gib(cached.total)} '
+                    f"set train.features = {choices}: workers then hold {gib(held)} "
                     f"(feature servers, or the capture stage once, run the base model, tensor parallel with "
                     f"capture.engine = \"vllm\")")]
 
@@ -291,7 +312,8 @@ def _check_consistency(recipe: Recipe, lines: dict[str, int]) -> list[Problem]:
                                 "name prompt files in data.prompts, conversations in data.conversations, "
                                 "or set synthesis.self_prompts"))
     problems += _check_training_levers(recipe, lines)
-    if recipe.train.features != "online" and recipe.capture.engine == "vllm" and not recipe.train.use_gpu:
+    base_outside_workers = not feature_mode(recipe.train.features).base_in_workers
+    if base_outside_workers and recipe.capture.engine == "vllm" and not recipe.train.use_gpu:
         problems.append(Problem(file, line_of(lines, "capture.engine"), "capture.engine",
                                 "vLLM's hidden-state extractor needs GPUs (the CPU build cannot save the states)",
                                 'use capture.engine = "hf" on CPU machines'))

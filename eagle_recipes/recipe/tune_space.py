@@ -62,11 +62,16 @@ def space_problems(raw: dict[str, Any], file: str, lines: dict[str, int],
 
 def tune_refusals(raw: dict[str, Any], file: str, lines: dict[str, int]) -> list[Problem]:
     """What `tune` alone refuses (other commands ignore the [tune] table): features its trials cannot share."""
-    if raw.get("train", {}).get("features") != "streamed":
+    from eagle_recipes.recipe.schema import default_of
+    from eagle_recipes.training.features import FEATURE_MODES
+
+    name = raw.get("train", {}).get("features", default_of("train.features"))
+    refusal = FEATURE_MODES[name].tune_refusal if name in FEATURE_MODES else None  # an unknown name: the schema's
+    if refusal is None:
         return []
-    return [Problem(file, line_of(lines, "train.features"), "train.features",
-                    "a tune's trials share the run's features, and streamed training keeps none",
-                    'tune with train.features = "cached" (or "online"); the best recipe can then train streamed')]
+    usable = " or ".join(f'"{other}"' for other, mode in FEATURE_MODES.items() if mode.tune_refusal is None)
+    return [Problem(file, line_of(lines, "train.features"), "train.features", refusal,
+                    f"tune with train.features = {usable}; the best recipe can then train {name}")]
 
 
 def value_at(data: dict[str, Any], key: str, default: Any = None) -> Any:

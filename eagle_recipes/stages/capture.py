@@ -36,11 +36,10 @@ class CaptureStage(Stage):
 
     @staticmethod
     def enabled(recipe: Recipe) -> tuple[bool, str]:
-        if recipe.train.features == "online":
-            return False, 'train.features = "online" (the base model runs in each training worker)'
-        if recipe.train.features == "streamed":
-            return False, 'train.features = "streamed" (feature servers compute features as training asks)'
-        return True, ""
+        from eagle_recipes.training.features import feature_mode
+
+        skipped = feature_mode(recipe.train.features).capture_skip
+        return (False, skipped) if skipped else (True, "")
 
 
     @staticmethod
@@ -67,16 +66,17 @@ class CaptureStage(Stage):
 
     @staticmethod
     def describe_resources(recipe: Recipe) -> list[str]:
-        from eagle_recipes.sizes import gib, training_sizes
+        from eagle_recipes.sizes import training_sizes
+        from eagle_recipes.units import gib
 
         capture = recipe.capture
         per_engine = f"{capture.tensor_parallel_size} GPU" if capture.engine == "vllm" else "1 GPU (or the CPU)"
         lines = [f"engines: {capture.replicas} x {capture.engine}, {per_engine} each"]
         sizes = training_sizes(recipe)
-        if sizes and sizes["tokens"] is not None:
-            bound = "" if sizes["tokens_exact"] else "at most "
-            lines.append(f"cache: {bound}{sizes['tokens']:,} tokens x {sizes['bytes_per_token']:,} B = "
-                         f"{bound}{gib(sizes['cache_bytes'])}")
+        if sizes and sizes.tokens is not None:
+            bound = "" if sizes.tokens_exact else "at most "
+            lines.append(f"cache: {bound}{sizes.tokens:,} tokens x {sizes.bytes_per_token:,} B = "
+                         f"{bound}{gib(sizes.cache_bytes)}")
         return lines
 
     @staticmethod
@@ -146,7 +146,7 @@ def _check_disk_room(out: Path, cache_bytes: int) -> None:
     """Refuse before the first shard when the cache cannot fit (shards already there count as written)."""
     import shutil
 
-    from eagle_recipes.sizes import gib
+    from eagle_recipes.units import gib
 
     written = sum(p.stat().st_size for p in (out / FEATURE_SHARDS).glob("*.safetensors")) if (out / FEATURE_SHARDS).exists() else 0
     free = shutil.disk_usage(out).free

@@ -32,8 +32,10 @@ def train_config(recipe: Recipe, **paths: Any):
     from eagle_recipes.training.config import TrainConfig
 
     train = recipe.train
+    table = train.to_dict()
     return TrainConfig.from_train_table(
-        train.to_dict(), **paths, threads=torch_threads(train.cpus_per_worker),
+        table, **paths, drafter_settings=table.get(recipe.draft.algorithm, {}),
+        feature_settings=table.get(train.features, {}), threads=torch_threads(train.cpus_per_worker),
         precision=training_precision(train.precision, train.use_gpu), simulate_k=recipe.eval.num_speculative_tokens,
         keep_best=train.keep_best and bool(train.simulate_every))
 
@@ -77,9 +79,10 @@ class TrainStage(Stage):
     def settings(recipe: Recipe) -> dict[str, Any]:
         # the base model (online: it runs in the workers), then what is trained and how; the sequences come with
         # the tokenize stage's fingerprint
-        streamed = {"capture": recipe.data["capture"]} if recipe.train.features == "streamed" else {}
+        from eagle_recipes.training.features import feature_mode
+
         return {**rendering_settings(recipe), "train": recipe.data["train"], "draft": recipe.data["draft"],
-                **streamed}  # streamed: the servers' engine and dtype count
+                **feature_mode(recipe.train.features).fingerprint(recipe.data)}
 
     @staticmethod
     def input_files(recipe: Recipe) -> list[Path]:
@@ -92,15 +95,12 @@ class TrainStage(Stage):
     @staticmethod
     def describe_resources(recipe: Recipe) -> list[str]:
         from eagle_recipes.sizes import feature_modes, training_sizes
+        from eagle_recipes.training.features import feature_mode
 
         train = recipe.train
         per_worker = "1 GPU" if train.use_gpu else f"{train.cpus_per_worker} CPU"
         lines = [f"workers: {train.num_workers} x {per_worker} ({train.strategy}, features {train.features})"]
-        if train.features == "streamed":
-            capture = recipe.capture
-            lines.append(f"feature servers: {capture.replicas} x {capture.engine} ({capture.dtype}), "
-                         f"{train.stream_in_flight} batches in flight per worker, stream cache "
-                         f"{train.stream_cache_gib:g} GiB per worker")
+        lines += feature_mode(train.features).resources(recipe)
         sizes = training_sizes(recipe)
         if sizes:
             lines += feature_modes(recipe, sizes)
@@ -157,6 +157,7 @@ def prepare_training(recipe: Recipe, upstream: dict[str, Path], out: Path, check
     (eagle_recipes/tuning/) start from here."""
     from eagle_recipes.data.sequences import sequence_count
     from eagle_recipes.training.batches import steps_per_epoch
+    from eagle_recipes.training.features import feature_mode
 
     train = recipe.train
     model_path = base_model_path(recipe)
@@ -176,7 +177,7 @@ def prepare_training(recipe: Recipe, upstream: dict[str, Path], out: Path, check
         raise ValueError(f"{count} training sequences are fewer than one global batch "
                          f"({train.num_workers} workers x {train.grad_accum} x {train.batch_size}); add data")
     servers = {}
-    if train.features == "streamed":
+    if feature_mode(train.features).feature_servers:
         from eagle_recipes.recipe.draft_config import capture_spec
 
         servers = {"feature_servers": {"spec": capture_spec(recipe, model_path, data_folder).to_dict(),

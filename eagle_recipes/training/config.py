@@ -19,7 +19,7 @@ class TrainConfig:
     data_folder: str  # holds tokenized/, the training sequences (the tokenize stage's folder)
     checkpoint_dir: str
     metrics_file: str
-    features: str  # "online" | "cached" | "streamed": where the base model's outputs come from
+    features: str  # the feature mode (training/features/): where the base model's outputs come from
     capture_dir: str  # the capture stage's folder ("" when online)
     threads: int
     use_gpu: bool
@@ -48,13 +48,13 @@ class TrainConfig:
     simulate_every: int  # steps between simulated-acceptance measurements (0: never)
     simulate_k: int  # draft tokens per verify step in the simulation (the recipe's eval.num_speculative_tokens)
     keep_best: bool  # the trained draft is the checkpoint of the best simulated tau
-    anchors: int  # DFlash: blocks per sequence
-    block_loss_decay: float  # DFlash: slot k weighs exp(-(k-1)/this)
     holdout_folder: str = ""  # the held-out sequences the simulation replays
     holdout_capture_dir: str = ""  # their captured features (cached training)
     max_sequences: int = 0  # train on the first this many sequences only (0: all; a tune's trials on a subset)
-    stream_in_flight: int = 2  # streamed: feature requests a worker has out at once
-    stream_cache_gib: float = 0.0  # streamed: served features a worker keeps (GiB)
+    # the drafter's own settings: the recipe's [train.<draft.algorithm>] table (DFlash: anchors, block_loss_decay)
+    drafter_settings: dict = field(default_factory=dict)
+    # the feature mode's own settings: the recipe's [train.<features>] table (streamed: in_flight, cache_gib)
+    feature_settings: dict = field(default_factory=dict)
     feature_servers: dict = field(default_factory=dict)  # streamed: {"spec": CaptureSpec dict, "replicas": n}
 
     @classmethod

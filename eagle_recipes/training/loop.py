@@ -17,8 +17,7 @@ from eagle_recipes.data.sequences import Sequences
 from eagle_recipes.devices import compute_dtype, worker_device
 from eagle_recipes.draft.config import DraftConfig
 from eagle_recipes.draft.drafters import build_draft, drafter
-from eagle_recipes.draft.model import EagleDraft
-from eagle_recipes.draft.ttt import TargetOutputs
+from eagle_recipes.draft.target_outputs import TargetOutputs
 from eagle_recipes.draft.vocab import draft_target_ids
 from eagle_recipes.trackers import TrackingSpec, step_scalars
 from eagle_recipes.training.batches import collate, micro_batch_indices, planned_micro_batches, steps_per_epoch
@@ -30,7 +29,8 @@ from eagle_recipes.training.parallel import clip_gradients, wrap_objective
 from eagle_recipes.training.schedule import learning_rate
 from eagle_recipes.training.simulation import HeldOut, simulated_acceptance
 from eagle_recipes.training.step_cost import PHASES
-from eagle_recipes.training.target_source import TargetSource, make_target_source
+from eagle_recipes.training.features import feature_mode
+from eagle_recipes.training.target_source import TargetSource
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Training:
     """A worker's whole training state."""
 
     config: TrainConfig
-    draft: EagleDraft
+    draft: torch.nn.Module  # the drafter's model (draft/drafters/: build_draft)
     objective: torch.nn.Module  # the TTT objective, wrapped for DDP / FSDP when it is
     optimizer: torch.optim.Optimizer | MuonWithAdamW
     target: TargetSource
@@ -54,16 +54,16 @@ class Training:
     best_tau: float = 0.0
 
 
-def setup(config: TrainConfig, rank: int, world: int, local_rank: int, feature_servers=None) -> Training:
-    """`feature_servers` (streamed features): where this worker asks for its batches' features."""
+def setup(config: TrainConfig, rank: int, world: int, local_rank: int, feature_servers: list | None = None) -> Training:
+    """`feature_servers` (streamed features): the servers' handles this worker asks for its batches' features."""
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     device = worker_device(config.use_gpu, local_rank)
     draft_config = DraftConfig.from_dict(config.draft_config)
     draft = build_draft(draft_config).to(device)
     draft_ids = draft_target_ids(config.vocab_file, draft_config.vocab_size).to(device)
-    target = make_target_source(config, draft_config, draft_ids, device, compute_dtype(device, config.precision),
-                                feature_servers)
+    target = feature_mode(config.features).target_source(
+        config, draft_config, draft_ids, device, compute_dtype(device, config.precision), feature_servers, rank)
     if config.init_from_target and drafter(draft_config.algorithm).starts_from_base_head:
         init_from_target(draft, target.draft_head.weight, target.final_norm)
     checkpointer = checkpointer_for(config.strategy, Path(config.checkpoint_dir), config.keep_checkpoints)
@@ -105,7 +105,7 @@ def held_out_of(config: TrainConfig, target: TargetSource) -> HeldOut | None:
                    target.for_split(config.holdout_folder, config.holdout_capture_dir))
 
 
-def init_from_target(draft: EagleDraft, draft_head: torch.Tensor, final_norm: torch.nn.Module | None) -> None:
+def init_from_target(draft: torch.nn.Module, draft_head: torch.Tensor, final_norm: torch.nn.Module | None) -> None:
     """The draft's last norm and LM head read the same hidden space as the target's: start from them."""
     with torch.no_grad():
         draft.lm_head.weight.copy_(draft_head)
@@ -201,8 +201,9 @@ def training_algorithm(config: TrainConfig) -> str:
 
 
 def unroll_positions(config: TrainConfig) -> int:
-    """Positions one training forward scores: a block's mask slots (one pass), else the TTT steps."""
-    return config.ttt_steps if drafter(training_algorithm(config)).trains_by_unroll else config.block_size - 1
+    """Positions one training forward scores, as its drafter counts them."""
+    draft_config = DraftConfig.from_dict(config.draft_config)
+    return drafter(draft_config.algorithm).unroll_positions(draft_config, config.ttt_steps)
 
 
 def simulate(training: Training) -> dict[str, Any]:
@@ -266,12 +267,8 @@ def train_loop(loop_config: dict) -> None:
 
     context = ray.train.get_context()
     config = TrainConfig(**loop_config["config"])
-    servers = loop_config.get("feature_servers")
-    if servers is not None:
-        from eagle_recipes.engines.feature_server import RayFeatureServers
-
-        servers = RayFeatureServers(servers, first=context.get_world_rank() * config.stream_in_flight)
-    training = setup(config, context.get_world_rank(), context.get_world_size(), context.get_local_rank(), servers)
+    training = setup(config, context.get_world_rank(), context.get_world_size(), context.get_local_rank(),
+                     loop_config.get("feature_servers"))
 
     def report(metrics: dict) -> None:
         # only at checkpoints: a report waits on the controller (~1.3 s each measured on this CPU, 3x a small step);

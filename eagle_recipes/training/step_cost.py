@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch.optim import _muon
 
+from eagle_recipes.training.features import feature_mode
+
 PHASES = ("forward", "backward", "optimizer")
 SLOW_FACTOR = 8.0  # a phase this many times its estimate (and the step 4x the whole estimate) is named
 ADAMW_BYTES_PER_PARAMETER = 64  # weight, gradient and two moments read and written, a few passes
@@ -111,8 +113,8 @@ def advice(phase: str, context: StepContext) -> str:
     if phase == "optimizer" and context.optimizer == "muon":
         return ('Muon orthogonalises every matrix each step; set train.optimizer = "adamw" (on a 2-core AVX2 CPU '
                 'an AdamW step of the quickstart costs a third of a float32 Muon step).')
-    if phase == "forward" and context.features == "online":
-        return ('The base model runs forward at every step (train.features = "online"): "cached" runs it once, '
-                'in the capture stage.')
+    forward_advice = feature_mode(context.features).forward_advice
+    if phase == "forward" and forward_advice:
+        return forward_advice
     return ("Check that no other process uses these cores, and that train.cpus_per_worker matches the cores each "
             "worker may use.")

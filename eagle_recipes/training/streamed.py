@@ -2,9 +2,9 @@
 (engines/feature_server.py).
 
 The worker knows which sequences its next micro-batches take (data order is a pure function of seed, epoch, step
-and rank: training/batches.py), so it asks for them ahead: at most `train.stream_in_flight` requests are out at
+and rank: training/batches.py), so it asks for them ahead: at most `train.streamed.in_flight` requests are out at
 once (back-pressure: a slow trainer never piles up features in the object store; a slow server is waited on).
-Nothing is written: every epoch asks again, except for what the stream cache keeps (`train.stream_cache_gib` per
+Nothing is written: every epoch asks again, except for what the stream cache keeps (`train.streamed.cache_gib` per
 worker, filled first come first kept, read back as it was served).
 
 The worker holds what a cached worker holds (the embeddings and the LM head's draft rows, read alone from the base
@@ -21,7 +21,7 @@ from typing import Any, Iterable, Iterator
 import torch
 
 from eagle_recipes.data.feature_cache import draft_mask, head_modules, head_tensors, padded_features
-from eagle_recipes.draft.ttt import TargetOutputs
+from eagle_recipes.draft.target_outputs import TargetOutputs
 
 
 class StreamCache:
@@ -62,13 +62,13 @@ class StreamedTarget:
         """`servers`: RayFeatureServers or LocalFeatureServers; `folder`: the sequences served (the training split's
         or the held-out one's); `shared`: a target of another split whose head modules and cache this one reuses."""
         self.servers, self.folder, self.device, self.dtype = servers, folder, device, dtype
-        self.bound = max(1, config.stream_in_flight)
+        self.bound = max(1, config.feature_settings["in_flight"])
         if shared is None:
             stored = getattr(torch, config.feature_servers["spec"]["dtype"])
             tensors = {name: tensor.to(stored) for name, tensor in head_tensors(config.model_path).items()}
             self.embed, self.draft_head, self.final_norm = head_modules(tensors, draft_ids, device, dtype)
             self.in_draft = draft_mask(tensors["lm_head"].shape[0], draft_ids, device)
-            self.cache = StreamCache(int(config.stream_cache_gib * 2**30))
+            self.cache = StreamCache(int(config.feature_settings["cache_gib"] * 2**30))
         else:
             self.embed, self.draft_head, self.final_norm = shared.embed, shared.draft_head, shared.final_norm
             self.in_draft, self.cache = shared.in_draft, shared.cache

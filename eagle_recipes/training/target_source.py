@@ -6,7 +6,7 @@
 - `StreamedTarget` (training/streamed.py): the feature servers compute each batch's features when the worker asks,
   ahead of need; no base model in this worker and nothing on disk.
 
-All give the same `TargetOutputs` (draft/ttt.py) for the same batch (tested), plus the embedding the draft
+All give the same `TargetOutputs` (draft/target_outputs.py) for the same batch (tested), plus the embedding the draft
 reads its tokens with and the LM head's draft rows (`draft_head`). Training and the held-out simulation read
 through the same interface: `for_split(folder)` is the same source serving another split's sequences, and
 `expect(micro_batches)` tells a source which batches come next (the streamed one asks for them ahead).
@@ -21,7 +21,7 @@ import torch
 
 from eagle_recipes.draft.config import DraftConfig
 from eagle_recipes.draft.target import base_forward
-from eagle_recipes.draft.ttt import TargetOutputs
+from eagle_recipes.draft.target_outputs import TargetOutputs
 from eagle_recipes.training.config import TrainConfig
 
 
@@ -108,15 +108,3 @@ class CachedTarget:
         """The cache the capture stage wrote for another split (the held-out one's)."""
         return CachedTarget(self.config, None, self.draft_ids, self.device, self.dtype, sequences_folder,
                             features_folder)
-
-
-def make_target_source(config: TrainConfig, draft_config: DraftConfig, draft_ids: torch.Tensor,
-                       device: torch.device, dtype: torch.dtype, servers=None) -> TargetSource:
-    """The recipe's source of base-model outputs for the training split; `servers` (streamed): the feature
-    servers' handles (engines/feature_server.py)."""
-    if config.features == "streamed":
-        from eagle_recipes.training.streamed import StreamedTarget
-
-        return StreamedTarget(config, draft_ids, device, dtype, servers, config.data_folder)
-    source = CachedTarget if config.features == "cached" else OnlineTarget
-    return source(config, draft_config, draft_ids, device, dtype)

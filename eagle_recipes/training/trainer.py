@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from eagle_recipes.trackers import TrackingSpec
+from eagle_recipes.training.features import feature_mode
 from eagle_recipes.training.config import TrainConfig
 from eagle_recipes.training.loop import train_loop
 
@@ -27,7 +28,8 @@ def fit(config: TrainConfig, num_workers: int, cpus_per_worker: float, storage: 
     from ray.train import FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
-    servers = start_servers(config) if config.features == "streamed" else None
+    mode = feature_mode(config.features)
+    servers = mode.start_servers(config) if mode.start_servers else None
     try:
         trainer = TorchTrainer(
             train_loop, train_loop_config={"config": config.to_dict(), "progress": progress, "tracking": tracking,
@@ -37,23 +39,5 @@ def fit(config: TrainConfig, num_workers: int, cpus_per_worker: float, storage: 
                                  failure_config=FailureConfig(max_failures=2)))
         trainer.fit()
     finally:
-        served = stop_servers(servers)
+        served = mode.stop_servers(servers) if servers else {}
     return served
-
-
-def start_servers(config: TrainConfig) -> list:
-    """The feature servers of streamed training: the capture engine of the recipe, `capture.replicas` of them, on
-    the cluster's GPUs or a CPU each."""
-    from eagle_recipes.engines.capture import CaptureSpec
-    from eagle_recipes.engines.feature_server import start_feature_servers
-    from eagle_recipes.engines.placement import capture_placement, cluster_has_gpus
-
-    spec = CaptureSpec.from_dict(config.feature_servers["spec"])
-    placement = capture_placement(spec.engine, spec.tensor_parallel_size, cluster_has_gpus())
-    return start_feature_servers(spec, config.feature_servers["replicas"], placement)
-
-
-def stop_servers(servers: list | None) -> dict[str, int]:
-    from eagle_recipes.engines.feature_server import stop_feature_servers
-
-    return stop_feature_servers(servers) if servers else {}

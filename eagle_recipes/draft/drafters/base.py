@@ -54,6 +54,10 @@ class Drafter:
     # proposes the base model's own top token (teacher forced; the simulation replays greedy decoding with it)
     correctness: Callable[..., Any] | None = None
 
+    def unroll_positions(self, draft_config: Any, ttt_steps: int) -> int:
+        """Positions one training forward scores: the unroll's passes, or the mask slots of one block."""
+        return ttt_steps if self.trains_by_unroll else self.max_draft_tokens(draft_config, ttt_steps)
+
     @property
     def captured_as(self) -> str:
         """What a capture for it stores, as fingerprinted: the aux states (named after EAGLE-3, which read them

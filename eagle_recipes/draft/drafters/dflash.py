@@ -42,7 +42,8 @@ def _objective(draft, config):
     """The block objective: anchors per sequence, each a block of mask slots drafted in one pass."""
     from eagle_recipes.draft.dflash import DFlashObjective
 
-    return DFlashObjective(draft, config.anchors, config.block_loss_decay, config.loss, config.seed)
+    settings = config.drafter_settings  # the recipe's [train.dflash] table
+    return DFlashObjective(draft, settings["anchors"], settings["block_loss_decay"], config.loss, config.seed)
 
 
 DFLASH = Drafter(
