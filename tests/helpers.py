@@ -9,13 +9,18 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.request
 from pathlib import Path
+from typing import Sequence
+
+import tomli_w
 
 from eagle_recipes.graph.plan import compile_plan
 from eagle_recipes.graph.progress import ProgressHub
 from eagle_recipes.graph.runner import execute_stage
 from eagle_recipes.recipe import load_recipe
+from eagle_recipes.recipe.overrides import apply_overrides, parse_overrides
 from eagle_recipes.run_folder import RunFolder
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -59,10 +64,28 @@ def small_conversations(count: int = 40) -> list[dict]:
             for i in range(count)]
 
 
-def write_recipe(folder: Path, text: str, name: str = "recipe.toml") -> Path:
+def with_overrides(text: str, overrides: Sequence[str]) -> str:
+    """Recipe text with `KEY=VALUE` overrides set by the project's own override code, as `eagle-recipes run
+    recipe.toml KEY=VALUE` sets them, written back as TOML (comments and layout dropped); the text as it is,
+    byte for byte, when there are none."""
+    if not overrides:
+        return text
+    parsed, problems = parse_overrides(overrides, "test recipe")
+    table, misplaced = apply_overrides(tomllib.loads(text), parsed, "test recipe")
+    if problems or misplaced:
+        raise ValueError("; ".join(map(str, problems + misplaced)))
+    return tomli_w.dumps(table)
+
+
+def write_recipe(folder: Path, text: str, name: str = "recipe.toml", *, overrides: Sequence[str] = ()) -> Path:
     path = folder / name
-    path.write_text(text, encoding="utf-8")
+    path.write_text(with_overrides(text, overrides), encoding="utf-8")
     return path
+
+
+def override_recipe(path: Path, *overrides: str) -> Path:
+    """Rewrite a recipe file with `KEY=VALUE` overrides set (see `with_overrides`)."""
+    return write_recipe(path.parent, path.read_text(encoding="utf-8"), path.name, overrides=overrides)
 
 
 def small_recipe(folder: Path, model: str, steps: int = 6, lr: str = "0.001", extra: str = "") -> Path:

@@ -18,15 +18,14 @@ from eagle_recipes.data.feature_cache import FeatureStore
 from eagle_recipes.data.sequences import Sequences
 from eagle_recipes.manifest import IN_PROGRESS, MANIFEST
 from eagle_recipes.run_folder import CAPTURE, FEATURE_SHARDS, TRAIN, RunFolder
-from tests.helpers import run_stage, small_recipe
+from tests.helpers import override_recipe, run_stage, small_recipe
 
 pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
 
 
 def _recipe(folder, model, features: str, steps: int = 12, shard: int = 8):
     recipe = small_recipe(folder, model, steps=steps, extra=f'[capture]\ndtype = "float32"\nsequences_per_shard = {shard}\n')
-    recipe.write_text(recipe.read_text().replace("[train]\n", f'[train]\nfeatures = "{features}"\n'))
-    return recipe
+    return override_recipe(recipe, f"train.features={features}")
 
 
 def _losses(folder):

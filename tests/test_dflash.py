@@ -128,15 +128,12 @@ def test_dflash_trains_and_exports_through_the_graph(tmp_path, tiny_llama, ray_s
     import json
 
     from eagle_recipes.draft.inspect import inspect_draft
-    from tests.helpers import run_stage, small_recipe
+    from tests.helpers import override_recipe, run_stage, small_recipe
 
     recipe = small_recipe(tmp_path, tiny_llama, steps=12, lr="0.003",
                           extra="[draft.overrides]\nblock_size = 4\nnum_hidden_layers = 1\n")
-    text = recipe.read_text().replace("[train]\n", "[train]\nsimulate_every = 6\n") + "[train.dflash]\nanchors = 8\n"
-    text = text.replace('algorithm = "eagle3"', "")
-    text = text.replace("[vocab]\n", '[draft]\nalgorithm = "dflash"\n[vocab]\n')
-    text = text.replace('prompts = ["prompts.jsonl"]\n', 'prompts = ["prompts.jsonl"]\nholdout_fraction = 0.2\n')
-    recipe.write_text(text.replace("[eval]\nenabled = false", "[eval]\nenabled = false\nnum_speculative_tokens = 3"))
+    override_recipe(recipe, "train.simulate_every=6", "train.dflash.anchors=8", "draft.algorithm=dflash",
+                    "data.holdout_fraction=0.2", "eval.num_speculative_tokens=3")
     for stage in ("synthesize", "tokenize", "calibrate", "train", "export"):
         result = run_stage(recipe, stage)
     run = RunFolder(tmp_path / "out")

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from eagle_recipes.manifest import IN_PROGRESS, MANIFEST
 from eagle_recipes.run_folder import CALIBRATE, CHECKPOINT_PREFIX, SYNTHESIZE, TRAIN, RunFolder
-from tests.helpers import run_stage, small_recipe
+from tests.helpers import override_recipe, run_stage, small_recipe
 
 pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
 
@@ -23,10 +23,10 @@ LOSS_TOLERANCE = 1e-4
 WEIGHT_TOLERANCE = dict(atol=2e-5, rtol=1e-4)
 
 
-def _train(folder, model, settings: str, steps: int = 8, every: int = 5):
-    recipe = small_recipe(folder, model, steps=steps)
-    text = recipe.read_text().replace("[train]\n", "[train]\ncpus_per_worker = 1\n" + settings)
-    recipe.write_text(text.replace("checkpoint_every = 5", f"checkpoint_every = {every}\nkeep_checkpoints = 3"))
+def _train(folder, model, strategy: str, steps: int = 8, every: int = 5):
+    recipe = override_recipe(small_recipe(folder, model, steps=steps), "train.cpus_per_worker=1",
+                             "train.num_workers=2", f"train.strategy={strategy}",
+                             f"train.checkpoint_every={every}", "train.keep_checkpoints=3")
     for stage in ("synthesize", "tokenize", "calibrate", "train"):
         run_stage(recipe, stage)
     return recipe
@@ -46,7 +46,7 @@ def test_fsdp_on_two_cpu_workers_matches_ddp(tmp_path, tiny_llama, ray_session):
     for strategy in ("ddp", "fsdp"):
         folder = tmp_path / strategy
         folder.mkdir()
-        _train(folder, tiny_llama, f'num_workers = 2\nstrategy = "{strategy}"\n')
+        _train(folder, tiny_llama, strategy)
         results[strategy] = (_weights(folder), _losses(folder))
     (ddp_weights, ddp_losses), (fsdp_weights, fsdp_losses) = results["ddp"], results["fsdp"]
     assert len(ddp_losses) == 8 * 2 and all(loss > 0.1 for loss in ddp_losses)  # real labels: weights moved
@@ -57,8 +57,7 @@ def test_fsdp_on_two_cpu_workers_matches_ddp(tmp_path, tiny_llama, ray_session):
 
 
 def test_fsdp_checkpoint_resumes_to_identical_weights(tmp_path, tiny_llama, ray_session):
-    settings = 'num_workers = 2\nstrategy = "fsdp"\n'
-    recipe = _train(tmp_path, tiny_llama, settings, steps=8, every=4)
+    recipe = _train(tmp_path, tiny_llama, "fsdp", steps=8, every=4)
     uninterrupted = _weights(tmp_path)
     run = RunFolder(tmp_path / "out")
     train = run.stage(TRAIN)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import pytest
 import torch
@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from eagle_recipes.data.formats import HELD_OUT_SPLIT
 from eagle_recipes.run_folder import D2T_FILE, RUN_SUMMARY, SYNTHESIZE, RunFolder
 from tests.builders import build_permutation_target, export_copy_draft, permutation
-from tests.helpers import CLI, PROJECT, cli_commands, recipe_head
+from tests.helpers import CLI, PROJECT, cli_commands, recipe_head, write_recipe
 
 pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
 
@@ -38,8 +38,16 @@ class Row:
     prepare: Callable[[Path], None] = lambda folder: None
 
 
-def recipe(text: str, file: str = "recipe.toml") -> Callable[[Path], None]:
-    return lambda folder: (folder / file).write_text(text)
+def recipe(text: str, file: str = "recipe.toml", overrides: Sequence[str] = ()) -> Callable[[Path], None]:
+    """Write the recipe text (with `KEY=VALUE` overrides set, if any)."""
+    def write(folder: Path) -> None:
+        write_recipe(folder, text, file, overrides=overrides)
+    return write
+
+
+def good_with(*overrides: str) -> Callable[[Path], None]:
+    """Write the good recipe with `KEY=VALUE` overrides set."""
+    return recipe(GOOD, overrides=overrides)
 
 
 def data(file: str, content: str | bytes) -> Callable[[Path], None]:
@@ -122,21 +130,21 @@ ROWS = [
     Row("validate: negative learning rate", validate, 1, ["train.lr"], recipe(GOOD + "[train]\nlr = -1.0\n")),
     # validate: the files a recipe names
     Row("validate: prompt file missing", validate, 1, ["data.prompts", "file not found: nope.jsonl"],
-        recipe(GOOD.replace("prompts.jsonl", "nope.jsonl"))),
+        good_with('data.prompts=["nope.jsonl"]')),
     Row("validate: prompt file is a directory", validate, 1, ["data.prompts", "adir", "a directory"],
-        recipe(GOOD.replace('"prompts.jsonl"', '"adir"'))),
+        good_with('data.prompts=["adir"]')),
     Row("validate: prompt file is binary", validate, 1, ["data.prompts", "bin.jsonl", "not UTF-8 text"],
-        both(recipe(GOOD.replace("prompts.jsonl", "bin.jsonl")), data("bin.jsonl", BINARY))),
+        both(good_with('data.prompts=["bin.jsonl"]'), data("bin.jsonl", BINARY))),
     Row("validate: prompt file is empty", validate, 1, ["data.prompts", "empty.jsonl", "no rows"],
-        both(recipe(GOOD.replace("prompts.jsonl", "empty.jsonl")), data("empty.jsonl", ""))),
+        both(good_with('data.prompts=["empty.jsonl"]'), data("empty.jsonl", ""))),
     Row("validate: truncated JSONL line", validate, 1, ["cut.jsonl", "line 1 is not valid JSON"],
-        both(recipe(GOOD.replace("prompts.jsonl", "cut.jsonl")), data("cut.jsonl", '{"prompt": "a question th\n'))),
+        both(good_with('data.prompts=["cut.jsonl"]'), data("cut.jsonl", '{"prompt": "a question th\n'))),
     Row("validate: conversations line truncated", validate, 1, ["data.conversations", "conv.jsonl", "line 2",
                                                                  "not valid JSON"],
-        both(recipe(GOOD.replace('prompts = ["prompts.jsonl"]', 'conversations = ["conv.jsonl"]')),
+        both(good_with("data.prompts=[]", 'data.conversations=["conv.jsonl"]'),
              data("conv.jsonl", '{"conversation_id": "a", "conversations": []}\n{"conversation_id": "b", "conv\n'))),
     Row("validate: conversations row without an id", validate, 1, ["conv.jsonl", "line 1", "conversation_id"],
-        both(recipe(GOOD.replace('prompts = ["prompts.jsonl"]', 'conversations = ["conv.jsonl"]')),
+        both(good_with("data.prompts=[]", 'data.conversations=["conv.jsonl"]'),
              data("conv.jsonl", '{"conversations": [{"role": "user", "content": "hi"}]}\n'))),
     Row("validate: base config not JSON", validate, 1, ["model.config", "config.json", "not a readable JSON file"],
         data("config.json", "{not json")),
@@ -146,7 +154,7 @@ ROWS = [
     Row("validate: base config is a list", validate, 1, ["model.config", "expected a JSON object"],
         data("config.json", "[1, 2]")),
     Row("validate: base model folder missing", validate, 1, ["model.path", "/no/such/model", "no such model folder"],
-        recipe(GOOD.replace('path = "some/model"\nconfig = "config.json"', 'path = "/no/such/model"'))),
+        good_with('model.path="/no/such/model"', 'model.config=""')),
     Row("validate: unknown draft field", validate, 1, ["draft.overrides.num_layers", "did you mean"],
         recipe(GOOD + "[draft.overrides]\nnum_layers = 2\n")),
     Row("validate: draft vocabulary too large", validate, 1, ["vocab.draft_vocab_size", "larger than the base"],

@@ -10,7 +10,7 @@ import torch
 
 from eagle_recipes.draft.losses import position_losses
 from eagle_recipes.run_folder import SIMULATED_TAU_PLOT, TRAIN, RunFolder
-from tests.helpers import run_stage, small_recipe
+from tests.helpers import override_recipe, run_stage, small_recipe
 
 
 def test_lk_losses_follow_their_definitions():
@@ -86,11 +86,9 @@ def test_feature_noise_is_uniform_bounded_and_the_same_on_a_resume():
 @pytest.mark.slow
 @pytest.mark.parametrize("features", ["online", "cached"])
 def test_simulated_tau_is_logged_and_the_best_checkpoint_kept(tmp_path, tiny_llama, ray_session, features):
-    recipe = small_recipe(tmp_path, tiny_llama, steps=12, lr="0.003")
-    text = recipe.read_text().replace("[train]\n", f'[train]\nfeatures = "{features}"\nsimulate_every = 4\n'
-                                      "keep_best = true\n")
-    # a held-out split for the simulation to replay
-    recipe.write_text(text.replace('prompts = ["prompts.jsonl"]\n', 'prompts = ["prompts.jsonl"]\nholdout_fraction = 0.2\n'))
+    recipe = override_recipe(small_recipe(tmp_path, tiny_llama, steps=12, lr="0.003"),
+                             f"train.features={features}", "train.simulate_every=4", "train.keep_best=true",
+                             "data.holdout_fraction=0.2")  # a held-out split for the simulation to replay
     stages = ["synthesize", "tokenize", "calibrate"] + (["capture"] if features == "cached" else []) + ["train"]
     for stage in stages:
         result = run_stage(recipe, stage)

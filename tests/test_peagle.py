@@ -155,14 +155,10 @@ def test_simulated_acceptance_equals_the_reference_decoder(tmp_path):
 
 
 def _peagle_recipe(tmp_path, model, k: int):
-    from tests.helpers import small_recipe
+    from tests.helpers import override_recipe, small_recipe
 
-    recipe = small_recipe(tmp_path, model, steps=12, lr="0.003")
-    text = recipe.read_text().replace("[train]\n", "[train]\nsimulate_every = 6\n")
-    text = text.replace("[vocab]\n", '[draft]\nalgorithm = "peagle"\n[vocab]\n')
-    text = text.replace('prompts = ["prompts.jsonl"]\n', 'prompts = ["prompts.jsonl"]\nholdout_fraction = 0.2\n')
-    recipe.write_text(text.replace("[eval]\nenabled = false", f"[eval]\nenabled = false\nnum_speculative_tokens = {k}"))
-    return recipe
+    return override_recipe(small_recipe(tmp_path, model, steps=12, lr="0.003"), "train.simulate_every=6",
+                           "draft.algorithm=peagle", "data.holdout_fraction=0.2", f"eval.num_speculative_tokens={k}")
 
 
 @pytest.mark.slow

@@ -84,7 +84,7 @@ def test_a_stage_outside_the_graph_is_refused_by_name(recipe, option):
 
 def test_a_left_out_stage_is_refused_with_the_reason(tmp_path, smollm2_config):
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "hi"}\n')
-    online = load_recipe(write_recipe(tmp_path, RECIPE.replace('features = "cached"', 'features = "online"')))
+    online = load_recipe(write_recipe(tmp_path, RECIPE, overrides=["train.features=online"]))
     with pytest.raises(ValueError, match="stage 'capture' is not in this recipe's graph.*left out"):
         compile_plan(online, only="capture")
 

@@ -8,36 +8,35 @@ import re
 import subprocess
 import sys
 import time
+import tomllib
+from pathlib import Path
 
 import pytest
+import tomli_w
 
 from eagle_recipes.run_folder import REPORT_PLOT, RunFolder
-from tests.helpers import PROJECT
+from tests.helpers import PROJECT, write_recipe
 
 pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
 
 CLI = [sys.executable, "-m", "eagle_recipes.cli"]
 
 
-def reduced_quickstart(folder):
-    text = (PROJECT / "recipes" / "quickstart.toml").read_text()
-    text = text.replace('output_dir = "../runs/quickstart"', f'output_dir = "{folder / "run"}"')
-    text = text.replace('"data/quickstart_prompts.jsonl"', f'"{PROJECT / "recipes/data/quickstart_prompts.jsonl"}"')
-    text = text.replace('"../catalog/', f'"{PROJECT}/catalog/')
-    text = text.replace("[data]\n", "[data]\nmax_samples = 30\n")
-    text = re.sub(r"self_prompts = \d+", "self_prompts = 6", text)
-    text = re.sub(r"(\[synthesis\][^\[]*?)max_tokens = \d+", r"\1max_tokens = 48", text, flags=re.S)
-    text = re.sub(r"batch_size = \d+", "batch_size = 16", text)
-    text = re.sub(r"\nmax_steps = \d+[^\n]*", "", text).replace("[train]\n", "[train]\nmax_steps = 24\n")
-    text = re.sub(r"checkpoint_every = \d+", "checkpoint_every = 12", text)
-    text = text[: text.index("[eval]")] + ('[eval]\nprompts = ["mt-bench", "holdout"]\nnum_speculative_tokens = 5\n'
-                                           "max_tokens = 40\nmax_prompts = 8\n"
-                                           "[eval.speed]\nconcurrency = [1, 4]\nprompts = 4\nmax_tokens = 16\n"
-                                           # one k and one repeat: an engine per k costs a minute on 2 cores
-                                           "draft_tokens = [2]\nrepeats = 1\n")
-    path = folder / "quickstart-reduced.toml"
-    path.write_text(text)
-    return path
+def reduced_quickstart(folder: Path) -> Path:
+    """The quickstart with fewer prompts, steps and evaluation, its paths absolute, its run in `folder`/run."""
+    recipes = PROJECT / "recipes"
+    quickstart = tomllib.loads((recipes / "quickstart.toml").read_text(encoding="utf-8"))
+    del quickstart["tune"]  # the reduced run is `run`, never `tune`
+    return write_recipe(folder, tomli_w.dumps(quickstart), "quickstart-reduced.toml", overrides=[
+        f'output_dir="{folder / "run"}"',
+        f'data.prompts=["{recipes / "data/quickstart_prompts.jsonl"}"]',
+        f'model.config="{PROJECT / "catalog/smollm2/configs/SmolLM2-135M-Instruct.json"}"',
+        "data.max_samples=30", "synthesis.self_prompts=6", "synthesis.max_tokens=48", "synthesis.batch_size=16",
+        "train.max_steps=24", "train.checkpoint_every=12",
+        'eval.prompts=["mt-bench", "holdout"]', "eval.num_speculative_tokens=5", "eval.max_tokens=40",
+        "eval.max_prompts=8", "eval.speed.concurrency=[1, 4]", "eval.speed.prompts=4", "eval.speed.max_tokens=16",
+        # one k and one repeat: an engine per k costs a minute on 2 cores
+        "eval.speed.draft_tokens=[2]", "eval.speed.repeats=1"])
 
 
 def test_reduced_quickstart_end_to_end(tmp_path, smollm2_path):

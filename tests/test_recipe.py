@@ -175,10 +175,12 @@ def test_online_training_of_a_base_too_large_for_a_gpu_is_refused(folder):
     assert problem.key == "train.features" and "online training needs about" in problem.message
     assert 'train.features = "cached" or "streamed"' in problem.hint
     assert problem.line == text.splitlines().index("[train]") + 1
-    assert load_recipe(write_recipe(folder, text.replace("[train]\n", '[train]\nfeatures = "cached"\n')))
-    assert load_recipe(write_recipe(folder, text.replace("[train]\n", '[train]\nfeatures = "streamed"\n')))
+    assert load_recipe(write_recipe(folder, text, overrides=["train.features=cached"]))
+    assert load_recipe(write_recipe(folder, text, overrides=["train.features=streamed"]))
     # a base that fits, online: fine (the SmolLM2 config of the fixture)
-    recipe, problems = validate_file(write_recipe(folder, GOOD.replace('config = "config.json"', f'config = "{PROJECT}/catalog/smollm2/configs/SmolLM2-135M-Instruct.json"') + "\n[train]\nuse_gpu = true\n"))
+    smollm2 = PROJECT / "catalog/smollm2/configs/SmolLM2-135M-Instruct.json"
+    recipe, problems = validate_file(write_recipe(folder, GOOD, overrides=[f'model.config="{smollm2}"',
+                                                                           "train.use_gpu=true"]))
     assert problems == []
 
 
@@ -199,14 +201,15 @@ def test_cached_features_larger_than_the_disk_are_refused_once_their_size_is_exa
     shard.mkdir(parents=True)
     np.save(shard / "offsets.npy", np.array([0, 10 ** 12], dtype=np.int64))
     np.save(shard / "pad_id.npy", np.int64(0))
-    text = (GOOD.replace('name = "demo"\n', 'name = "demo"\noutput_dir = "runs/{name}"\n')
-            + '[train]\nfeatures = "cached"\n')
-    _, problems = validate_file(write_recipe(folder, text))
+    text = GOOD + '[train]\nfeatures = "cached"\n'
+    output_dir = 'output_dir="runs/{name}"'
+    _, problems = validate_file(write_recipe(folder, text, overrides=[output_dir]))
     assert [p.key for p in problems] == ["train.features"], problems
     assert "1,000,000,000,000 tokenized tokens x 4,616 B" in problems[0].message
     assert 'train.features = "streamed"' in problems[0].hint
     for features in ("online", "streamed"):  # no feature disk: the same size is fine
-        other, _ = validate_file(write_recipe(folder, text.replace('"cached"', f'"{features}"'), f"{features}.toml"))
+        other, _ = validate_file(write_recipe(folder, text, f"{features}.toml",
+                                              overrides=[output_dir, f"train.features={features}"]))
         assert other is not None
 
 
@@ -246,9 +249,9 @@ def test_plan_tells_what_each_feature_mode_costs_at_the_recipes_size(folder):
 def test_plan_at_a_stated_size_for_a_dataset_whose_rows_are_unknown_offline(folder):
     """A Hub dataset's row count is unknown offline: the cache's size is unknown until data.max_samples states
     it; at 500,000 conversations of up to 1,000 tokens the cache (2.1 TiB) outgrows this disk and plan says so."""
-    hub = 'prompts = [{ dataset = "HuggingFaceH4/ultrachat_200k", split = "train_sft" }]\n'
-    text = GOOD.replace('prompts = ["prompts.jsonl"]\n', hub) + '\n[train]\nfeatures = "cached"\nmax_seq_len = 1000\n'
-    recipe = write_recipe(folder, text)
+    hub = 'data.prompts=[{ dataset = "HuggingFaceH4/ultrachat_200k", split = "train_sft" }]'
+    text = GOOD + '\n[train]\nfeatures = "cached"\nmax_seq_len = 1000\n'
+    recipe = write_recipe(folder, text, overrides=[hub])
     _, cached, _, recommended = _feature_modes(_planned_resources(recipe)["train"])
     assert cached.startswith("cached: unknown (set data.max_samples to the conversations you plan)"), cached
     assert recommended == "recommended: online (the feature cache's size is not known)"

@@ -119,10 +119,13 @@ def test_mixture_weights_deduplication_and_unusable_rows_by_source(hub_folder):
 @pytest.mark.slow
 def test_validate_and_plan_see_the_sources(hub_folder, tmp_path, smollm2_config):
     head = recipe_head("sources", "some/model", config=str(smollm2_config), prompts="unused.jsonl")
-    table = (f'prompts = [{{ dataset = "{hub_folder.name}", subset = "chat", split = "train_sft", max_rows = 25 }}, '
-             '{ dataset = "HuggingFaceH4/ultrachat_200k", split = "train_sft", revision = "v1", weight = 1 }]\n')
-    text = head.replace('prompts = ["unused.jsonl"]\n', table) + "max_samples = 30\n"
-    recipe = write_recipe(tmp_path, text)
+
+    def sources(revision: str) -> str:
+        return (f'data.prompts=[{{ dataset = "{hub_folder.name}", subset = "chat", split = "train_sft", '
+                'max_rows = 25 }, { dataset = "HuggingFaceH4/ultrachat_200k", split = "train_sft", '
+                f'revision = "{revision}", weight = 1 }}]')
+
+    recipe = write_recipe(tmp_path, head, overrides=[sources("v1"), "data.max_samples=30"])
     assert cli("validate", recipe).returncode == 0
     plan = cli("plan", recipe).stdout
     assert "hub-dataset[chat/train_sft] (local, 25 rows)" in plan
@@ -131,11 +134,11 @@ def test_validate_and_plan_see_the_sources(hub_folder, tmp_path, smollm2_config)
     synthesize = next(s for s in planned["stages"] if s["name"] == "synthesize")
     assert any(f.endswith("train_sft-00000-of-00001.parquet") for f in synthesize["input_files"])
     # a pinned revision is part of the fingerprint
-    repinned = json.loads(cli("plan", write_recipe(tmp_path, text.replace('"v1"', '"v2"'), "other.toml"),
+    repinned = json.loads(cli("plan", write_recipe(tmp_path, head, "other.toml",
+                                                   overrides=[sources("v2"), "data.max_samples=30"]),
                               "--json").stdout)
     assert next(s for s in repinned["stages"] if s["name"] == "synthesize")["fingerprint"] != synthesize["fingerprint"]
-    bad = write_recipe(tmp_path, head.replace('prompts = ["unused.jsonl"]\n',
-                                              'prompts = [{ dataset = "no such thing" }]\n'), "bad.toml")
+    bad = write_recipe(tmp_path, head, "bad.toml", overrides=['data.prompts=[{ dataset = "no such thing" }]'])
     failed = cli("validate", bad, check=False)
     assert failed.returncode == 1 and "data.prompts.0.dataset" in failed.stderr and "neither a local folder" in failed.stderr
 
@@ -179,14 +182,13 @@ def test_a_dataset_folder_runs_the_whole_graph(hub_folder, tmp_path, tiny_llama)
     they are), calibrate, train, export and evaluate (the reference decoder)."""
     (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"prompt": f"Question {i}: what is {i} plus {i}?"})
                                                  + "\n" for i in range(3)))
-    text = recipe_head("hub-folder", tiny_llama, prompts="unused.jsonl").replace(
-        'prompts = ["unused.jsonl"]\n',
-        f'prompts = [{{ dataset = "{hub_folder.name}", subset = "chat", split = "train_sft" }}, '
-        f'{{ dataset = "{hub_folder.name}", subset = "sharegpt" }}]\n')
+    text = recipe_head("hub-folder", tiny_llama, prompts="unused.jsonl")
     text += ('[synthesis]\nengine = "none"\n[vocab]\ndraft_vocab_size = 300\n[train]\nmax_steps = 6\nttt_steps = 2\n'
              'max_seq_len = 128\n[eval]\nengine = "reference"\nprompts = ["eval.jsonl"]\nnum_speculative_tokens = 2\n'
              "max_tokens = 8\n")
-    recipe = write_recipe(tmp_path, text)
+    recipe = write_recipe(tmp_path, text, overrides=[
+        f'data.prompts=[{{ dataset = "{hub_folder.name}", subset = "chat", split = "train_sft" }}, '
+        f'{{ dataset = "{hub_folder.name}", subset = "sharegpt" }}]'])
     cli("run", recipe)
     out = RunFolder(tmp_path / "out")
     synthesize = json.loads(out.manifest_file(SYNTHESIZE).read_text())
@@ -240,7 +242,7 @@ def test_validate_reads_data_conversations_through_its_source(tmp_path, smollm2_
     conversations.write_text(json.dumps({"conversation_id": "a", "conversations": [{"role": "user", "content": "Hi"}]})
                              + "\n" + json.dumps({"conversations": []}) + "\n")
     head = recipe_head("own", "some/model", config=str(smollm2_config), prompts="unused.jsonl")
-    text = head.replace('prompts = ["unused.jsonl"]\n', 'conversations = ["own.jsonl"]\n')
-    failed = cli("validate", write_recipe(tmp_path, text), check=False)
+    recipe = write_recipe(tmp_path, head, overrides=["data.prompts=[]", 'data.conversations=["own.jsonl"]'])
+    failed = cli("validate", recipe, check=False)
     assert failed.returncode == 1, failed.stdout
     assert "data.conversations" in failed.stderr and f"{conversations}: line 2: no 'conversation_id' string" in failed.stderr

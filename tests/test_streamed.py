@@ -15,15 +15,14 @@ import torch
 
 from eagle_recipes.data.sequences import Sequences
 from eagle_recipes.run_folder import FEATURE_SHARDS, HEAD_FILE, TRAIN, RunFolder
-from tests.helpers import run_stage, small_recipe
+from tests.helpers import override_recipe, run_stage, small_recipe
 
 pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
 
 
-def _recipe(folder, model, features: str, steps: int = 6, extra_train: str = ""):
+def _recipe(folder, model, features: str, steps: int = 6, overrides: tuple[str, ...] = ()):
     recipe = small_recipe(folder, model, steps=steps, extra='[capture]\ndtype = "float32"\nsequences_per_shard = 8\n')
-    recipe.write_text(recipe.read_text().replace("[train]\n", f'[train]\nfeatures = "{features}"\n{extra_train}'))
-    return recipe
+    return override_recipe(recipe, f"train.features={features}", *overrides)
 
 
 @pytest.fixture(scope="module")

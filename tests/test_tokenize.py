@@ -19,7 +19,7 @@ from eagle_recipes.recipe.training_data import conversation_sources, iter_conver
 from eagle_recipes.manifest import IN_PROGRESS, MANIFEST
 from eagle_recipes.recipe import load_recipe
 from eagle_recipes.run_folder import HELD_OUT_FOLDER, SEQUENCES_FOLDER, SYNTHESIZE, RunFolder
-from tests.helpers import run_stage, small_conversations, small_recipe, write_recipe
+from tests.helpers import override_recipe, run_stage, small_conversations, small_recipe
 
 pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
 
@@ -29,12 +29,12 @@ def _recipe(folder, model, conversations_file: bool = False, actors: int = 0):
     """The small recipe with a held-out split; `actors`: Ray Data actors tokenizing (0: the stage's own task, as
     for any data under 64 MiB)."""
     recipe = small_recipe(folder, model, extra=f"[tokenize]\nactors = {actors}\n")
-    text = recipe.read_text().replace("[data]\n", "[data]\nholdout_fraction = 0.2\n")
+    overrides = ["data.holdout_fraction=0.2"]
     if conversations_file:  # the recipe's own conversations: no synthesize stage
         rows = [{"conversation_id": f"c{i}", **row} for i, row in enumerate(small_conversations(50))]
         (folder / "conversations.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-        text = text.replace('prompts = ["prompts.jsonl"]', 'conversations = ["conversations.jsonl"]')
-    return write_recipe(folder, text)
+        overrides += ["data.prompts=[]", 'data.conversations=["conversations.jsonl"]']
+    return override_recipe(recipe, *overrides)
 
 
 def _in_one_process(recipe_path, model) -> dict[str, Sequences]:

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from eagle_recipes.run_folder import ACCURACY_PLOT, LOSS_PLOT, TRAIN, RunFolder
-from tests.helpers import run_stage, small_recipe
+from tests.helpers import override_recipe, run_stage, small_recipe
 
 pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
 
@@ -23,8 +23,7 @@ def test_loss_falls_and_accuracy_rises(tmp_path, tiny_llama, ray_session):
     recipe = small_recipe(tmp_path, tiny_llama, steps=300, lr="0.003",
                           extra="[draft.overrides]\nintermediate_size = 128\n")
     # a checkpoint every 150 steps, not every 5: this test is about learning (checkpoints have their own)
-    recipe.write_text(recipe.read_text().replace("[train]\n", "[train]\nepochs = 10\n")
-                      .replace("checkpoint_every = 5", "checkpoint_every = 150"))
+    override_recipe(recipe, "train.epochs=10", "train.checkpoint_every=150")
     for stage in ("synthesize", "tokenize", "calibrate", "train"):
         run_stage(recipe, stage)
     rows = _metrics(tmp_path)
@@ -42,12 +41,11 @@ def test_loss_falls_and_accuracy_rises(tmp_path, tiny_llama, ray_session):
 
 def test_two_ddp_workers_match_one_worker_with_doubled_accumulation(tmp_path, tiny_llama, ray_session):
     finals = []
-    for name, settings in (("one", "num_workers = 1\ngrad_accum = 2\n"), ("two", "num_workers = 2\ngrad_accum = 1\n")):
+    for name, workers, accumulation in (("one", 1, 2), ("two", 2, 1)):
         folder = tmp_path / name
         folder.mkdir()
-        recipe = small_recipe(folder, tiny_llama, steps=8)
-        text = recipe.read_text().replace("[train]\n", "[train]\ncpus_per_worker = 1\n" + settings)
-        recipe.write_text(text)
+        recipe = override_recipe(small_recipe(folder, tiny_llama, steps=8), "train.cpus_per_worker=1",
+                                 f"train.num_workers={workers}", f"train.grad_accum={accumulation}")
         for stage in ("synthesize", "tokenize", "calibrate", "train"):
             run_stage(recipe, stage)
         weights = load_file(str(RunFolder(folder / "out").trained / "model.safetensors"))

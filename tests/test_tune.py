@@ -15,24 +15,28 @@ import pytest
 from eagle_recipes.recipe import load_recipe, validate_file
 from eagle_recipes.recipe.tune_space import expand
 from eagle_recipes.run_folder import BEST_RECIPE, TRIAL_DONE, TRIAL_STARTED, TUNE_PLOT, TUNE_RESULTS, RunFolder
-from tests.helpers import CLI, cli, plan_status, small_recipe, write_recipe
+from tests.helpers import CLI, cli, override_recipe, plan_status, small_recipe, write_recipe
 from tests.test_kill_matrix import kill_session
 
 SPACE = '{ "train.lr" = [0.001, 0.003], "draft.overrides.qk_norm" = [false, true] }'
 
 
-def tune_recipe(folder: Path, model: str) -> Path:
-    recipe = small_recipe(folder, model, steps=6, extra=f"""
+TUNE = f"""
 [tune]
 space = {SPACE}
 trial_steps = 8
 reports = 4
 grace_reports = 2
 reduction_factor = 2
-""")
-    text = recipe.read_text().replace("[train]\n", '[train]\nfeatures = "cached"\n')
-    return write_recipe(folder, text.replace('prompts = ["prompts.jsonl"]\n',
-                                             'prompts = ["prompts.jsonl"]\nholdout_fraction = 0.2\n'))
+"""
+
+
+def tune_recipe(folder: Path, model: str) -> Path:
+    """The small recipe, cached features and a held-out split, then [tune] as written (its `space =` line is
+    the one a bad space's problems name)."""
+    recipe = override_recipe(small_recipe(folder, model, steps=6), "train.features=cached",
+                             "data.holdout_fraction=0.2")
+    return write_recipe(folder, recipe.read_text() + TUNE)
 
 
 def test_the_space_expands_to_the_grid_with_the_recipe_as_written_first():
@@ -63,14 +67,14 @@ def test_a_bad_key_or_value_in_the_space_is_refused_with_file_line_and_key(tmp_p
     assert "did you mean 'optimizer'" in found[('tune.space."train.optimiser"', line)].hint
     assert "qk_norm" in str(found[('tune.space."draft.overrides.qk_nrom"', line)])
     # a value that only fails beside the rest of the recipe: Muon with FSDP
-    recipe.write_text(text.replace(SPACE, '{ "train.optimizer" = ["adamw", "muon"] }')
-                      .replace("[train]\n", '[train]\nstrategy = "fsdp"\n'))
+    recipe = write_recipe(tmp_path, text, overrides=['tune.space={ "train.optimizer" = ["adamw", "muon"] }',
+                                                     "train.strategy=fsdp"])
     _, problems = validate_file(recipe)
     assert [(p.key, "muon" in p.message and "FSDP" in p.message) for p in problems] == \
         [('tune.space."train.optimizer"', True)]
     # streamed training keeps no features for the trials to share: `tune` refuses it, `run` and `validate` ignore
     # the [tune] table's own limits
-    recipe.write_text(text.replace('features = "cached"', 'features = "streamed"'))
+    recipe = write_recipe(tmp_path, text, overrides=["train.features=streamed"])
     _, problems = validate_file(recipe, tuning=True)
     assert [p.key for p in problems] == ["train.features"] and '"cached"' in problems[0].hint
     assert validate_file(recipe)[1] == []
