@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from eagle_recipes.manifest import IN_PROGRESS, MANIFEST
-from eagle_recipes.run_folder import CALIBRATE, CHECKPOINT_PREFIX, SYNTHESIZE, TRAIN, RunFolder
+from eagle_recipes.run_folder import CALIBRATE, CHECKPOINT_PREFIX, TOKENIZE, TRAIN, RunFolder
 from tests.helpers import override_recipe, run_stage, small_recipe
 
 pytestmark = pytest.mark.slow  # real processes, engines or graph runs: `make test-fast` leaves these out
@@ -77,25 +77,16 @@ def test_fsdp_checkpoint_resumes_to_identical_weights(tmp_path, tiny_llama, ray_
 def test_bf16_autocast_steps_on_cpu_match_float32(tmp_path, tiny_llama, ray_session):
     """The bfloat16 path GPUs take (autocast; float32 weights and optimizer), on a CPU, against float32."""
     from eagle_recipes.recipe import load_recipe
-    from eagle_recipes.recipe.training_data import tokenize_training_data
-    from eagle_recipes.stages.train import train_config, vocab_mapping
-    from eagle_recipes.draft.vocab import save_mapping
-    from eagle_recipes.recipe.draft_config import draft_config_for
+    from eagle_recipes.stages.train import prepare_training
     from eagle_recipes.training.loop import setup, train_step
 
     path = small_recipe(tmp_path, tiny_llama)
     for stage in ("synthesize", "tokenize", "calibrate"):
         run_stage(path, stage)
     recipe = load_recipe(path)
-    upstream = {name: RunFolder(recipe.output_dir).stage(name) for name in (SYNTHESIZE, CALIBRATE)}
-    mapping = vocab_mapping(recipe, upstream, tiny_llama)
-    save_mapping(mapping, tmp_path)
-    d2t_file, _ = RunFolder.mapping_files(tmp_path)
-    tokenize_training_data(recipe, upstream, tiny_llama, tmp_path)
-    config = train_config(recipe, model_path=tiny_llama,
-                          draft_config=draft_config_for(recipe, tiny_llama, mapping.draft_vocab_size).to_dict(),
-                          vocab_file=str(d2t_file), data_folder=str(tmp_path), checkpoint_dir="",
-                          metrics_file="", capture_dir="")
+    upstream = {name: RunFolder(recipe.output_dir).stage(name) for name in (TOKENIZE, CALIBRATE)}
+    config = prepare_training(recipe, upstream, tmp_path, *RunFolder.trial_training_files(tmp_path), simulate=False,
+                              log=print).config
     assert config.precision == "float32"  # auto, on a CPU
     runs = {}
     for precision in ("float32", "bfloat16"):

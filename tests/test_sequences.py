@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 
-from eagle_recipes.data.sequences import Sequences, has_sequences, sequence_count, sequence_offsets
+from eagle_recipes.data.sequences import Sequences, has_shard, sequence_count, sequence_offsets
 from eagle_recipes.run_folder import SEQUENCES_FOLDER
 
 
@@ -25,9 +25,9 @@ def some_sequences(count: int, seed: int = 0) -> Sequences:
 
 def test_saved_sequences_load_back_equal_and_memory_mapped(tmp_path):
     saved = some_sequences(50)
-    assert not has_sequences(tmp_path)
+    assert not has_shard(tmp_path, 0)
     saved.save(tmp_path)
-    assert has_sequences(tmp_path) and sequence_count(tmp_path) == 50
+    assert has_shard(tmp_path, 0) and sequence_count(tmp_path) == 50
     assert np.array_equal(sequence_offsets(tmp_path), saved.offsets)
     loaded = Sequences.load(tmp_path)
     assert loaded.pad_id == 7 and loaded.count == 50 and loaded.tokens == saved.tokens
@@ -91,7 +91,7 @@ def test_tokenizing_as_the_conversations_stream_by_writes_the_same_files_as_toke
     they come: the same bytes as tokenizing the whole list in memory, over more than one render chunk and with a
     conversation that has no label token (left out by both)."""
     from eagle_recipes.data.chat import load_tokenizer
-    from eagle_recipes.data.sequences import RENDER_CHUNK, tokenize, write_tokenized
+    from eagle_recipes.data.sequences import RENDER_CHUNK, tokenize, write_shard
 
     tokenizer = load_tokenizer(smollm2_path)
     conversations = [[{"role": "user", "content": f"Question {i}: {'why ' * (i % 7)}?"},
@@ -100,14 +100,14 @@ def test_tokenizing_as_the_conversations_stream_by_writes_the_same_files_as_toke
     conversations[5] = [{"role": "user", "content": "no answer here"}]
     whole, streamed = tmp_path / "whole", tmp_path / "streamed"
     tokenize(tokenizer, conversations, 64).save(whole)
-    kept = write_tokenized(tokenizer, (c for c in conversations), 64, streamed)
+    kept = write_shard(tokenizer, (c for c in conversations), 64, streamed, 0)
     assert kept == len(conversations) - 1 == sequence_count(streamed)
     names = sorted(p.name for p in (streamed / SEQUENCES_FOLDER / "00000").iterdir())
     assert names == ["ids.npy", "mask.npy", "offsets.npy", "pad_id.npy"]  # the raw files are gone
     for name in names:
         assert ((whole / SEQUENCES_FOLDER / "00000" / name).read_bytes()
                 == (streamed / SEQUENCES_FOLDER / "00000" / name).read_bytes())
-    assert write_tokenized(tokenizer, iter([]), 64, tmp_path / "none") == 0 == sequence_count(tmp_path / "none")
+    assert write_shard(tokenizer, iter([]), 64, tmp_path / "none", 0) == 0 == sequence_count(tmp_path / "none")
 
 
 def test_sequences_are_numbered_across_shards_in_order(tmp_path, smollm2_path):

@@ -146,10 +146,6 @@ def _save_shard(target: Path, ids: np.ndarray, mask: np.ndarray, offsets: np.nda
     np.save(target / WHOLE_MARK, np.int64(pad_id))  # written last: a shard with it is whole
 
 
-def has_sequences(folder: Path) -> bool:
-    return bool(shard_folders(folder))
-
-
 def sequence_offsets(folder: Path) -> np.ndarray:
     """The token offsets over all shards, [count + 1] (only the offsets files are read)."""
     shards = [np.load(path / "offsets.npy", mmap_mode="r") for path in shard_folders(folder)]
@@ -210,12 +206,6 @@ def write_shard(tokenizer, conversations: Iterable[list[dict]], max_seq_len: int
         np.save(tmp / "offsets.npy", np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64))
         np.save(tmp / WHOLE_MARK, np.int64(tokenizer.pad_token_id or 0))
     return len(lengths)
-
-
-def write_tokenized(tokenizer, conversations: Iterable[list[dict]], max_seq_len: int, folder: Path) -> int:
-    """Every conversation into `folder`'s sequences as one shard, in this process (the tokenize stage spreads
-    shards over Ray Data actors instead); returns how many were kept."""
-    return write_shard(tokenizer, conversations, max_seq_len, folder, 0)
 
 
 def _raw_to_npy(raw: Path, target: Path, dtype: np.dtype) -> None:
