@@ -58,3 +58,21 @@ def conversations(count: int, seed: int = 0) -> list[dict]:
             turns.append({"role": "assistant", "content": " ".join(rng.choices(words, k=rng.randint(40, 160)))})
         rows.append({"conversation_id": f"bench-{index}", "conversations": turns})
     return rows
+
+
+def build_tiny_target(folder: Path) -> Path:
+    """A random 6-layer, 64-wide Llama with SmolLM2's tokenizer: the graph's shapes at a few seconds a stage."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from eagle_recipes.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(SMOLLM2))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=6,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                         tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=1)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

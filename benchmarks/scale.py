@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import PROJECT, SMOLLM2, hardware, prompts  # noqa: E402
+from common import PROJECT, build_tiny_target, hardware, prompts  # noqa: E402
 
 from eagle_recipes.run_folder import RunFolder  # noqa: E402
 
@@ -87,23 +87,6 @@ def build_dataset(folder: Path, count: int) -> None:
                 messages.append({"role": "assistant", "content": " ".join(rng.choices(words, k=rng.randint(40, 160)))})
             rows.append({"id": f"{shard}-{index}", "messages": messages})
         pq.write_table(pa.Table.from_pylist(rows), folder / "data" / f"train-{shard:05d}-of-{shards:05d}.parquet")
-
-
-def build_tiny_target(folder: Path) -> Path:
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from eagle_recipes.models import resolve_model
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model(SMOLLM2))
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=6,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=1)
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 class PeakSampler:

@@ -141,3 +141,14 @@ def test_streamed_benchmark_quick():
     counts = [int(c) for c in shares.group(1).split(",")]
     assert max(counts) - min(counts) <= 1, out  # every server served its share
     assert agrees(figure(r"4 servers / 1 server = ([\d.]+)x", out), rates[4], rates[1]), out
+
+
+def test_streamed_steps_benchmark_quick():
+    """Online and streamed training of the same steps on the tiny target: both rates, the split cores named, and
+    the last line's ratio is the two rates' own."""
+    out = bench("streamed_steps.py", "--quick", timeout=900)
+    rates = dict(re.findall(r"(?m)^  (online|streamed): ([\d.]+) steps/s", out))
+    assert set(rates) == {"online", "streamed"}, out
+    assert re.search(r"(?m)^  streamed: .*worker \d+ thread\(s\), feature server \d+\)$", out), out
+    assert agrees(figure(r"(?m)^streamed / online steps/s = ([\d.]+)x$", out), float(rates["streamed"]),
+                  float(rates["online"])), out

@@ -65,3 +65,20 @@ def test_only_tune_refuses_a_mode_whose_features_a_tune_cannot_share(name):
         assert [p.key for p in problems] == ["train.features"] and refusal in problems[0].message
         usable = [other for other, mode in FEATURE_MODES.items() if mode.tune_refusal is None]
         assert all(f'"{other}"' in problems[0].hint for other in usable)
+
+
+@pytest.mark.parametrize("workers,cpus,replicas,server_cpus,expected", [
+    (1, 2, 1, 0, (1, 1)),  # the quickstart on 2 cores: one each, side by side
+    (2, 4, 2, 0, (2, 2)),  # half of 8 to two servers, the rest to two workers
+    (1, 8, 1, 2, (6, 2)),  # the recipe names the servers' share
+    (1, 1, 1, 0, (1, 1)),  # one core: each still gets a thread
+])
+def test_streamed_servers_and_workers_split_the_cores_given_to_training(workers, cpus, replicas, server_cpus,
+                                                                        expected):
+    train = {"use_gpu": False, "num_workers": workers, "cpus_per_worker": cpus,
+             "streamed": {"in_flight": 2, "cache_gib": 0.0, "server_cpus": server_cpus}}
+    split = FEATURE_MODES["streamed"].core_split(train, {"replicas": replicas})
+    assert (split.worker_cpus, split.server_cpus) == expected and split.given == workers * cpus
+    assert FEATURE_MODES["streamed"].core_split({**train, "use_gpu": True}, {"replicas": replicas}) is None
+    assert all(mode.core_split(train, {"replicas": replicas}) is None
+               for name, mode in FEATURE_MODES.items() if not mode.feature_servers)

@@ -23,3 +23,13 @@ def test_plain_lines_say_running_then_each_phase_with_its_own_rate(capsys, monke
     assert "ETA" in lines[2]
     assert lines[3] == "[evaluate] 0/80 prompts (mt-bench, with the draft)"
     assert len(lines) == 4
+
+
+def test_a_failed_stage_says_how_long_it_ran(capsys, monkeypatch):
+    clock = iter([100.0, 300.5, 301.0, 302.0])
+    monkeypatch.setattr("eagle_recipes.graph.progress.time.time", lambda: next(clock))
+    display = Display(["train"], interactive=False)
+    display.set_status("train", "running")
+    display.set_status("train", "failed", "FeatureServerLost: feature server 1 of 1 died 4 times")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "[train] failed in 200.5s (FeatureServerLost: feature server 1 of 1 died 4 times)"

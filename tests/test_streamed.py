@@ -2,13 +2,19 @@
 features when a training worker asks; nothing is written.
 
 Streamed features equal the capture stage's cached ones (float32 capture: allclose, top tokens identical), and a
-streamed training run gives the cached run's losses step by step; a worker never has more requests out than
+streamed training run whose feature server is SIGKILLed mid-run gives the cached run's losses step by step (Ray
+restarts the server and asks it again; one dead for good is named); a worker never has more requests out than
 `train.streamed.in_flight`, two epochs ask for every sequence twice, and the stream cache's hits read back exactly
 what was served."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -84,26 +90,58 @@ def test_streamed_features_equal_the_cached_ones(captured, tiny_llama):
     assert server.served_counts()["sequences"] == 6
 
 
-def test_streamed_training_gives_the_cached_runs_losses_and_writes_no_features(captured, tiny_llama, ray_session):
-    run_stage(_recipe(captured, tiny_llama, "cached"), "train")
+def _kill_a_feature_server_once_training_runs(metrics: Path, killed: dict) -> threading.Thread:
+    """A watcher that SIGKILLs the feature server's process once the first step is logged (the steps after it
+    need the server), noting its pid and the steps logged by then."""
+    import psutil
+
+    def watch() -> None:
+        deadline = time.time() + 600
+        while time.time() < deadline and "pid" not in killed:
+            if metrics.exists() and metrics.read_text().count("\n") >= 1:
+                for process in psutil.process_iter(["cmdline"]):
+                    if "ray::FeatureServer" in " ".join(process.info["cmdline"] or []):
+                        killed.update(pid=process.pid, steps_logged=metrics.read_text().count("\n"))
+                        os.kill(process.pid, signal.SIGKILL)
+                        break
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    return watcher
+
+
+def test_streamed_training_survives_a_killed_feature_server_with_the_cached_runs_losses(captured, tiny_llama,
+                                                                                       ray_session):
+    """The feature server is SIGKILLed after the first of 12 steps: Ray restarts it and asks it again for the
+    requests it held, the stage finishes, and every step's losses equal the cached run's (which equal an
+    uninterrupted streamed run's: same features, same batches, same order); nothing is written to disk."""
+    steps = 12
+    run_stage(_recipe(captured, tiny_llama, "cached", steps=steps), "train")
     cached_losses = [json.loads(line)["loss"] for line in RunFolder(captured / "out").metrics.read_text().splitlines()]
     streamed_folder = captured.parent / f"{captured.name}-streamed"
     streamed_folder.mkdir()
-    recipe = _recipe(streamed_folder, tiny_llama, "streamed")
+    recipe = _recipe(streamed_folder, tiny_llama, "streamed", steps=steps)
     for stage in ("synthesize", "tokenize", "calibrate"):
         run_stage(recipe, stage)
-    result = run_stage(recipe, "train")
     run = RunFolder(streamed_folder / "out")
+    killed: dict = {}
+    watcher = _kill_a_feature_server_once_training_runs(run.metrics, killed)
+    result = run_stage(recipe, "train")
+    watcher.join(timeout=5)
+    assert "pid" in killed and killed["steps_logged"] < steps, killed  # killed while training went on
+    assert result["counts"]["streamed_restarted"] == 1 and result["counts"]["streamed_lost"] == 0, result["counts"]
     streamed_losses = [json.loads(line)["loss"] for line in run.metrics.read_text().splitlines()]
-    assert len(streamed_losses) == len(cached_losses) == 6
+    assert len(streamed_losses) == len(cached_losses) == steps
     assert all(loss[0] > 0.1 for loss in cached_losses)  # real labels: not a comparison of zeros
     for step, (a, b) in enumerate(zip(streamed_losses, cached_losses)):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-5), f"step {step + 1}: streamed {a}, cached {b}"
     manifest = json.loads(run.manifest_file(TRAIN).read_text())
     assert manifest["metrics"]["train_config"]["features"] == "streamed"
     train = json.loads(RunFolder(captured / "out").manifest_file(TRAIN).read_text())["metrics"]["train_config"]
-    # every training sequence of the 6 steps, then the held-out split at each simulation
-    assert result["counts"]["streamed_sequences"] >= 6 * train["batch_size"] * train["grad_accum"]
+    # the restarted server alone served at least the steps after the kill, less the two asked for ahead
+    after_kill = steps - killed["steps_logged"] - 2
+    assert result["counts"]["streamed_sequences"] >= after_kill * train["batch_size"] * train["grad_accum"]
     assert not list(run.root.rglob(f"{FEATURE_SHARDS}/*.safetensors")) and not list(run.root.rglob(HEAD_FILE))
 
 
@@ -213,3 +251,20 @@ def test_the_stream_cache_reads_back_what_was_served_and_asks_for_the_rest(captu
                                                                                  first[index].draft_logits)
     assert target.cache.hits == len(target.cache.rows)
     assert server.served_counts()["sequences"] == asked + sequences.count - len(target.cache.rows)
+
+
+def test_a_feature_server_dead_for_good_is_named_with_its_cause(captured, tiny_llama, ray_session):
+    import ray
+
+    from eagle_recipes.engines.capture import CaptureSpec
+    from eagle_recipes.engines.feature_server import (FeatureServerLost, RayFeatureServers, start_feature_servers,
+                                                      stop_feature_servers)
+
+    config = _train_config(captured, tiny_llama, "streamed")
+    servers = start_feature_servers(CaptureSpec.from_dict(config.feature_servers["spec"]), 2, {"num_cpus": 0.5})
+    ray.kill(servers[1], no_restart=True)  # as one that died more often than Ray restarts it
+    routed = RayFeatureServers(servers)
+    assert routed.result(routed.submit(config.data_folder, [0], turn=0))["lengths"]  # the live one answers
+    with pytest.raises(FeatureServerLost, match=r"feature server 2 of 2 is dead for good .*last cause: .*killed by `ray.kill`.* run again to resume"):
+        routed.result(routed.submit(config.data_folder, [0], turn=1))
+    assert stop_feature_servers(servers)["lost"] == 1

@@ -40,6 +40,7 @@ class CaptureSpec:
     engine: str  # "hf" | "vllm"
     tensor_parallel_size: int
     trust_remote_code: bool
+    threads: int = 0  # torch threads of a CPU engine (0: every core; streamed training's servers take a share)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,11 +123,11 @@ def captured_rows(engine: CaptureEngine, spec: CaptureSpec, sequences: list[np.n
 
 def engine_in_this_process(spec: CaptureSpec, device=None) -> CaptureEngine:
     """The spec's engine for an actor that holds it for its whole life (capture's, a feature server's): on a CPU,
-    torch sized to every core first."""
+    torch sized first to the spec's threads, or to every core."""
     import torch
 
     if not has_gpu_here():
-        torch.set_num_threads(torch_threads(os.cpu_count() or 1))
+        torch.set_num_threads(torch_threads(spec.threads or os.cpu_count() or 1))
     return make_capture_engine(spec, device)
 
 

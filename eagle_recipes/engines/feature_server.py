@@ -9,6 +9,11 @@ dtype, so a streamed worker and a cached one read the same numbers.
 
 `start_feature_servers` starts them as Ray actors; `LocalFeatureServers` runs one in this process (no Ray: the GPU
 check machine, and tests of the worker's side alone).
+
+A server that dies (its process killed, its node preempted) is restarted by Ray, which asks the restarted one
+again for every request it held (`max_restarts`, `max_task_retries`): a forward of the same sequences gives the
+same features, so training goes on with the same batches in the same order. One that keeps dying ends the run
+with `FeatureServerLost`, naming the server and the cause; the checkpoints written so far are kept.
 """
 
 from __future__ import annotations
@@ -21,6 +26,12 @@ import numpy as np
 from eagle_recipes.data.sequences import Sequences
 from eagle_recipes.engines.capture import CaptureSpec, captured_rows, engine_in_this_process
 
+SERVER_RESTARTS = 3  # times Ray restarts a dead feature server before the run stops
+
+
+class FeatureServerLost(RuntimeError):
+    """A feature server that died more often than Ray restarts one."""
+
 
 class FeatureServer:
     """One capture engine answering feature requests; counts what it served (sequences, tokens)."""
@@ -29,7 +40,8 @@ class FeatureServer:
         self.spec = CaptureSpec.from_dict(spec)
         self.engine = engine_in_this_process(self.spec, device)
         self.sequences: dict[str, Sequences] = {}
-        self.served = {"requests": 0, "sequences": 0, "tokens": 0}
+        # counts since this process started; `restarted`: 1 when Ray restarted this server after it died
+        self.served = {"requests": 0, "sequences": 0, "tokens": 0, "restarted": int(_restarted_by_ray())}
 
     def features(self, folder: str, indices: list[int]) -> dict[str, Any]:
         """The features of sequences `indices` of the sequences in `folder`, back to back as a shard holds them:
@@ -47,13 +59,21 @@ class FeatureServer:
         return dict(self.served)
 
 
+def _restarted_by_ray() -> bool:
+    import ray
+
+    return ray.is_initialized() and bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+
 def start_feature_servers(spec: CaptureSpec, replicas: int, placement: dict[str, Any]) -> list:
     """`replicas` FeatureServer actors with the Ray resources `placement` (engines/placement.py), started and
-    ready (a server that cannot load its engine fails here, before any training worker waits on it)."""
+    ready (a server that cannot load its engine fails here, before any training worker waits on it). Each is
+    restarted up to SERVER_RESTARTS times, its unanswered requests asked again of the restarted one."""
     import ray
 
     remote = ray.remote(FeatureServer)
     options = {key: value for key, value in placement.items() if key != "ray_remote_args_fn"}
+    options.update(max_restarts=SERVER_RESTARTS, max_task_retries=SERVER_RESTARTS)
     if "ray_remote_args_fn" in placement:  # vLLM tensor parallel: a placement group per server
         options.update(placement["ray_remote_args_fn"]())
     servers = [remote.options(**options).remote(spec.to_dict()) for _ in range(replicas)]
@@ -62,12 +82,19 @@ def start_feature_servers(spec: CaptureSpec, replicas: int, placement: dict[str,
 
 
 def stop_feature_servers(servers: list) -> dict[str, int]:
-    """What the servers served in all, then the servers stopped."""
+    """What the servers served in all (a restarted server's counts start again at its restart; `restarted`: the
+    servers Ray restarted, `lost`: those dead for good), then the servers stopped."""
     import ray
+    from ray.exceptions import RayActorError
 
-    totals = {"requests": 0, "sequences": 0, "tokens": 0}
-    for counts in ray.get([server.served_counts.remote() for server in servers]):
-        for key in totals:
+    totals = {"requests": 0, "sequences": 0, "tokens": 0, "restarted": 0, "lost": 0}
+    for server in servers:
+        try:
+            counts = ray.get(server.served_counts.remote())
+        except RayActorError:  # it kept dying: the run's error names it; its counts died with it
+            totals["lost"] += 1
+            continue
+        for key in counts:
             totals[key] += counts[key]
     for server in servers:
         ray.kill(server)
@@ -97,10 +124,21 @@ class RayFeatureServers:
     def __init__(self, handles: list, first: int = 0):
         self.handles, self.first = handles, first
 
-    def submit(self, folder: str, indices: list[int], turn: int):
-        return self.handles[(self.first + turn) % len(self.handles)].features.remote(folder, indices)
+    def submit(self, folder: str, indices: list[int], turn: int) -> tuple[int, Any]:
+        """(the server's index, the reference to its answer)."""
+        index = (self.first + turn) % len(self.handles)
+        return index, self.handles[index].features.remote(folder, indices)
 
-    def result(self, handle) -> dict[str, Any]:
+    def result(self, handle: tuple[int, Any]) -> dict[str, Any]:
         import ray
+        from ray.exceptions import RayActorError
 
-        return ray.get(handle)
+        index, reference = handle
+        try:
+            return ray.get(reference)
+        except RayActorError as error:  # dead for good: Ray restarted it SERVER_RESTARTS times already
+            cause = " ".join(str(error).split())  # Ray's message, on one line (its pid, node and why it died)
+            raise FeatureServerLost(
+                f"feature server {index + 1} of {len(self.handles)} is dead for good (Ray restarts a dead one "
+                f"{SERVER_RESTARTS} times); last cause: {cause} The checkpoints written so far are kept: run again "
+                f"to resume from the last one") from error

@@ -90,6 +90,8 @@ class Display:
             view.started = time.time()
         if wall_s is not None:
             view.wall_s = wall_s
+        elif status == "failed" and view.started is not None:  # how long it ran before it failed
+            view.wall_s = time.time() - view.started
         if metric:
             view.metric = metric
         if not self._live:

@@ -12,7 +12,7 @@ the trained draft in `train/trained/` (draft/trained.py) for export.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +26,9 @@ from eagle_recipes.stages.base import Stage, StageContext
 
 
 
-def train_config(recipe: Recipe, **paths: Any):
-    """The TrainConfig of this recipe, with the run's paths."""
+def train_config(recipe: Recipe, worker_cpus: float | None = None, **paths: Any):
+    """The TrainConfig of this recipe, with the run's paths; `worker_cpus`: each worker's cores, when it shares
+    train.cpus_per_worker with feature servers."""
     from eagle_recipes.devices import torch_threads, training_precision
     from eagle_recipes.training.config import TrainConfig
 
@@ -35,7 +36,7 @@ def train_config(recipe: Recipe, **paths: Any):
     table = train.to_dict()
     return TrainConfig.from_train_table(
         table, **paths, drafter_settings=table.get(recipe.draft.algorithm, {}),
-        feature_settings=table.get(train.features, {}), threads=torch_threads(train.cpus_per_worker),
+        feature_settings=table.get(train.features, {}), threads=torch_threads(worker_cpus or train.cpus_per_worker),
         precision=training_precision(train.precision, train.use_gpu), simulate_k=recipe.eval.num_speculative_tokens,
         keep_best=train.keep_best and bool(train.simulate_every))
 
@@ -124,7 +125,7 @@ class TrainStage(Stage):
         config = prepared.config
         warn_emulated_bfloat16(config, ctx.log)
         started = time.time()
-        served = fit(config, train.num_workers, train.cpus_per_worker, ctx.out / "ray", ctx.progress,
+        served = fit(config, train.num_workers, prepared.worker_cpus, ctx.out / "ray", ctx.progress,
                      recipe.tracking(), ctx.log)
         wall = time.time() - started
         state = checkpointer.load_latest()
@@ -134,6 +135,9 @@ class TrainStage(Stage):
         write_trained(ctx.run.trained, (best or state)["draft"], prepared.draft_config, prepared.mapping)
         summary = metrics.summarize(state["step"], prepared.count, resumed_step)
         plots = metrics.plot(ctx.out, drafter(recipe.draft.algorithm).step_label)
+        if served.get("restarted"):
+            ctx.log(f"feature servers restarted after dying: {served['restarted']} (Ray asked them again for the "
+                    f"requests they held; the batches and their order are unchanged)")
         if served:  # streamed: what the feature servers computed (nothing of it was written)
             summary["counts"].update({f"streamed_{name}": value for name, value in served.items()})
         summary["metrics"].update(wall_s=wall, plots=plots, exported_step=(best or state)["step"],
@@ -148,6 +152,7 @@ class PreparedTraining:
     count: int  # training sequences
     mapping: Any  # the draft vocabulary (draft/vocab.py)
     draft_config: Any  # DraftConfig
+    worker_cpus: float  # each training worker's cores (train.cpus_per_worker, less the feature servers' share)
 
 
 def prepare_training(recipe: Recipe, upstream: dict[str, Path], out: Path, checkpoint_dir: Path, metrics_file: Path,
@@ -176,15 +181,17 @@ def prepare_training(recipe: Recipe, upstream: dict[str, Path], out: Path, check
     if steps_per_epoch(count, train.num_workers, train.grad_accum, train.batch_size) == 0:
         raise ValueError(f"{count} training sequences are fewer than one global batch "
                          f"({train.num_workers} workers x {train.grad_accum} x {train.batch_size}); add data")
-    servers = {}
-    if feature_mode(train.features).feature_servers:
+    mode = feature_mode(train.features)
+    split = mode.core_split(recipe.data["train"], recipe.data["capture"])
+    servers, worker_cpus = {}, split.worker_cpus if split else train.cpus_per_worker
+    if mode.feature_servers:
         from eagle_recipes.recipe.draft_config import capture_spec
 
-        servers = {"feature_servers": {"spec": capture_spec(recipe, model_path, data_folder).to_dict(),
-                                       "replicas": recipe.capture.replicas}}
+        spec = replace(capture_spec(recipe, model_path, data_folder), threads=split.server_cpus if split else 0)
+        servers = {"feature_servers": {"spec": spec.to_dict(), "replicas": recipe.capture.replicas}}
     config = train_config(
-        recipe, model_path=model_path, draft_config=draft_config.to_dict(),
+        recipe, worker_cpus, model_path=model_path, draft_config=draft_config.to_dict(),
         vocab_file=str(mapping_file(recipe, upstream) or ""), data_folder=str(data_folder),
         checkpoint_dir=str(checkpoint_dir), metrics_file=str(metrics_file), capture_dir=str(upstream.get(CAPTURE, "")),
         **holdout, **servers)
-    return PreparedTraining(config, count, mapping, draft_config)
+    return PreparedTraining(config, count, mapping, draft_config, worker_cpus)

@@ -3,7 +3,7 @@ it is (base.py's `FeatureMode`: whether the capture stage runs, what a worker ho
 target source, whether a tune can use it), and the registry that finds one by name (registry.py). The rest of the
 code imports from here."""
 
-from eagle_recipes.training.features.base import FeatureMode, WorkerMemory, WorkerParts
+from eagle_recipes.training.features.base import CoreSplit, FeatureMode, WorkerMemory, WorkerParts
 from eagle_recipes.training.features.registry import FEATURE_MODES, feature_mode
 
-__all__ = ["FEATURE_MODES", "FeatureMode", "WorkerMemory", "WorkerParts", "feature_mode"]
+__all__ = ["FEATURE_MODES", "CoreSplit", "FeatureMode", "WorkerMemory", "WorkerParts", "feature_mode"]

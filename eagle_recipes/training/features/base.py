@@ -36,6 +36,15 @@ class WorkerParts:
 
 
 @dataclass(frozen=True)
+class CoreSplit:
+    """How the cores given to training are shared between the training workers and the feature servers."""
+
+    given: int  # train.num_workers x train.cpus_per_worker
+    worker_cpus: int  # each training worker's (its torch threads)
+    server_cpus: int  # each feature server's (its torch threads)
+
+
+@dataclass(frozen=True)
 class FeatureMode:
     """One `train.features` value: where a training worker gets the base model's outputs."""
 
@@ -58,6 +67,8 @@ class FeatureMode:
     start_servers: Callable[[Any], list] | None = None  # TrainConfig -> the servers' handles
     stop_servers: Callable[[list], dict[str, int]] | None = None  # handles -> what they served
     resources: Callable[[Any], list[str]] = lambda recipe: []  # plan's lines on what it runs beside the workers
+    # (the recipe's [train] table, its [capture] table) -> how workers and servers share the CPUs; None: no sharing
+    core_split: Callable[[dict[str, Any], dict[str, Any]], CoreSplit | None] = lambda train, capture: None
 
     def fingerprint(self, recipe_data: dict[str, Any]) -> dict[str, Any]:
         """What the train stage's fingerprint adds for it: the feature servers' engine and dtype count."""

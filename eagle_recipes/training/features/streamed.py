@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from eagle_recipes.training.features.base import FeatureMode, WorkerMemory, WorkerParts
+from eagle_recipes.training.features.base import CoreSplit, FeatureMode, WorkerMemory, WorkerParts
 from eagle_recipes.units import GiB, gib
 
 
@@ -31,10 +31,29 @@ def _recommend(recipe, sizes, free: int) -> str | None:
     return "online needs more than train.accelerator_memory_gb per GPU and the cache more than the free disk"
 
 
+def core_split(train: dict[str, Any], capture: dict[str, Any]) -> CoreSplit | None:
+    """On CPUs: the servers take `server_cpus` each (0: half the cores given to training, shared by the servers,
+    at least one each), the workers share the rest (at least one each). On GPUs the servers hold GPUs of their
+    own: None."""
+    if train["use_gpu"]:
+        return None
+    given = int(train["num_workers"] * train["cpus_per_worker"])
+    replicas = capture["replicas"]
+    server_cpus = train["streamed"]["server_cpus"] or max(1, given // 2 // replicas)
+    worker_cpus = max(1, (given - server_cpus * replicas) // train["num_workers"])
+    return CoreSplit(given=given, worker_cpus=worker_cpus, server_cpus=server_cpus)
+
+
 def _resources(recipe) -> list[str]:
     capture, settings = recipe.capture, recipe.train.streamed
-    return [f"feature servers: {capture.replicas} x {capture.engine} ({capture.dtype}), {settings.in_flight} "
-            f"batches in flight per worker, stream cache {settings.cache_gib:g} GiB per worker"]
+    lines = [f"feature servers: {capture.replicas} x {capture.engine} ({capture.dtype}), {settings.in_flight} "
+             f"batches in flight per worker, stream cache {settings.cache_gib:g} GiB per worker"]
+    split = core_split(recipe.data["train"], recipe.data["capture"])
+    if split:
+        lines.append(f"cores: the {split.given} given to training (train.num_workers x train.cpus_per_worker) "
+                     f"split: {split.worker_cpus} per training worker, {split.server_cpus} per feature server "
+                     f"(train.streamed.server_cpus)")
+    return lines
 
 
 def _target_source(config, draft_config, draft_ids, device, dtype, servers=None, rank=0):
@@ -54,7 +73,10 @@ def _start_servers(config) -> list:
     from eagle_recipes.engines.placement import capture_placement, cluster_has_gpus
 
     spec = CaptureSpec.from_dict(config.feature_servers["spec"])
-    placement = capture_placement(spec.engine, spec.tensor_parallel_size, cluster_has_gpus())
+    on_gpus = cluster_has_gpus()
+    placement = capture_placement(spec.engine, spec.tensor_parallel_size, on_gpus)
+    if not on_gpus and spec.threads:  # its share of the cores (core_split), as Ray resources too
+        placement["num_cpus"] = spec.threads
     return start_feature_servers(spec, config.feature_servers["replicas"], placement)
 
 
@@ -70,5 +92,5 @@ STREAMED = FeatureMode(
     tune_refusal="a tune's trials share the run's features, and streamed training keeps none",
     forward_advice=None, worker_memory=_worker_memory, describe=_describe, recommend=_recommend, preference=2,
     target_source=_target_source, feature_servers=True, start_servers=_start_servers, stop_servers=_stop_servers,
-    resources=_resources,
+    resources=_resources, core_split=core_split,
 )
