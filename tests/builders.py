@@ -161,10 +161,29 @@ def build_dflash_copy_draft(target_folder: Path, perm: list[int], wrong: set[int
     return draft, config, torch.zeros(VOCAB, dtype=torch.int64)
 
 
+def build_eagle1_copy_draft(target_folder: Path, perm: list[int], wrong: set[int] = frozenset()):
+    """(EAGLE-1 draft, DraftConfig, d2t) for the permutation target whose every step predicts perm[input token]
+    (perm[input token + 1] for a token in `wrong`): its fc copies the token's one-hot embedding (the feature half
+    is zero), attention and MLP add nothing, and the base model's LM head (the permutation) maps that to the next
+    token. A chain step reads its own proposal, so every draft is accepted but where a `wrong` token is drafted
+    from. EAGLE-1 drafts over the whole vocabulary: d2t is zero for its 65 ids."""
+    from eagle_recipes.draft.config import BaseModelFacts
+    from eagle_recipes.draft.drafters import build_draft, build_draft_config
+
+    facts = BaseModelFacts.from_config(json.loads((target_folder / "config.json").read_text()))
+    config = build_draft_config("eagle1", {"intermediate_size": 64}, facts, VOCAB + 1)
+    draft = build_draft(config)
+    with torch.no_grad():
+        zero_but_norms(draft)
+        for token in range(VOCAB):
+            draft.fc.weight[(token + 1) % VOCAB if token in wrong else token, token] = 1.0
+    return draft, config, torch.zeros(config.draft_vocab_size, dtype=torch.int64)
+
+
 def simulated_and_reference_acceptance(folder: Path, perm: list[int], draft, config, d2t, correctness):
     """(simulated, reference) acceptance of a draft on the permutation target: the reference decoder drafting and
-    verifying, against `correctness(draft, outputs, embed, k)` over the target's greedy continuation replayed as
-    chain drafting (what learning_curve.py's `simulated` engine and train.simulate_every compute)."""
+    verifying, against `correctness(draft, outputs, embed, k, lm_head)` over the target's greedy continuation
+    replayed as chain drafting (what learning_curve.py's `simulated` engine and train.simulate_every compute)."""
     from transformers import LlamaForCausalLM
 
     from eagle_recipes.draft.reference import reference_generate, simulate_greedy_chain
@@ -176,7 +195,7 @@ def simulated_and_reference_acceptance(folder: Path, perm: list[int], draft, con
     ids = torch.tensor([greedy_continuation(perm, prompt, max_tokens + k + 1)])
     outputs = target_outputs(target, ids, torch.ones_like(ids), torch.ones_like(ids), config.aux_layer_ids,
                              torch.arange(config.draft_vocab_size) + d2t, config.algorithm)
-    correct = correctness(draft, outputs, target.get_input_embeddings(), k)[:, 0]
+    correct = correctness(draft, outputs, target.get_input_embeddings(), k, target.get_output_embeddings())[:, 0]
     simulated = simulate_greedy_chain(correct, len(prompt) - 1, ids.shape[1], stop=len(prompt) + max_tokens)
     return simulated, expected
 

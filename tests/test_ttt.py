@@ -158,16 +158,3 @@ def test_draft_rotary_frequencies_follow_the_config(theta, scaling, divisor):
     expected = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)) / divisor
     torch.testing.assert_close(_rotary(config).inv_freq.double(), expected, rtol=1e-5, atol=0)
 
-
-def test_simulated_acceptance_equals_the_reference_decoder(tmp_path):
-    """Teacher-forced step correctness over the target's greedy continuation, replayed as chain drafting, gives
-    the reference decoder's acceptance counts exactly (what learning_curve.py's `simulated` engine relies on)."""
-    from eagle_recipes.draft.ttt import step_correctness
-    from tests.builders import build_copy_draft, build_permutation_target, permutation, simulated_and_reference_acceptance
-
-    perm = permutation()
-    folder = build_permutation_target(tmp_path / "target", perm)
-    draft, config, d2t = build_copy_draft(folder, perm, wrong=set(range(0, 64, 3)))
-    simulated, expected = simulated_and_reference_acceptance(folder, perm, draft, config, d2t, step_correctness)
-    assert 0 < simulated.accepted < 3 * simulated.drafts  # partial acceptance: not a trivial case
-    assert (simulated.drafts, simulated.accepted_per_position) == (expected.drafts, expected.accepted_per_position)
