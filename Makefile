@@ -48,7 +48,7 @@ quickstart-gpu:
 	$(MAKE) quickstart EXTRA=gpu
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -rs tests
+	$(BIN)/python -m pytest -q -rs --durations=30 tests
 
 # everything not marked slow, in a few minutes: a developer's tier between edits (CI runs `make test`, whole)
 test-fast: $(STAMP)

@@ -24,7 +24,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,10 +43,14 @@ def load(recipe_path: Path, overrides: list[str]):
 
 
 def upstream_of(recipe) -> dict[str, Path]:
-    """The graph up to what training reads (finished stages reused), by stage name."""
+    """The graph up to what training reads (finished stages reused), by stage name; Ray stays up, quiet, for the
+    training runs (an embedded one sized as `run` sizes it)."""
+    from eagle_recipes.graph.runner import init_ray
     from eagle_recipes.tuning.tuner import run_features
 
-    return run_features(recipe, None, verbose=False)
+    upstream = run_features(recipe, None, verbose=False)
+    init_ray(recipe, None)  # already up when a stage ran; else started here
+    return upstream
 
 
 def step_seconds(recipe, upstream: dict[str, Path], folder: Path) -> tuple[list[float], str]:
@@ -95,7 +98,8 @@ def main() -> None:
     out = Path(base.output_dir) / BENCH_FOLDER
     rates = {}
     print(f"{base.name}: {steps} steps each, train.num_workers = {base.train.num_workers} x "
-          f"{base.train.cpus_per_worker} CPU; measured on {hardware()}")
+          f"{base.train.cpus_per_worker} CPU")
+    print(f"measured on {hardware()}")
     for mode in MODES:
         recipe = load(recipe_path, [*common, f"train.features={mode}"])
         seconds, cores = step_seconds(recipe, upstream, out / mode)

@@ -336,9 +336,21 @@ def test_validate_refuses_more_draft_tokens_than_it_drafts(name, tmp_path, smoll
 SMALL_OVERRIDES = {"dflash": {"block_size": 4, "num_hidden_layers": 1}}
 
 
+@pytest.fixture(scope="module")
+def graph_folder(tmp_path_factory, tiny_llama, ray_session) -> Path:
+    """One run folder every drafter's graph run shares: its synthesize and tokenize stages (and calibrate, for
+    the drafters over a calibrated vocabulary) run once, for the first drafter, and are up to date for the rest;
+    each drafter then trains and exports into it in turn (its own recipe file, the same output_dir)."""
+    from tests.helpers import small_recipe
+
+    folder = tmp_path_factory.mktemp("graph")
+    small_recipe(folder, tiny_llama, steps=12, lr="0.003")
+    return folder
+
+
 @pytest.mark.slow
 @each_drafter
-def test_it_trains_and_exports_through_the_graph(name, tmp_path, tiny_llama, ray_session):
+def test_it_trains_and_exports_through_the_graph(name, graph_folder, tiny_llama):
     """The recipe's `draft.algorithm` through every stage of its plan (synthesize .. export): a loss per unroll
     position each step, the simulated tau every simulate_every steps, an export in its layout that inspect passes,
     with the recipe's overrides and (where it drafts from mask slots) the tokenizer's mask token, and a card
@@ -349,18 +361,20 @@ def test_it_trains_and_exports_through_the_graph(name, tmp_path, tiny_llama, ray
     from eagle_recipes.graph.plan import compile_plan
     from eagle_recipes.recipe import load_recipe
     from eagle_recipes.run_folder import RunFolder
-    from tests.helpers import override_recipe, run_stage, small_recipe
+    from tests.helpers import run_stage, write_recipe
 
     spec, overrides = DRAFTERS[name], SMALL_OVERRIDES.get(name, {})
     facts = BaseModelFacts.from_config(json.loads((Path(tiny_llama) / "config.json").read_text()))
     most = spec.max_draft_tokens(build_draft_config(name, overrides, facts, 300), 2)  # small_recipe: 2 TTT steps
     k = K if most is None else min(K, most)
-    recipe = override_recipe(small_recipe(tmp_path, tiny_llama, steps=12, lr="0.003"), f"draft.algorithm={name}",
-                             *(f"draft.overrides.{key}={value}" for key, value in overrides.items()),
-                             "train.simulate_every=6", "data.holdout_fraction=0.2", f"eval.num_speculative_tokens={k}")
+    shared = graph_folder / "recipe.toml"
+    recipe = write_recipe(graph_folder, shared.read_text(), f"{name}.toml", overrides=[
+        f"draft.algorithm={name}", *(f"draft.overrides.{key}={value}" for key, value in overrides.items()),
+        "train.simulate_every=6", "data.holdout_fraction=0.2", f"eval.num_speculative_tokens={k}"])
     for stage in compile_plan(load_recipe(recipe)).stages:
-        result = run_stage(recipe, stage.name)
-    run = RunFolder(tmp_path / "out")
+        if stage.status != "up to date":  # another drafter's run made it (same data, same settings)
+            result = run_stage(recipe, stage.name)
+    run = RunFolder(graph_folder / "out")
     _, exported, _ = load_draft_module(run.draft)
     rows = [json.loads(line) for line in run.metrics.read_text().splitlines()]
     positions = spec.unroll_positions(exported, 2)  # one loss per unroll position
