@@ -301,7 +301,7 @@ def test_the_gpu_quickstart_is_what_make_offers():
     makefile = (PROJECT / "Makefile").read_text()
     assert "QUICKSTART := recipes/quickstart-gpu.toml" in makefile and "quickstart-gpu:" in makefile
     assert "QUICKSTART := recipes/quickstart.toml" in makefile
-    assert "\t$(BIN)/python -m pytest -q -rs tests\n" in makefile
+    assert "\t$(BIN)/python -m pytest -q -rs --durations=30 tests\n" in makefile
     recipe = tomllib.loads((PROJECT / "recipes" / "quickstart-gpu.toml").read_text())
     assert recipe["train"]["use_gpu"] is True and not (PROJECT / "recipes" / recipe["model"]["path"]).exists()
 
