@@ -271,3 +271,14 @@ def test_no_feature_mode_name_is_compared_outside_its_package():
 def test_the_mode_check_finds_a_comparison():
     source = 'if train.features == "online":\n    pass\nx = sizes["cached"]\ny = mode in ("streamed",)\nz = "a" == b\n'
     assert mode_name_uses(source, {"online", "cached", "streamed"}) == [1, 3, 4]
+
+
+def test_the_wheel_lists_every_package_of_the_source_tree():
+    """pyproject.toml names its packages one by one (schemas/ and catalog/ ship as packages of their own): a new
+    folder of eagle_recipes/ that is not named there would be missing from every installed copy."""
+    import tomllib
+
+    listed = set(tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(path.parent.relative_to(PROJECT).parts)
+               for path in (PROJECT / "eagle_recipes").rglob("__init__.py")}
+    assert folders - listed == set(), "add these to [tool.setuptools] packages in pyproject.toml"

@@ -48,3 +48,4 @@ def test_a_built_wheel_validates_a_catalog_recipe_without_the_source_tree(tmp_pa
     assert copied.returncode == 0, copied.stdout + copied.stderr
     valid = cli("validate", "mine.toml")
     assert valid.returncode == 0 and "mine.toml: valid" in valid.stdout, valid.stdout + valid.stderr
+
