@@ -174,12 +174,13 @@ def train(config, wrap_ddp: bool = False):
     """The worker of training/loop.py on this process (rank 0 of 1): setup, then every step. Streamed features: a
     feature server in this process on the same device answers the worker (no Ray here: the object store's hop is
     the ray tier's)."""
+    from eagle_recipes.training.features import feature_mode
     from eagle_recipes.training.loop import run_steps, setup
     from eagle_recipes.training.metrics import MetricsLog
     from eagle_recipes.training.parallel import ddp
 
     servers = None
-    if config.features == "streamed":
+    if feature_mode(config.features).feature_servers:
         from eagle_recipes.devices import worker_device
         from eagle_recipes.engines.feature_server import FeatureServer, LocalFeatureServers
 

@@ -54,10 +54,10 @@ def _train_config(folder, model, features: str, **fields):
                   grad_accum=1, lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, schedule="constant", grad_clip=0.0,
                   ttt_steps=2, ttt_decay=1.0, loss_on="assistant", checkpoint_every=5, keep_checkpoints=1, seed=0,
                   init_from_target=True, loss="forward_kl", optimizer="adamw", muon_lr_scale=1.0, feature_noise=0.0,
-                  simulate_every=0, simulate_k=3, keep_best=False, feature_settings={"in_flight": 2, "cache_gib": 0.0},
+                  simulate_every=0, simulate_k=3, keep_best=False, tables={"streamed": {"in_flight": 2, "cache_gib": 0.0, "server_cpus": 0}},
                   feature_servers={"spec": spec.to_dict(), "replicas": 1})
     settings = {key: fields.pop(key) for key in ("in_flight", "cache_gib") if key in fields}
-    values["feature_settings"] = {**values["feature_settings"], **settings}
+    values["tables"] = {"streamed": {**values["tables"]["streamed"], **settings}}
     return TrainConfig(**{**values, **fields})
 
 

@@ -18,6 +18,7 @@ with `FeatureServerLost`, naming the server and the cause; the checkpoints writt
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,13 @@ class FeatureServer:
 
 
 def _restarted_by_ray() -> bool:
-    import ray
-
-    return ray.is_initialized() and bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    """Whether Ray restarted this server's actor after it died: False in a process that is no Ray actor (a
+    LocalFeatureServers), and where Ray is not even installed (the GPU check's bare machine)."""
+    ray = sys.modules.get("ray")  # a Ray actor has imported it already
+    if ray is None or not ray.is_initialized():
+        return False
+    context = ray.get_runtime_context()
+    return context.get_actor_id() is not None and bool(context.was_current_actor_reconstructed)
 
 
 def start_feature_servers(spec: CaptureSpec, replicas: int, placement: dict[str, Any]) -> list:

@@ -33,10 +33,8 @@ def train_config(recipe: Recipe, worker_cpus: float | None = None, **paths: Any)
     from eagle_recipes.training.config import TrainConfig
 
     train = recipe.train
-    table = train.to_dict()
     return TrainConfig.from_train_table(
-        table, **paths, drafter_settings=table.get(recipe.draft.algorithm, {}),
-        feature_settings=table.get(train.features, {}), threads=torch_threads(worker_cpus or train.cpus_per_worker),
+        train.to_dict(), **paths, threads=torch_threads(worker_cpus or train.cpus_per_worker),
         precision=training_precision(train.precision, train.use_gpu), simulate_k=recipe.eval.num_speculative_tokens,
         keep_best=train.keep_best and bool(train.simulate_every))
 

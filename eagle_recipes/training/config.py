@@ -51,10 +51,8 @@ class TrainConfig:
     holdout_folder: str = ""  # the held-out sequences the simulation replays
     holdout_capture_dir: str = ""  # their captured features (cached training)
     max_sequences: int = 0  # train on the first this many sequences only (0: all; a tune's trials on a subset)
-    # the drafter's own settings: the recipe's [train.<draft.algorithm>] table (DFlash: anchors, block_loss_decay)
-    drafter_settings: dict = field(default_factory=dict)
-    # the feature mode's own settings: the recipe's [train.<features>] table (streamed: in_flight, cache_gib)
-    feature_settings: dict = field(default_factory=dict)
+    # the [train.<name>] tables: a drafter's own settings ([train.dflash]) and a feature mode's ([train.streamed])
+    tables: dict = field(default_factory=dict)
     feature_servers: dict = field(default_factory=dict)  # streamed: {"spec": CaptureSpec dict, "replicas": n}
 
     @classmethod
@@ -62,7 +60,20 @@ class TrainConfig:
         """A recipe's [train] table (the schema's defaults applied) under its own names, and the run's fields
         (paths, derived values), which win where both name one."""
         names = {field.name for field in fields(cls)}
-        return cls(**{**{key: value for key, value in train.items() if key in names}, **run})
+        tables = {key: value for key, value in train.items() if isinstance(value, dict)}
+        return cls(**{**{key: value for key, value in train.items() if key in names}, "tables": tables, **run})
+
+    @property
+    def drafter_settings(self) -> dict[str, Any]:
+        """The trained drafter's own settings: the recipe's [train.<draft.algorithm>] table (DFlash: anchors,
+        block_loss_decay)."""
+        return self.tables.get(self.draft_config.get("algorithm", ""), {})
+
+    @property
+    def feature_settings(self) -> dict[str, Any]:
+        """The feature mode's own settings: the recipe's [train.<features>] table (streamed: in_flight, cache_gib,
+        server_cpus)."""
+        return self.tables.get(self.features, {})
 
     @property
     def block_size(self) -> int:

@@ -61,7 +61,7 @@ class FeatureMode:
     # (recipe, TrainingSizes, free disk bytes) -> why plan recommends it, or None; modes are asked in `preference`
     recommend: Callable[[Any, Any, int], str | None]
     preference: int  # plan asks the modes whether to recommend them in this order (lowest first)
-    # (TrainConfig, DraftConfig, draft ids, device, dtype, feature servers' handles, rank) -> its TargetSource
+    # (TrainConfig, DraftConfig, draft ids, device, dtype, feature servers (handles or routed), rank) -> TargetSource
     target_source: Callable[..., Any]
     feature_servers: bool = False  # runs the [capture] engine as feature servers beside the training workers
     start_servers: Callable[[Any], list] | None = None  # TrainConfig -> the servers' handles

@@ -62,8 +62,9 @@ def _target_source(config, draft_config, draft_ids, device, dtype, servers=None,
     from eagle_recipes.engines.feature_server import RayFeatureServers
     from eagle_recipes.training.streamed import StreamedTarget
 
-    handles = RayFeatureServers(servers, first=rank * config.feature_settings["in_flight"])
-    return StreamedTarget(config, draft_ids, device, dtype, handles, config.data_folder)
+    if isinstance(servers, list):  # the servers' Ray handles (a Ray Train worker); else already routed (no Ray)
+        servers = RayFeatureServers(servers, first=rank * config.feature_settings["in_flight"])
+    return StreamedTarget(config, draft_ids, device, dtype, servers, config.data_folder)
 
 
 def _start_servers(config) -> list:
