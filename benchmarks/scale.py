@@ -237,10 +237,10 @@ def plot(sizes: list[int], measured: dict[int, dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000, 10_000, 100_000])
-    parser.add_argument("--quick", action="store_true", help="200 and 800 conversations, 2 steps: that it runs")
+    parser.add_argument("--quick", action="store_true", help="100 and 400 conversations, 2 steps: that it runs")
     parser.add_argument("--plot", type=Path, help="also draw the figure here (PNG)")
     args = parser.parse_args()
-    sizes, steps = ([200, 800], 2) if args.quick else (sorted(args.sizes), 4)
+    sizes, steps = ([100, 400], 2) if args.quick else (sorted(args.sizes), 4)
     with tempfile.TemporaryDirectory() as folder:
         model = build_tiny_target(Path(folder) / "tiny-target")
         measured = {}
