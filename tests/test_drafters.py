@@ -393,10 +393,10 @@ def test_it_trains_and_exports_through_the_graph(name, graph_folder, tiny_llama)
 def served_target(tmp_path_factory):
     import os
 
+    from eagle_recipes.engines.placement import CPU_ENGINE_ENV
     from eagle_recipes.evaluation.prompt_sets import prompts_from_file
 
-    os.environ.update({"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-                       "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"})
+    os.environ.update(CPU_ENGINE_ENV)  # the settings every in-process CPU engine gets
     folder = tmp_path_factory.mktemp("served")
     perm = permutation()
     return build_permutation_target(folder / "target", perm), perm, prompts_from_file(prompts_file(

@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 
+from eagle_recipes.engines.placement import CPU_ENGINE_ENV
 from eagle_recipes.evaluation.prompt_sets import prompts_from_file
 from eagle_recipes.evaluation.reference_path import evaluate_reference
 from eagle_recipes.evaluation.vllm_path import evaluate_vllm
@@ -24,8 +25,7 @@ MAX_TOKENS = 60
 
 @pytest.fixture(scope="module")
 def permutation_setup(tmp_path_factory):
-    os.environ.update({"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-                       "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"})
+    os.environ.update(CPU_ENGINE_ENV)  # the settings every in-process CPU engine gets
     folder = tmp_path_factory.mktemp("perm")
     perm = permutation()
     target = build_permutation_target(folder / "target", perm)
