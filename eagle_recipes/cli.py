@@ -164,14 +164,41 @@ def cmd_submit(args) -> int:
     return submit(recipe, args.address, follow=args.follow, output_dir=args.output_dir, console=console)
 
 
+def _catalog_check(args) -> int:
+    from eagle_recipes import catalog
+    from eagle_recipes.catalog_check import check_entry, record
+    from eagle_recipes.paths import cache_dir
+
+    chosen = catalog.entries() if args.names == ["all"] else [catalog.find(name) for name in args.names]
+    work = Path(args.work_dir) if args.work_dir else cache_dir() / "catalog-check"
+    failed = 0
+    for entry in chosen:
+        console.print(f"[bold]catalog check {entry.name}[/bold]")
+        result = check_entry(entry, work / entry.name.replace("/", "--"), args.shift_served_layers,
+                             log=lambda line: console.print(line, markup=False))
+        console.print(result.summary(), markup=False)
+        failed += not (result.passed or result.refused)
+        if not args.no_record and not args.shift_served_layers and (result.passed or result.refused):
+            record(entry, result)
+            console.print(f"recorded in {entry.path}", markup=False)
+    return 1 if failed else 0
+
+
 def cmd_catalog(args) -> int:
     from eagle_recipes import catalog
 
     try:
         if args.catalog_command == "list":
             rows = [[e.name, e.family, e.model, e.algorithm, e.tested,
-                     f"{e.acceptance_length:.2f}" if e.acceptance_length else "-", e.date] for e in catalog.entries()]
-            print_table("catalog", ["name", "family", "model", "algorithm", "tested", "tau", "date"], rows)
+                     f"{e.acceptance_length:.2f}" if e.acceptance_length else "-", e.date, e.checked_short]
+                    for e in catalog.entries()]
+            print_table("catalog", ["name", "family", "model", "algorithm", "tested", "tau", "date", "checked"], rows)
+        elif args.catalog_command == "check":
+            return _catalog_check(args)
+        elif args.catalog_command == "table":
+            from eagle_recipes.catalog_check import readme_table
+
+            print(readme_table(catalog.entries()), end="")
         elif args.catalog_command == "show":
             print(catalog.find(args.name).path.read_text(encoding="utf-8"), end="")
         elif args.catalog_command == "copy":

