@@ -57,16 +57,6 @@ def tiny_llama(tmp_path_factory, smollm2_path) -> str:
     return str(folder)
 
 
-@pytest.fixture(scope="session")
-def tiny_smollm2(tmp_path_factory, smollm2_path) -> str:
-    """SmolLM2-135M's architecture (its catalog config: 9:3 GQA, tied embeddings) at 8 layers and 96 wide, random
-    weights (eagle_recipes/tiny_base.py), SmolLM2's tokenizer: vLLM's CPU attention serves its 32-wide heads."""
-    from eagle_recipes.tiny_base import build_tiny_base
-
-    folder = tmp_path_factory.mktemp("tiny-smollm2")
-    return str(build_tiny_base(PROJECT / "catalog/smollm2/configs/SmolLM2-135M-Instruct.json", smollm2_path, folder))
-
-
 @pytest.fixture(scope="module")
 def ray_session():
     """An embedded Ray for one test module (module scope: the cluster test stops every Ray on the machine)."""

@@ -2,9 +2,9 @@
 inside each stage in turn, then run again; and damaged artifacts placed between runs (a cut shard line, a cut
 checkpoint, cut safetensors files) are found and redone, never read as if whole.
 
-One chain of runs on a tiny SmolLM2 (its architecture at 8 layers and 96 wide, random weights: vLLM's CPU
-attention serves its heads, which the tiny Llama's are too narrow for), every stage real: vLLM synthesis,
-calibrate, HF capture, cached training, export, reference evaluation. Each run resumes the one before it.
+One chain of runs on SmolLM2-135M (vLLM's CPU attention has no kernel for the tiny Llama's head size), every
+stage real: vLLM synthesis, calibrate, HF capture, cached training, export, reference evaluation. Each run resumes
+the one before it.
 """
 
 from __future__ import annotations
@@ -146,8 +146,8 @@ def manifest(out: Path, stage: str) -> dict:
     return json.loads(RunFolder(out).manifest_file(stage).read_text())
 
 
-def test_a_kill_inside_every_stage_loses_nothing(tmp_path, tiny_smollm2):
-    recipe = kill_recipe(tmp_path, tiny_smollm2)
+def test_a_kill_inside_every_stage_loses_nothing(tmp_path, smollm2_path):
+    recipe = kill_recipe(tmp_path, smollm2_path)
     out = tmp_path / "out"
     run = RunFolder(out)
     rng = random.Random(int(os.environ.get("KILL_SEED", "0")))
