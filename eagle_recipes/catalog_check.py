@@ -157,6 +157,16 @@ def shifted_copy(draft: Path, folder: Path, shift: int) -> Path:
     return folder
 
 
+def entry_config(entry: Entry) -> Path:
+    """The base model's config facts an entry names (its `model.config`, relative to the entry)."""
+    return entry.path.parent / tomllib.loads(entry.path.read_text(encoding="utf-8"))["model"].get("config", "")
+
+
+def entry_architecture(entry: Entry) -> str:
+    config = entry_config(entry)
+    return (json.loads(config.read_text()).get("architectures") or ["?"])[0] if config.is_file() else "?"
+
+
 def _refusal(problems) -> str:
     """The capability check's refusal among a recipe's problems ('' when it is not one)."""
     for problem in problems:
@@ -182,9 +192,8 @@ def check_entry(entry: Entry, workdir: Path, shift_served_layers: int = 0, log=p
     from eagle_recipes.tiny_base import build_tiny_base
 
     started = time.monotonic()
-    config_path = (entry.path.parent / tomllib.loads(entry.path.read_text(encoding="utf-8"))["model"]["config"])
-    architecture = (json.loads(config_path.read_text()).get("architectures") or ["?"])[0]
-    result = CheckResult(entry.name, architecture, entry.algorithm, passed=False, versions=versions())
+    config_path = entry_config(entry)
+    result = CheckResult(entry.name, entry_architecture(entry), entry.algorithm, passed=False, versions=versions())
     workdir.mkdir(parents=True, exist_ok=True)
     base = workdir / "base"
     if not (base / "config.json").is_file():
@@ -311,8 +320,6 @@ def readme_table(entries: list[Entry]) -> str:
     lines = ["| entry | architecture | drafter | vLLM served (catalog check, tiny base) | SGLang, by its rules | "
              "tested |", "|---|---|---|---|---|---|"]
     for entry in entries:
-        config = entry.path.parent / tomllib.loads(entry.path.read_text(encoding="utf-8"))["model"].get("config", "")
-        architecture = (json.loads(config.read_text()).get("architectures") or ["?"])[0] if config.is_file() else "?"
-        lines.append(f"| {entry.name} | {architecture} | {entry.algorithm} | {vllm_served(entry)} | "
+        lines.append(f"| {entry.name} | {entry_architecture(entry)} | {entry.algorithm} | {vllm_served(entry)} | "
                      f"{sglang_by_rule(entry)} | {tested_when(entry)} |")
     return "\n".join(lines) + "\n"
